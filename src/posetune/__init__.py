@@ -1,0 +1,76 @@
+"""posetune: fine-tune pretrained image backbones into classifiers for your own classes.
+
+The Python API mirrors the CLI, one function per command, same option names::
+
+    import posetune
+    result = posetune.train("DATASET", strategy="partial", epochs=5, out="runs/yoga")
+    metrics = posetune.evaluate("runs/yoga", "DATASET", split="test")
+    clf = posetune.load("runs/yoga")
+    clf.predict(["photo.jpg"])[0].label
+
+Heavy imports (torch, timm) happen inside the functions, so ``import posetune`` is instant.
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+__all__ = ["train", "evaluate", "load", "predict", "backbones", "check_data", "synth", "demo", "__version__"]
+
+
+def train(data=None, **options):
+    """Fine-tune a backbone on DATA; see `posetune train --help` for every option."""
+    from posetune.train import train as _train
+
+    return _train(data, **options)
+
+
+def evaluate(run, data, split: str = "test", **options) -> dict:
+    """Metrics of a run folder on one split of DATA (as `posetune evaluate --json`)."""
+    from posetune.evaluate import evaluate as _evaluate
+
+    return _evaluate(run, data, split=split, **options)
+
+
+def load(run, device: str = "auto"):
+    """Load a run folder for prediction: ``posetune.load(RUN).predict(images)``."""
+    from posetune.run import load as _load
+
+    return _load(run, device=device)
+
+
+def predict(run, paths, top_k: int = 3, batch_size: int = 32, device: str = "auto"):
+    """Predict files or folders with a run folder (as `posetune predict`)."""
+    from posetune.predict import collect_paths
+
+    return load(run, device=device).predict(collect_paths(paths), top_k=top_k, batch_size=batch_size)
+
+
+def backbones(name: str | None = None):
+    """The backbone table, or one backbone's stages (as `posetune backbones [NAME]`)."""
+    from posetune import backbones as _b
+
+    if name is None:
+        return _b.list_backbones()
+    return _b.describe_backbone(name)
+
+
+def check_data(data, **options) -> dict:
+    """The data audit (as `posetune data check --json`)."""
+    from posetune.data.check import check_data as _check
+
+    return _check(data, **options)
+
+
+def synth(out, **options) -> dict:
+    """Render the synthetic yoga dataset (as `posetune data synth`)."""
+    from posetune.data.synth import render_dataset
+
+    return render_dataset(out, **options)
+
+
+def demo(out: str = "demo", **options) -> dict:
+    """Synthetic data -> fine-tune -> evaluate -> predict (as `posetune demo`)."""
+    from posetune.demo import run_demo
+
+    return run_demo(out, **options)

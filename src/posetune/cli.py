@@ -1,0 +1,253 @@
+"""The `posetune` command line: thin — parse, call the API, print. torch is imported only inside commands."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from posetune.console import print_metrics
+from posetune.errors import PosetuneError
+
+app = typer.Typer(
+    name="posetune", no_args_is_help=True, add_completion=False, rich_markup_mode="markdown",
+    help="Fine-tune pretrained image backbones into classifiers for your own classes (yoga poses first), "
+         "and find which backbone and strategy win.\n\nStart with: `posetune demo`",
+)
+data_app = typer.Typer(no_args_is_help=True, help="Look at a dataset before training: audit it or render a synthetic one.")
+app.add_typer(data_app, name="data")
+
+
+def _reporter(json_out: bool):
+    from posetune.console import RichReporter
+
+    return RichReporter(stderr=json_out)  # with --json, stdout carries only the JSON
+
+
+def _print_json(obj) -> None:
+    sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
+
+
+@app.command(epilog="Example: `posetune train DATASET --strategy partial --freeze-stages 3 --epochs 10 --out runs/yoga`")
+def train(
+    data: Optional[str] = typer.Argument(None, help="Folder of class folders, split folders (TRAIN/TEST), or a CSV manifest."),
+    backbone: Optional[str] = typer.Option(None, help="timm name, or NAME@random / NAME@PATH. Default efficientnet_lite0 (offline weights)."),
+    strategy: Optional[str] = typer.Option(None, help="linear | partial | full. Default partial."),
+    freeze_stages: Optional[int] = typer.Option(None, help="partial: freeze the stem and the first K stages (see `posetune backbones NAME`)."),
+    epochs: Optional[int] = typer.Option(None, help="Default per strategy (linear 30, others 10)."),
+    lr: Optional[float] = typer.Option(None, help="Head learning rate; pretrained stages get lr x --base-lr-ratio."),
+    base_lr_ratio: Optional[float] = typer.Option(None, help="LR of pretrained stages relative to the head (default 0.1)."),
+    layer_decay: Optional[float] = typer.Option(None, help="Shrink the LR by this factor per stage from head to stem."),
+    bn: Optional[str] = typer.Option(None, help="BatchNorm statistics in trainable stages: frozen (default) | train."),
+    batch_size: Optional[int] = typer.Option(None, help="Default 32."),
+    image_size: Optional[int] = typer.Option(None, help="Default: the backbone's pretrained input size."),
+    val_fraction: Optional[float] = typer.Option(None, help="Held out of train when DATA has no val split (default 0.15)."),
+    patience: Optional[int] = typer.Option(None, help="Stop after this many epochs without a better val score (0: never)."),
+    label_smoothing: Optional[float] = typer.Option(None, help="Default 0.1."),
+    out: Optional[str] = typer.Option(None, help="Run folder to write (default runs/<data>-<backbone>-<strategy>)."),
+    seed: Optional[int] = typer.Option(None, help="Default 0."),
+    device: Optional[str] = typer.Option(None, help="auto | cpu | cuda | mps (default auto)."),
+    weights: Optional[str] = typer.Option(None, help="Local .safetensors/.pth/.bin state dict of the timm model."),
+    no_pretrained: bool = typer.Option(False, "--no-pretrained", help="Start from random init."),
+    label_level: Optional[int] = typer.Option(None, help="Yoga-82 only: 6, 20 or 82 classes."),
+    config: Optional[Path] = typer.Option(None, help="YAML file with the same options; flags override it."),
+    json_out: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
+):
+    """Fine-tune a pretrained backbone on DATA and write a self-contained run folder."""
+    from posetune.train import train as run_train
+
+    reporter = _reporter(json_out)
+    options = dict(backbone=backbone, strategy=strategy, freeze_stages=freeze_stages, epochs=epochs, lr=lr,
+                   base_lr_ratio=base_lr_ratio, layer_decay=layer_decay, bn=bn, batch_size=batch_size,
+                   image_size=image_size, val_fraction=val_fraction, patience=patience,
+                   label_smoothing=label_smoothing, out=out, seed=seed, device=device, weights=weights,
+                   pretrained=False if no_pretrained else None, label_level=label_level)
+    result = run_train(data, reporter=reporter, config=config, **options)
+    if result.skipped:
+        reporter.info(f"{len(result.skipped)} files skipped (see {result.run / 'skipped.csv'})")
+    if "test" in result.metrics:
+        print_metrics(reporter, result.metrics["test"], "test metrics")
+    reporter.info(f"run folder: {result.run}  (report: {result.run / 'report.md'})")
+    if json_out:
+        _print_json({"run": str(result.run), "metrics": result.metrics, "train_seconds": result.train_seconds,
+                     "skipped": [{"path": p, "reason": r} for p, r in result.skipped]})
+
+
+@app.command(epilog="Example: `posetune evaluate runs/yoga DATASET --split test --json`")
+def evaluate(
+    run: str = typer.Argument(..., help="Run folder written by `posetune train`."),
+    data: str = typer.Argument(..., help="DATA in any supported layout."),
+    split: str = typer.Option("test", help="train | val | test (a plain class-folder DATA is 'train')."),
+    batch_size: int = typer.Option(64),
+    device: str = typer.Option("auto"),
+    json_out: bool = typer.Option(False, "--json", help="Print the metrics as JSON on stdout."),
+):
+    """Accuracy, balanced accuracy, macro-F1, per-class scores, confusion matrix and most-confused pairs."""
+    from posetune.evaluate import evaluate as run_eval
+
+    reporter = _reporter(json_out)
+    metrics = run_eval(run, data, split=split, batch_size=batch_size, device=device, progress=reporter)
+    reporter.stop()
+    if json_out:
+        _print_json(metrics)
+        return
+    print_metrics(reporter, metrics, f"{split} metrics ({metrics['n']} images)")
+    for s in metrics["skipped"]:
+        reporter.warn(f"skipped {s['path']}: {s['reason']}")
+    if metrics.get("confusion_png"):
+        reporter.info(f"confusion matrix plot: {metrics['confusion_png']}")
+
+
+@app.command(epilog="Example: `posetune predict runs/yoga photos/ --top-k 3 --csv predictions.csv`")
+def predict(
+    run: str = typer.Argument(..., help="Run folder written by `posetune train`."),
+    paths: List[str] = typer.Argument(..., help="Image files and/or folders."),
+    top_k: int = typer.Option(3, help="How many classes to list per image."),
+    batch_size: int = typer.Option(32),
+    csv: Optional[Path] = typer.Option(None, "--csv", help="Write path,prediction,probability,top-k columns here."),
+    device: str = typer.Option("auto"),
+    json_out: bool = typer.Option(False, "--json", help="Print predictions as JSON on stdout."),
+):
+    """Predict the class of images (files or folders), in batches; unreadable files are reported, not fatal."""
+    from posetune.predict import collect_paths
+    from posetune.run import load, write_csv
+    from posetune.runtime import tune_allocator
+
+    tune_allocator()
+    reporter = _reporter(json_out)
+    clf = load(run, device=device)
+    files = collect_paths(paths)
+    advance = reporter.start("predict", len(files))
+    from posetune.predict import predict_batches
+
+    preds = predict_batches(clf, files, top_k=top_k, batch_size=batch_size, on_step=advance)
+    reporter.stop()
+    if csv:
+        k = max((len(p.top_k) for p in preds), default=0)
+        header = ["path", "prediction", "probability"] + [f"{kind}{i + 1}" for i in range(k) for kind in ("top", "p")]
+        rows = [[p.path, p.label, p.probability] + [x for c, pr in p.top_k for x in (c, pr)] for p in preds]
+        write_csv(csv, rows, header=header)
+    if json_out:
+        _print_json([p.as_dict() for p in preds])
+    else:
+        reporter.table(f"predictions ({len(preds)} images)",
+                       [{"path": p.path, "prediction": p.label or "-", "probability": p.probability,
+                         "top-k": ", ".join(f"{c} {pr:.2f}" for c, pr in p.top_k) or p.error} for p in preds])
+        if csv:
+            reporter.info(f"wrote {csv}")
+    errors = [p for p in preds if p.error]
+    for p in errors:
+        reporter.warn(f"could not read {p.path}: {p.error}")
+
+
+@app.command(epilog="Examples: `posetune backbones` · `posetune backbones resnet50`")
+def backbones(
+    name: Optional[str] = typer.Argument(None, help="Show this backbone's stages (to choose --freeze-stages)."),
+    json_out: bool = typer.Option(False, "--json"),
+):
+    """List backbones with their weight source, or show one backbone's stages and parameter counts."""
+    from posetune import backbones as bb
+
+    reporter = _reporter(json_out)
+    if name is None:
+        rows = bb.list_backbones()
+        if json_out:
+            return _print_json(rows)
+        reporter.table("backbones (any timm model name works too)", rows)
+        reporter.info("offline_now: weights usable without internet. Others download from the Hugging Face hub.")
+        return
+    info = bb.describe_backbone(name)
+    if json_out:
+        return _print_json(info)
+    reporter.info(f"{info['name']} = timm {info['arch']}, {info['params_m']} M params, weights: {info['weight_source']}, "
+                  f"input {info['input_size'][-1]} px")
+    reporter.table("stages (partial --freeze-stages K freezes the stem and stage1..K)",
+                   info["stages"], ["stage", "params", "tensors", "first", "last"])
+
+
+@data_app.command("synth", epilog="Example: `posetune data synth yoga-synth --per-class 60 --test-per-class 20`")
+def data_synth(
+    out: str = typer.Argument(..., help="Folder to write (Kaggle layout: OUT/TRAIN/<pose>, OUT/TEST/<pose>)."),
+    poses: Optional[str] = typer.Option(None, help="Comma-separated poses (default the 5 Kaggle poses)."),
+    per_class: int = typer.Option(60, help="Training images per pose."),
+    test_per_class: int = typer.Option(20, help="Test images per pose."),
+    size: int = typer.Option(224, help="Image size in pixels."),
+    seed: int = typer.Option(0),
+    json_out: bool = typer.Option(False, "--json"),
+):
+    """Render a synthetic yoga-pose dataset (articulated figures in asanas on varied backgrounds)."""
+    from posetune.data.synth import POSES, render_dataset
+
+    reporter = _reporter(json_out)
+    pose_list = [p.strip() for p in poses.split(",") if p.strip()] if poses else None
+    unknown = [p for p in pose_list or [] if p not in POSES]
+    if unknown:
+        raise typer.BadParameter(f"unknown pose(s) {', '.join(unknown)}; choose from {', '.join(POSES)}",
+                                 param_hint="--poses")
+    n_poses = len(pose_list) if pose_list else 5
+    advance = reporter.start("render", n_poses * (per_class + test_per_class))
+    info = render_dataset(out, poses=pose_list, per_class=per_class, test_per_class=test_per_class, size=size,
+                          seed=seed, progress=lambda done, total: advance(1))
+    reporter.stop()
+    if json_out:
+        return _print_json(info)
+    reporter.info(f"wrote {info['train']} train + {info['test']} test images of {', '.join(info['poses'])} to {out}; "
+                  f"preview: {info['preview']}")
+
+
+@data_app.command("check", epilog="Example: `posetune data check DATASET --json`")
+def data_check(
+    data: str = typer.Argument(..., help="DATA in any supported layout."),
+    json_out: bool = typer.Option(False, "--json"),
+    near_duplicates: bool = typer.Option(True, help="Also look for near-duplicates (perceptual hash)."),
+):
+    """Audit DATA before training: counts, resolutions, bad files, duplicates and train/test leaks. Exit 1 on problems."""
+    from posetune.data.check import check_data, print_report
+
+    report = check_data(data, near_duplicates=near_duplicates)
+    if json_out:
+        _print_json(report)
+    else:
+        print_report(report, _reporter(False))
+    if report["problems"]:
+        raise typer.Exit(1)
+
+
+@app.command(epilog="Example: `posetune demo --out demo`")
+def demo(
+    out: str = typer.Option("demo", help="Folder for the synthetic data (OUT/data) and the run (OUT/run)."),
+    json_out: bool = typer.Option(False, "--json"),
+):
+    """Render synthetic yoga data, fine-tune the default offline backbone, evaluate, and predict a few images."""
+    from posetune.demo import run_demo
+
+    reporter = _reporter(json_out)
+    summary = run_demo(out, reporter=reporter)
+    if json_out:
+        _print_json(summary)
+
+
+def main() -> None:
+    """Entry point: errors become one line and an exit code (2 bad input, 1 a problem found)."""
+    try:
+        app(standalone_mode=False)
+    except PosetuneError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        sys.exit(exc.exit_code)
+    except (typer.Exit, SystemExit) as exc:
+        sys.exit(getattr(exc, "exit_code", getattr(exc, "code", 0)))
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        sys.exit(130)
+    except Exception as exc:  # click usage errors when not in standalone mode
+        import click
+
+        if isinstance(exc, click.exceptions.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        if isinstance(exc, click.exceptions.Abort):
+            sys.exit(1)
+        raise

@@ -1,0 +1,132 @@
+"""Decoded-image cache and transforms: samples -> uint8 pixels decoded once -> model-ready tensors.
+
+Decoding large JPEGs every epoch is the main cost on a CPU with a small backbone, so each image is
+decoded and resized once (short side a little above the training size, aspect kept) and every
+epoch augments from those uint8 pixels.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as F
+
+from posetune.data.images import ImageError, load_image, resize_short_side
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """The model's preprocessing (from its pretrained config; saved in model.json)."""
+
+    size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    interpolation: str = "bicubic"
+    crop_pct: float = 0.875
+
+    @classmethod
+    def from_config(cls, cfg: dict) -> Preprocess:
+        return cls(size=int(cfg["input_size"][-1]), mean=tuple(cfg["mean"]), std=tuple(cfg["std"]),
+                   interpolation=cfg.get("interpolation", "bicubic"), crop_pct=float(cfg.get("crop_pct", 0.875)))
+
+    def to_config(self) -> dict:
+        return {"input_size": [3, self.size, self.size], "mean": list(self.mean), "std": list(self.std),
+                "interpolation": self.interpolation, "crop_pct": self.crop_pct}
+
+    @property
+    def short_side(self) -> int:
+        """Resize target before the center crop, as timm's eval transform does."""
+        return int(math.floor(self.size / self.crop_pct))
+
+    def decode(self, path: str) -> torch.Tensor:
+        """One file -> uint8 CHW tensor resized to ``short_side`` (raises ImageError)."""
+        img = resize_short_side(load_image(path, min_side=self.short_side), self.short_side, self.interpolation)
+        return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1).contiguous()
+
+    def normalize(self, batch_uint8: torch.Tensor) -> torch.Tensor:
+        x = batch_uint8.float().div_(255.0)
+        mean = torch.tensor(self.mean).view(1, 3, 1, 1)
+        std = torch.tensor(self.std).view(1, 3, 1, 1)
+        return x.sub_(mean).div_(std)
+
+    def eval_crop(self, img: torch.Tensor) -> torch.Tensor:
+        return F.center_crop(img, [self.size, self.size])
+
+
+class TrainAugment:
+    """Light augmentation for when the base trains: random resized crop, flip, colour jitter."""
+
+    def __init__(self, size: int, scale: tuple[float, float] = (0.5, 1.0)):
+        self.transform = v2.Compose([
+            v2.RandomResizedCrop(size, scale=scale, antialias=True),
+            v2.RandomHorizontalFlip(),
+            v2.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2),
+        ])
+
+    def __call__(self, img: torch.Tensor) -> torch.Tensor:
+        return self.transform(img)
+
+
+def decode_all(paths: Sequence[str], preprocess: Preprocess, progress: Callable[[int], None] | None = None,
+               workers: int | None = None) -> tuple[list[torch.Tensor | None], dict[str, str]]:
+    """Decode every path once, in threads (Pillow releases the GIL while decoding).
+
+    Returns the decoded images (None where a file failed) and {path: reason} for the failures.
+    """
+    workers = workers or min(8, os.cpu_count() or 1)
+    failed: dict[str, str] = {}
+
+    def one(path: str):
+        try:
+            return preprocess.decode(path)
+        except ImageError as exc:
+            failed[path] = str(exc)
+            return None
+
+    images: list[torch.Tensor | None] = []
+    with ThreadPoolExecutor(workers) as pool:
+        for img in pool.map(one, paths):
+            images.append(img)
+            if progress:
+                progress(1)
+    return images, failed
+
+
+class DecodedDataset(torch.utils.data.Dataset):
+    """(uint8 image, label) pairs held in memory; crops/augments on access, normalises per batch."""
+
+    def __init__(self, images: list[torch.Tensor], labels: list[int], preprocess: Preprocess,
+                 augment: TrainAugment | None = None):
+        self.images, self.labels, self.preprocess, self.augment = images, labels, preprocess, augment
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int):
+        img = self.images[i]
+        img = self.augment(img) if self.augment is not None else self.preprocess.eval_crop(img)
+        return img, self.labels[i]
+
+
+def make_loader(dataset: DecodedDataset, batch_size: int, shuffle: bool, device: torch.device,
+                seed: int = 0, sampler=None) -> torch.utils.data.DataLoader:
+    """uint8 batches; normalisation happens on the device (less to copy, cheap there).
+
+    On CPU the loader runs in the main process: the model already uses every core, and worker
+    processes would only compete with it.
+    """
+    cuda = device.type == "cuda"
+    workers = min(4, os.cpu_count() or 1) if cuda else 0
+    gen = torch.Generator().manual_seed(seed)
+    return torch.utils.data.DataLoader(
+        dataset, batch_size=batch_size, shuffle=shuffle and sampler is None, sampler=sampler,
+        num_workers=workers, pin_memory=cuda, persistent_workers=workers > 0, generator=gen,
+        drop_last=False,
+    )

@@ -1,0 +1,82 @@
+"""Metrics: accuracy, balanced accuracy, macro-F1, per-class P/R/F1, confusion matrix, most-confused pairs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+
+def compute_metrics(y_true: Sequence[int], y_pred: Sequence[int], classes: list[str]) -> dict:
+    """The metrics dict that `evaluate --json` prints and model.json stores."""
+    from sklearn.metrics import (
+        accuracy_score,
+        balanced_accuracy_score,
+        confusion_matrix,
+        f1_score,
+        precision_recall_fscore_support,
+    )
+
+    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+    labels = list(range(len(classes)))
+    if len(y_true) == 0:
+        return {"accuracy": None, "balanced_accuracy": None, "macro_f1": None, "per_class": {},
+                "confusion_matrix": [], "classes": classes, "n": 0, "most_confused": []}
+    p, r, f, support = precision_recall_fscore_support(y_true, y_pred, labels=labels, zero_division=0)
+    cm = confusion_matrix(y_true, y_pred, labels=labels)
+    present = [i for i in labels if support[i] > 0]
+    return {
+        "accuracy": float(accuracy_score(y_true, y_pred)),
+        "balanced_accuracy": float(balanced_accuracy_score(y_true, y_pred)) if present else None,
+        "macro_f1": float(f1_score(y_true, y_pred, labels=present, average="macro", zero_division=0)),
+        "per_class": {c: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]),
+                          "support": int(support[i])} for i, c in enumerate(classes)},
+        "confusion_matrix": cm.tolist(),
+        "classes": classes,
+        "n": int(len(y_true)),
+        "most_confused": most_confused(cm, classes),
+    }
+
+
+def most_confused(cm: np.ndarray, classes: list[str], k: int = 5) -> list[dict]:
+    """The k largest off-diagonal cells: (true, predicted, count)."""
+    pairs = [(int(cm[i, j]), classes[i], classes[j]) for i in range(len(classes))
+             for j in range(len(classes)) if i != j and cm[i, j] > 0]
+    pairs.sort(reverse=True)
+    return [{"true": t, "predicted": pr, "count": n} for n, t, pr in pairs[:k]]
+
+
+def evaluate(run: str | Path, data: str | Path, split: str = "test", batch_size: int = 64,
+             device: str = "auto", label_level: int = 6, plot: bool = True, progress=None) -> dict:
+    """Evaluate a run folder on one split of DATA; writes the confusion-matrix PNG into the run folder.
+
+    Classes are matched by name, so DATA may hold its classes in any order.
+    """
+    from posetune.data.layouts import discover
+    from posetune.errors import UsageError
+    from posetune.predict import predict_batches
+    from posetune.run import load
+
+    clf = load(run, device=device)
+    index = discover(data, val_fraction=0.0, label_level=label_level)
+    samples = index.split(split)
+    if not samples and split == "test" and not index.split("test"):
+        raise UsageError(f"{data} has no '{split}' split; pass --split train|val|test or a folder of class folders")
+    unknown = sorted({index.classes[s.label] for s in samples} - set(clf.classes))
+    if unknown:
+        raise UsageError(f"classes in {data} that the model does not know: {', '.join(unknown)}")
+    paths = [s.path for s in samples]
+    on_step = progress.start("evaluate", len(paths)) if progress else None
+    preds = predict_batches(clf, paths, top_k=1, batch_size=batch_size, on_step=on_step)
+    ok = [(s, p) for s, p in zip(samples, preds) if p.error is None]
+    y_true = [clf.classes.index(index.classes[s.label]) for s, _ in ok]
+    y_pred = [clf.classes.index(p.label) for _, p in ok]
+    metrics = compute_metrics(y_true, y_pred, clf.classes)
+    metrics["split"] = split
+    metrics["skipped"] = [{"path": p.path, "reason": p.error} for p in preds if p.error]
+    if plot and metrics["n"]:
+        from posetune.report import plot_confusion
+
+        metrics["confusion_png"] = str(plot_confusion(metrics, Path(run) / f"confusion_{split}.png"))
+    return metrics

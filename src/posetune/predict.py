@@ -1,0 +1,83 @@
+"""Prediction over files, folders, PIL images or arrays, in batches, never stopping on one bad file."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Callable, Iterable, Iterator, Sequence
+
+import numpy as np
+
+from posetune.data.images import ImageError, is_image_path, resize_short_side, to_rgb
+from posetune.errors import UsageError
+from posetune.run import Prediction
+
+
+def collect_paths(paths: Sequence[str | Path]) -> list[str]:
+    """Files as given; folders expanded to the images inside them (recursively, sorted)."""
+    found: list[str] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            found.extend(str(f) for f in sorted(p.rglob("*")) if f.is_file() and is_image_path(f)
+                         and not any(part.startswith(".") for part in f.relative_to(p).parts))
+        elif p.exists():
+            found.append(str(p))
+        else:
+            raise UsageError(f"no such file or folder: {p}")
+    return found
+
+
+def _decode_any(item, preprocess):
+    """A path, PIL image or HxWx3 uint8 array -> (name, uint8 CHW tensor | None, error | None)."""
+    import torch
+    from PIL import Image
+
+    if isinstance(item, (str, Path)):
+        try:
+            return str(item), preprocess.decode(str(item)), None
+        except ImageError as exc:
+            return str(item), None, str(exc)
+    img = Image.fromarray(np.asarray(item, dtype=np.uint8)) if not isinstance(item, Image.Image) else item
+    img = resize_short_side(to_rgb(img), preprocess.short_side, preprocess.interpolation)
+    return "<image>", torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1), None
+
+
+def _decoded_stream(items: list, preprocess, workers: int = 4) -> Iterator[tuple]:
+    # Decoding in threads overlaps JPEG work (which releases the GIL) with the model.
+    with ThreadPoolExecutor(workers) as pool:
+        yield from pool.map(lambda it: _decode_any(it, preprocess), items)
+
+
+def predict_batches(classifier, images: Iterable, top_k: int = 3, batch_size: int = 32,
+                    on_step: Callable[[int], None] | None = None) -> list[Prediction]:
+    import torch
+
+    items = list(images)
+    top_k = max(1, min(top_k, len(classifier.classes)))
+    results: list[Prediction | None] = [None] * len(items)
+    pending: list[tuple[int, str, torch.Tensor]] = []
+
+    def flush():
+        if not pending:
+            return
+        batch = torch.stack([classifier.preprocess.eval_crop(t) for _, _, t in pending])
+        probs = classifier.logits(batch).softmax(1)
+        values, indices = probs.topk(top_k, dim=1)
+        for (i, name, _), v, ix in zip(pending, values.tolist(), indices.tolist()):
+            ranked = [(classifier.classes[j], round(float(p), 6)) for j, p in zip(ix, v)]
+            results[i] = Prediction(name, ranked[0][0], ranked[0][1], ranked)
+        if on_step:
+            on_step(len(pending))
+        pending.clear()
+
+    for i, (name, tensor, error) in enumerate(_decoded_stream(items, classifier.preprocess)):
+        if error is not None:
+            results[i] = Prediction(name, "", 0.0, [], error=error)
+            if on_step:
+                on_step(1)
+            continue
+        pending.append((i, name, tensor))
+        if len(pending) >= batch_size:
+            flush()
+    flush()
+    return results  # type: ignore[return-value]

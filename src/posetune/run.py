@@ -1,0 +1,160 @@
+"""RunDir: the on-disk format of a trained model, and the loaded classifier that predicts with it.
+
+A run folder is self-contained: ``model.safetensors`` (timm key names), ``model.json`` (backbone,
+classes in index order, preprocessing, strategy, metrics), ``config.yaml``, ``metrics.csv``,
+``skipped.csv``, ``report.md`` + plots. ``posetune.load(RUN)`` needs nothing else.
+
+>>> clf = load("runs/yoga")                          # doctest: +SKIP
+>>> clf.predict(["photo.jpg"], top_k=3)[0].label     # doctest: +SKIP
+'tree'
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence
+
+from posetune.errors import UsageError
+
+FORMAT_VERSION = 1
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write via a temporary file, fsync and rename: a kill at any moment leaves the old or the new file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode())
+
+
+def write_csv(path: str | Path, rows: Sequence[dict] | Sequence[Sequence], header: Sequence[str] | None = None) -> None:
+    buf = io.StringIO()
+    if rows and isinstance(rows[0], dict):
+        header = header or list(rows[0].keys())
+        writer = csv.DictWriter(buf, fieldnames=list(header), extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    else:
+        writer = csv.writer(buf)
+        if header:
+            writer.writerow(header)
+        writer.writerows(rows)
+    atomic_write_text(path, buf.getvalue())
+
+
+class RunDir:
+    """Paths and readers/writers of one run folder."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    def __truediv__(self, name: str) -> Path:
+        return self.path / name
+
+    @property
+    def model_file(self) -> Path:
+        return self.path / "model.safetensors"
+
+    def exists(self) -> bool:
+        return self.model_file.is_file() and (self.path / "model.json").is_file()
+
+    def require(self) -> RunDir:
+        if not self.path.exists():
+            raise UsageError(f"run folder not found: {self.path} (train one with `posetune train DATA --out RUN`)")
+        if not self.exists():
+            raise UsageError(f"{self.path} is not a posetune run folder (it lacks model.safetensors or model.json)")
+        return self
+
+    def write_json(self, name: str, obj) -> None:
+        atomic_write_text(self.path / name, json.dumps(obj, indent=2, default=str) + "\n")
+
+    def read_json(self, name: str) -> dict:
+        return json.loads((self.path / name).read_text())
+
+    def save_model(self, model, meta: dict) -> None:
+        from safetensors.torch import save as save_bytes
+
+        state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+        atomic_write_bytes(self.model_file, save_bytes(state, metadata={"format": "posetune", "arch": meta["arch"]}))
+        self.write_json("model.json", {"format_version": FORMAT_VERSION, **meta})
+
+    def meta(self) -> dict:
+        return self.read_json("model.json")
+
+    def update_meta(self, **changes) -> None:
+        meta = self.meta()
+        meta.update(changes)
+        self.write_json("model.json", meta)
+
+
+@dataclass
+class Prediction:
+    path: str
+    label: str
+    probability: float
+    top_k: list[tuple[str, float]] = field(default_factory=list)
+    error: str | None = None
+
+    def as_dict(self) -> dict:
+        return {"path": self.path, "prediction": self.label, "probability": self.probability,
+                "top_k": [{"label": c, "probability": p} for c, p in self.top_k], "error": self.error}
+
+
+class Classifier:
+    """A trained run loaded for inference (torch engine)."""
+
+    def __init__(self, run: RunDir, device: str = "auto"):
+        import torch
+        from safetensors.torch import load_file
+
+        from posetune.backbones import build_model
+        from posetune.data.pipeline import Preprocess
+        from posetune.engine import resolve_device
+
+        self.run = run.require()
+        self.meta = run.meta()
+        self.classes: list[str] = self.meta["classes"]
+        self.preprocess = Preprocess.from_config(self.meta["preprocessing"])
+        self.device = resolve_device(device)
+        model = build_model(self.meta["arch"], len(self.classes))
+        try:
+            model.load_state_dict(load_file(str(run.model_file)))
+        except RuntimeError as exc:
+            raise UsageError(f"{run.model_file} does not match {self.meta['arch']}: {exc}") from exc
+        self.model = model.to(self.device).eval()
+        self._torch = torch
+
+    def logits(self, batch_uint8) -> torch.Tensor:  # noqa: F821
+        from posetune.engine import Normalizer, autocast
+
+        with self._torch.inference_mode(), autocast(self.device):
+            return self.model(Normalizer(self.preprocess, self.device)(batch_uint8)).float().cpu()
+
+    def predict(self, images: Iterable, top_k: int = 3, batch_size: int = 32) -> list[Prediction]:
+        """Predict paths, PIL images or uint8 arrays. Unreadable files get a Prediction with ``error`` set."""
+        from posetune.predict import predict_batches
+
+        return predict_batches(self, images, top_k=top_k, batch_size=batch_size)
+
+
+def load(run: str | Path, device: str = "auto") -> Classifier:
+    """Load a run folder for prediction: ``posetune.load(RUN).predict(images)``."""
+    return Classifier(RunDir(run), device=device)

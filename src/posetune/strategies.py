@@ -1,0 +1,135 @@
+"""Fine-tuning strategies: which stages freeze, parameter groups with their LRs, BN policy.
+
+A strategy is one registry entry with the same small interface, so adding one is one entry:
+
+>>> plan = make_plan("partial", stages, freeze_stages=2)        # doctest: +SKIP
+>>> groups = param_groups(model, stages, plan, lr=1e-3)         # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from posetune.backbones import Stage, module_stage_map
+from posetune.errors import UsageError
+
+BN_TYPES = (torch.nn.modules.batchnorm._BatchNorm,)
+
+
+@dataclass(frozen=True)
+class Strategy:
+    name: str
+    summary: str
+    lr: float  # head LR default
+    epochs: int
+    cached_features: bool = False  # the base never changes: train the head on cached features
+
+    def frozen(self, stages: list[Stage], freeze_stages: int | None) -> list[str]:
+        body = [s.name for s in stages if s.name != "head"]
+        if self.name == "linear":
+            return body
+        if self.name == "partial":
+            k = default_freeze_stages(stages) if freeze_stages is None else freeze_stages
+            n_stages = len(body) - 1
+            if not 0 <= k <= n_stages:
+                raise UsageError(f"--freeze-stages {k} is out of range: this backbone has stages 0..{n_stages}")
+            return body[: 1 + k]  # the stem and the first k stages
+        return []
+
+
+STRATEGIES: dict[str, Strategy] = {
+    s.name: s for s in (
+        Strategy("linear", "freeze the whole base, train only the head (on cached features)", 3e-3, 30,
+                 cached_features=True),
+        Strategy("partial", "freeze the stem and the first K stages, train the rest and the head", 1e-3, 10),
+        Strategy("full", "train every layer (pretrained layers at a lower LR)", 1e-3, 10),
+    )
+}
+
+
+def get_strategy(name: str) -> Strategy:
+    if name not in STRATEGIES:
+        raise UsageError(f"unknown strategy '{name}'; choose one of {', '.join(STRATEGIES)}")
+    return STRATEGIES[name]
+
+
+def default_freeze_stages(stages: list[Stage]) -> int:
+    """Freeze about the lower half of the stages: low-level features are universal."""
+    n_stages = len([s for s in stages if s.name not in ("stem", "head")])
+    return max(1, n_stages // 2)
+
+
+@dataclass
+class Plan:
+    """What trains and at which LR: the output of a strategy for one model."""
+
+    strategy: str
+    frozen: list[str]  # stage names
+    lrs: dict[str, float]  # stage name -> LR (trainable stages only)
+    bn: str = "frozen"
+
+    def table(self, stages: list[Stage]) -> list[dict]:
+        return [{
+            "stage": s.name, "params": s.n_params,
+            "trainable": s.name not in self.frozen,
+            "lr": self.lrs.get(s.name, 0.0),
+            "bn": "eval" if s.name in self.frozen or self.bn == "frozen" else "train",
+        } for s in stages]
+
+
+def make_plan(strategy: str, stages: list[Stage], lr: float | None = None, freeze_stages: int | None = None,
+              base_lr_ratio: float = 0.1, layer_decay: float | None = None, bn: str = "frozen") -> Plan:
+    """Freeze list + per-stage LR. Pretrained stages get ``lr * base_lr_ratio`` (10x lower by default);
+    with ``layer_decay`` D the LR also shrinks by D per stage from the head down to the stem."""
+    strat = get_strategy(strategy)
+    if bn not in ("frozen", "train"):
+        raise UsageError(f"--bn must be 'frozen' or 'train', not '{bn}'")
+    head_lr = lr if lr is not None else strat.lr
+    frozen = strat.frozen(stages, freeze_stages)
+    lrs = {}
+    trainable = [s.name for s in stages if s.name not in frozen]
+    for depth, name in enumerate(reversed(trainable)):
+        if name == "head":
+            lrs[name] = head_lr
+        elif layer_decay:
+            lrs[name] = head_lr * base_lr_ratio * layer_decay ** (depth - 1)
+        else:
+            lrs[name] = head_lr * base_lr_ratio
+    return Plan(strategy=strategy, frozen=frozen, lrs=lrs, bn=bn)
+
+
+def apply_freeze(model: torch.nn.Module, stages: list[Stage], plan: Plan) -> None:
+    """requires_grad=False for every parameter of a frozen stage."""
+    frozen_names = {n for s in stages if s.name in plan.frozen for n in s.param_names}
+    for name, param in model.named_parameters():
+        param.requires_grad_(name not in frozen_names)
+
+
+def param_groups(model: torch.nn.Module, stages: list[Stage], plan: Plan, weight_decay: float = 0.05) -> list[dict]:
+    """AdamW parameter groups, one per trainable stage, no weight decay on biases and norms."""
+    params = dict(model.named_parameters())
+    groups = []
+    for stage in stages:
+        if stage.name not in plan.lrs:
+            continue
+        decay = [params[n] for n in stage.param_names if params[n].ndim > 1]
+        no_decay = [params[n] for n in stage.param_names if params[n].ndim <= 1]
+        for plist, wd in ((decay, weight_decay), (no_decay, 0.0)):
+            if plist:
+                groups.append({"params": plist, "lr": plan.lrs[stage.name], "weight_decay": wd,
+                               "stage": stage.name})
+    return groups
+
+
+def set_train_mode(model: torch.nn.Module, stages: list[Stage], plan: Plan) -> None:
+    """model.train(), then frozen stages in eval mode (BN statistics and dropout stay put), and every
+    BatchNorm in eval mode when the BN policy is 'frozen'."""
+    model.train()
+    owner = module_stage_map(model, stages)
+    for name, module in model.named_modules():
+        stage = owner.get(name)
+        is_bn = isinstance(module, BN_TYPES)
+        if (stage in plan.frozen) or (is_bn and plan.bn == "frozen"):
+            module.eval()

@@ -1,0 +1,252 @@
+"""`posetune train`: DATA -> samples -> decoded images -> backbone + strategy -> fit -> run folder.
+
+>>> result = train("DATASET", strategy="partial", epochs=5, out="runs/yoga")  # doctest: +SKIP
+>>> result.metrics["test"]["accuracy"]                                        # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from posetune.console import Reporter
+from posetune.errors import UsageError
+
+
+@dataclass
+class TrainOptions:
+    """Every option of `posetune train` (the YAML config uses the same keys). None = the strategy default."""
+
+    data: str = ""
+    backbone: str = "efficientnet_lite0"
+    strategy: str = "partial"
+    freeze_stages: int | None = None
+    epochs: int | None = None
+    lr: float | None = None
+    base_lr_ratio: float = 0.1
+    layer_decay: float | None = None
+    bn: str = "frozen"
+    batch_size: int = 32
+    image_size: int | None = None
+    val_fraction: float = 0.15
+    patience: int = 5
+    weight_decay: float = 0.05
+    label_smoothing: float = 0.1
+    out: str | None = None
+    seed: int = 0
+    device: str = "auto"
+    weights: str | None = None
+    pretrained: bool = True
+    label_level: int = 6
+
+    @classmethod
+    def from_sources(cls, config: str | Path | None = None, **overrides) -> TrainOptions:
+        """YAML config first, then explicit overrides (flags) on top; unknown keys are an error."""
+        values: dict = {}
+        if config:
+            values.update(read_config(config))
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise UsageError(f"unknown option(s) {', '.join(unknown)} in the config; valid keys: {', '.join(sorted(known))}")
+        return cls(**values)
+
+
+def read_config(path: str | Path) -> dict:
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"config file not found: {path}")
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise UsageError(f"{path} is not valid YAML: {str(exc).splitlines()[0]}") from exc
+    if not isinstance(values, dict):
+        raise UsageError(f"{path} must hold a mapping of option: value")
+    return {k.replace("-", "_"): v for k, v in values.items()}
+
+
+@dataclass
+class TrainResult:
+    run: Path
+    metrics: dict = field(default_factory=dict)  # {"val": {...}, "test": {...}}
+    history: list[dict] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    train_seconds: float = 0.0
+
+
+def seed_everything(seed: int) -> None:
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def default_run_dir(opts: TrainOptions) -> Path:
+    base = Path("runs") / f"{Path(opts.data).stem or 'data'}-{opts.backbone.split('@')[0]}-{opts.strategy}"
+    path, n = base, 1
+    while path.exists():
+        n += 1
+        path = base.with_name(f"{base.name}-{n}")
+    return path
+
+
+def train(data: str | Path | None = None, reporter: Reporter | None = None, config: str | Path | None = None,
+          verbose: bool = False, **options) -> TrainResult:
+    """Fine-tune a backbone on DATA and write a self-contained run folder. Options as `posetune train`."""
+    from posetune.console import RichReporter
+
+    opts = TrainOptions.from_sources(config, data=str(data) if data is not None else None, **options)
+    if not opts.data:
+        raise UsageError("no DATA given: pass a folder of class folders, split folders or a CSV manifest")
+    reporter = reporter or (RichReporter() if verbose else Reporter())
+    return _train(opts, reporter)
+
+
+def _train(opts: TrainOptions, reporter: Reporter) -> TrainResult:
+    import torch
+
+    from posetune import backbones, strategies
+    from posetune.data.layouts import discover
+    from posetune.data.pipeline import DecodedDataset, Preprocess, TrainAugment, decode_all, make_loader
+    from posetune.engine import (
+        Settings,
+        extract_features,
+        fit,
+        fit_head_on_features,
+        predict_logits,
+        resolve_device,
+    )
+    from posetune.evaluate import compute_metrics
+    from posetune.report import plot_confusion, plot_history, write_run_report
+    from posetune.run import RunDir, write_csv
+    from posetune.runtime import tune_allocator
+
+    tune_allocator()
+    strategy = strategies.get_strategy(opts.strategy)
+    spec = backbones.parse_spec(opts.backbone, weights=opts.weights, pretrained=opts.pretrained)
+    device = resolve_device(opts.device)
+    seed_everything(opts.seed)
+
+    index = discover(opts.data, val_fraction=opts.val_fraction, seed=opts.seed, label_level=opts.label_level)
+    for w in index.warnings:
+        reporter.warn(w)
+    counts = index.counts()
+    reporter.table(f"data: {opts.data} ({index.layout})",
+                   [{"split": s, **counts[s], "total": sum(counts[s].values())} for s in ("train", "val", "test")
+                    if s in counts])
+
+    model, info = backbones.create_backbone(spec, num_classes=len(index.classes))
+    for note in info["notes"]:
+        reporter.info(f"note: {note}")
+    stages = backbones.model_stages(model)
+    plan = strategies.make_plan(opts.strategy, stages, lr=opts.lr, freeze_stages=opts.freeze_stages,
+                                base_lr_ratio=opts.base_lr_ratio, layer_decay=opts.layer_decay, bn=opts.bn)
+    strategies.apply_freeze(model, stages, plan)
+    epochs = opts.epochs or strategy.epochs
+    preprocess = Preprocess.from_config(backbones.data_config(model, opts.image_size))
+    out = RunDir(opts.out or default_run_dir(opts))
+    out.path.mkdir(parents=True, exist_ok=True)
+    reporter.info(f"backbone {spec.name} ({spec.arch}, weights: {spec.weight_source}), strategy {opts.strategy}, "
+                  f"{epochs} epochs, image size {preprocess.size}, batch {opts.batch_size}, device {device}, "
+                  f"head lr {plan.lrs['head']:.1e} -> {out.path}")
+    reporter.table("stages", plan.table(stages))
+
+    # Decode every image once; unreadable files are skipped here, never mid-epoch.
+    paths = [s.path for s in index.samples]
+    images, failed = decode_all(paths, preprocess, progress=reporter.start("decode images", len(paths)))
+    reporter.stop()
+    index.drop(failed)
+    for path, reason in failed.items():
+        reporter.warn(f"skipped {path}: {reason}")
+    decoded = dict(zip(paths, images))
+
+    def dataset(split: str, augment: bool) -> DecodedDataset:
+        samples = index.split(split)
+        return DecodedDataset([decoded[s.path] for s in samples], [s.label for s in samples], preprocess,
+                              TrainAugment(preprocess.size) if augment else None)
+
+    train_ds, val_ds, test_ds = dataset("train", True), dataset("val", False), dataset("test", False)
+    if len(train_ds) == 0:
+        raise UsageError(f"no readable training images in {opts.data}; see the skipped files above")
+    model.to(device)
+    if device.type == "cuda":
+        model.to(memory_format=torch.channels_last)
+    settings = Settings(epochs=epochs, batch_size=opts.batch_size, patience=opts.patience,
+                        weight_decay=opts.weight_decay, label_smoothing=opts.label_smoothing, seed=opts.seed)
+    loader = lambda ds, shuffle=False: make_loader(ds, opts.batch_size, shuffle, device, opts.seed)  # noqa: E731
+
+    t0 = time.perf_counter()
+    if strategy.cached_features:
+        # The base never changes: one forward pass per image, then the head trains on the cache.
+        train_ds.augment = None
+        n = len(train_ds) + len(val_ds)
+        advance = reporter.start("extract features", n)
+        f_train, y_train = extract_features(model, loader(train_ds), device, preprocess, advance)
+        f_val, y_val = extract_features(model, loader(val_ds), device, preprocess, advance)
+        reporter.stop()
+        head = model.get_classifier()
+        head.to("cpu")
+        result = fit_head_on_features(head, f_train, y_train, f_val, y_val, plan.lrs["head"], settings,
+                                      on_epoch=reporter.epoch)
+        head.load_state_dict(result.best_state)
+        head.to(device)
+    else:
+        advance = reporter.start("epoch 1", len(train_ds))
+
+        def on_epoch(row: dict) -> None:
+            nonlocal advance
+            reporter.epoch(row)
+            if row["epoch"] < epochs:
+                advance = reporter.start(f"epoch {row['epoch'] + 1}", len(train_ds))
+
+        result = fit(model, stages, plan, make_loader(train_ds, opts.batch_size, True, device, opts.seed),
+                     loader(val_ds), preprocess, settings, device, on_step=lambda n: advance(n), on_epoch=on_epoch)
+        reporter.stop()
+        model.load_state_dict(result.best_state)
+    train_seconds = time.perf_counter() - t0
+
+    metrics = {}
+    for split, ds in (("val", val_ds), ("test", test_ds)):
+        if len(ds):
+            logits, labels = predict_logits(model, loader(ds), device, preprocess)
+            metrics[split] = compute_metrics(labels.tolist(), logits.argmax(1).tolist(), index.classes)
+            metrics[split]["split"] = split
+
+    meta = {
+        "backbone": spec.name, "arch": spec.arch, "weight_source": spec.weight_source,
+        "classes": index.classes, "preprocessing": preprocess.to_config(), "strategy": opts.strategy,
+        "frozen_stages": plan.frozen, "stage_lrs": plan.lrs, "best_epoch": result.best_epoch,
+        "epochs_run": len(result.history), "train_seconds": round(train_seconds, 2),
+        "train_images_per_s": round(result.images_seen / max(train_seconds, 1e-9), 2),
+        "data": str(opts.data), "layout": index.layout, "device": str(device),
+        "metrics": {s: {k: m[k] for k in ("accuracy", "balanced_accuracy", "macro_f1", "n")} for s, m in metrics.items()},
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+    model.to("cpu")
+    out.save_model(model, meta)
+    _write_config(out, opts)
+    write_csv(out / "metrics.csv", result.history)
+    write_csv(out / "skipped.csv", [{"path": p, "reason": r} for p, r in index.skipped], header=["path", "reason"])
+    out.write_json("metrics.json", metrics)
+    plots = [plot_history(result.history, out / "training.png")]
+    if "test" in metrics:
+        plots.append(plot_confusion(metrics["test"], out / "confusion_test.png"))
+    write_run_report(out.path, meta, plan.table(stages), result.history, metrics.get("test"), index.skipped, plots)
+    return TrainResult(run=out.path, metrics=metrics, history=result.history, skipped=index.skipped,
+                       train_seconds=train_seconds)
+
+
+def _write_config(out, opts: TrainOptions) -> None:
+    import yaml
+
+    from posetune.run import atomic_write_text
+
+    atomic_write_text(out / "config.yaml", yaml.safe_dump(dataclasses.asdict(opts), sort_keys=False))
