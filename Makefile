@@ -1,0 +1,32 @@
+# Each target works on a fresh machine with only Python, pip and apt.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: install test demo bench bench-quick lint clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+test: install
+	bash scripts/ensure-chromium.sh || echo "chromium unavailable: the browser test will be skipped"
+	$(PY) -m pytest
+
+demo: install
+	$(VENV)/bin/posetune demo --out demo
+
+lint: install
+	$(VENV)/bin/ruff check src tests benchmarks
+
+bench: install
+	$(PY) benchmarks/run.py --full
+
+bench-quick: install
+	$(PY) benchmarks/run.py --quick
+
+clean:
+	rm -rf demo runs .pytest_cache
