@@ -15,19 +15,21 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-__all__ = ["train", "evaluate", "load", "predict", "backbones", "check_data", "synth", "demo", "__version__"]
+# Implementation modules are named apart from these functions (training.py, evaluation.py, ...):
+# importing a submodule binds its name on the package and would shadow a function of that name.
+__all__ = ["train", "evaluate", "load", "predict_paths", "list_backbones", "check_data", "synth", "demo", "__version__"]
 
 
 def train(data=None, **options):
     """Fine-tune a backbone on DATA; see `posetune train --help` for every option."""
-    from posetune.train import train as _train
+    from posetune.training import train as _train
 
     return _train(data, **options)
 
 
 def evaluate(run, data, split: str = "test", **options) -> dict:
     """Metrics of a run folder on one split of DATA (as `posetune evaluate --json`)."""
-    from posetune.evaluate import evaluate as _evaluate
+    from posetune.evaluation import evaluate as _evaluate
 
     return _evaluate(run, data, split=split, **options)
 
@@ -39,14 +41,14 @@ def load(run, device: str = "auto"):
     return _load(run, device=device)
 
 
-def predict(run, paths, top_k: int = 3, batch_size: int = 32, device: str = "auto"):
+def predict_paths(run, paths, top_k: int = 3, batch_size: int = 32, device: str = "auto"):
     """Predict files or folders with a run folder (as `posetune predict`)."""
     from posetune.predict import collect_paths
 
     return load(run, device=device).predict(collect_paths(paths), top_k=top_k, batch_size=batch_size)
 
 
-def backbones(name: str | None = None):
+def list_backbones(name: str | None = None):
     """The backbone table, or one backbone's stages (as `posetune backbones [NAME]`)."""
     from posetune import backbones as _b
 
@@ -71,6 +73,6 @@ def synth(out, **options) -> dict:
 
 def demo(out: str = "demo", **options) -> dict:
     """Synthetic data -> fine-tune -> evaluate -> predict (as `posetune demo`)."""
-    from posetune.demo import run_demo
+    from posetune.demo_run import run_demo
 
     return run_demo(out, **options)

@@ -57,7 +57,7 @@ def train(
     json_out: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
 ):
     """Fine-tune a pretrained backbone on DATA and write a self-contained run folder."""
-    from posetune.train import train as run_train
+    from posetune.training import train as run_train
 
     reporter = _reporter(json_out)
     options = dict(backbone=backbone, strategy=strategy, freeze_stages=freeze_stages, epochs=epochs, lr=lr,
@@ -86,7 +86,7 @@ def evaluate(
     json_out: bool = typer.Option(False, "--json", help="Print the metrics as JSON on stdout."),
 ):
     """Accuracy, balanced accuracy, macro-F1, per-class scores, confusion matrix and most-confused pairs."""
-    from posetune.evaluate import evaluate as run_eval
+    from posetune.evaluation import evaluate as run_eval
 
     reporter = _reporter(json_out)
     metrics = run_eval(run, data, split=split, batch_size=batch_size, device=device, progress=reporter)
@@ -222,7 +222,7 @@ def demo(
     json_out: bool = typer.Option(False, "--json"),
 ):
     """Render synthetic yoga data, fine-tune the default offline backbone, evaluate, and predict a few images."""
-    from posetune.demo import run_demo
+    from posetune.demo_run import run_demo
 
     reporter = _reporter(json_out)
     summary = run_demo(out, reporter=reporter)

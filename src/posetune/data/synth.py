@@ -113,12 +113,12 @@ def _unit(deg: float) -> tuple[float, float]:
 # --------------------------------------------------------------------------- figure geometry
 # A part is (x0, y0, x1, y1, r0, r1, colour_key): a tapered capsule in world units
 # (standing body height ~1, y up). A circle is a capsule with equal end points.
-Part = tuple[float, float, float, float, float, float, str]
+_Part = tuple[float, float, float, float, float, float, str]
 
 
 @dataclass
 class _Figure:
-    chains: list[list[Part]]  # draw order; each chain is outlined as one unit
+    chains: list[list[_Part]]  # draw order; each chain is outlined as one unit
     shade: list[float]  # per-chain brightness (far limbs darker)
     head: tuple[float, float, float, float]  # cx, cy, r, direction (deg)
     side_view: bool
@@ -147,8 +147,8 @@ def _build_figure(t: PoseTemplate, rng: np.random.Generator) -> _Figure:
 
     # body chain: pelvis, torso, neck, head
     if side:
-        pelvis_part: Part = (0.0, 0.0, 0.0, 0.0, 0.072 * tt, 0.072 * tt, "bottom")
-        torso_part: Part = (tu[0] * 0.02, tu[1] * 0.02, nb[0] - tu[0] * 0.05, nb[1] - tu[1] * 0.05,
+        pelvis_part: _Part = (0.0, 0.0, 0.0, 0.0, 0.072 * tt, 0.072 * tt, "bottom")
+        torso_part: _Part = (tu[0] * 0.02, tu[1] * 0.02, nb[0] - tu[0] * 0.05, nb[1] - tu[1] * 0.05,
                             0.066 * tt, 0.078 * tt, "top")
         hips = [(0.0, 0.0), (0.0, 0.0)]
         sh = [(nb[0] - tu[0] * 0.04, nb[1] - tu[1] * 0.04)] * 2
@@ -167,7 +167,7 @@ def _build_figure(t: PoseTemplate, rng: np.random.Generator) -> _Figure:
     neck_len = 0.045 * u(0.85, 1.15)
     neck_top = (nb[0] + hu[0] * neck_len, nb[1] + hu[1] * neck_len)
     hc = (neck_top[0] + hu[0] * head_r * 0.85, neck_top[1] + hu[1] * head_r * 0.85)
-    body: list[Part] = [
+    body: list[_Part] = [
         pelvis_part, torso_part,
         (nb[0] - hu[0] * 0.02, nb[1] - hu[1] * 0.02, neck_top[0], neck_top[1], 0.026 * th, 0.024 * th, "skin"),
         (hc[0], hc[1], hc[0], hc[1], head_r, head_r, "skin"),
@@ -177,7 +177,7 @@ def _build_figure(t: PoseTemplate, rng: np.random.Generator) -> _Figure:
         d = _unit(deg)
         return p[0] + d[0] * length, p[1] + d[1] * length
 
-    arms: list[list[Part]] = []
+    arms: list[list[_Part]] = []
     for i, (shoulder, elbow, wrist) in enumerate(t.arms):
         s = signs[i]
         a_up = torso - 180.0 + s * (shoulder + j())
@@ -191,7 +191,7 @@ def _build_figure(t: PoseTemplate, rng: np.random.Generator) -> _Figure:
             (*e, *w, 0.026 * th, 0.021 * th, "forearm"),
             (*w, *h, 0.021 * th, 0.017 * th, "skin"),
         ])
-    legs: list[list[Part]] = []
+    legs: list[list[_Part]] = []
     for i, (hip, knee, ankle) in enumerate(t.legs):
         s = signs[i]
         a_th = pelvis - 180.0 + s * (hip + j())
@@ -328,10 +328,9 @@ def _texture(rng: np.random.Generator, size: int) -> np.ndarray:
     return arr
 
 
-def _room(rng: np.random.Generator, size: int, line: tuple[float, float, float]) -> np.ndarray:
-    """Wall above, floor below the line y = a*x + b (image pixels); ``line[2]`` unused."""
+def _room(rng: np.random.Generator, size: int, a: float, b: float) -> np.ndarray:
+    """Wall above, floor below the line y = a*x + b (image pixels)."""
     xx, yy, _ = _grid(size)
-    a, b, _ = line
     px, py = (xx + 0.5) * (size - 1), (yy + 0.5) * (size - 1)
     floor = (py > a * px + b)[..., None]
     wall = np.array(_random_colour(rng, 0.35, 0.97), np.float32)
@@ -502,10 +501,8 @@ def render_pose(pose: str, rng: np.random.Generator, size: int = 224) -> Image.I
     elif kind == "room":
         wy = floor + u(0.05, 0.4)  # wall/floor junction behind the figure
         (ax, ay), (cx, cy) = xf(-5.0, wy), xf(5.0, wy)
-        if mirror < 0:
-            (ax, ay), (cx, cy) = (cx, cy), (ax, ay)
         slope = (cy - ay) / (cx - ax) if abs(cx - ax) > 1e-6 else 0.0
-        bg = _room(rng, size, (slope, (ay - slope * ax) / 2, 0.0))
+        bg = _room(rng, size, slope, (ay - slope * ax) / 2)  # 2x canvas -> 1x pixels
     else:
         bg = _photo(rng, size, photos)
     bg_img = Image.fromarray(np.clip(bg, 0, 255).astype(np.uint8))
@@ -605,8 +602,8 @@ def render_dataset(out: str | Path, poses: Sequence[str] | None = None, per_clas
     ``<pose>_NNNNN.jpg`` files beyond the requested counts are removed; nothing else is touched.
 
     >>> import tempfile
-    >>> info = render_dataset(tempfile.mkdtemp(), poses=["tree", "plank"], per_class=2,
-    ...                       test_per_class=1, size=64)
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...     info = render_dataset(tmp, poses=["tree", "plank"], per_class=2, test_per_class=1, size=64)
     >>> info["train"], info["test"], info["poses"]
     (4, 2, ['tree', 'plank'])
     """

@@ -124,7 +124,7 @@ def _train(opts: TrainOptions, reporter: Reporter) -> TrainResult:
         predict_logits,
         resolve_device,
     )
-    from posetune.evaluate import compute_metrics
+    from posetune.evaluation import compute_metrics
     from posetune.report import plot_confusion, plot_history, write_run_report
     from posetune.run import RunDir, write_csv
     from posetune.runtime import tune_allocator
