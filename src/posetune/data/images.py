@@ -89,7 +89,7 @@ def load_image(path: str | Path, min_side: int | None = None) -> Image.Image:
         raise ImageError(f"too many pixels (decompression bomb guard): {exc}") from exc
     except OSError as exc:
         msg = str(exc)
-        if "truncated" in msg:
+        if "truncated" in msg.lower():
             raise ImageError("truncated image") from exc
         if "cannot identify" in msg:
             raise ImageError("not a readable image") from exc

@@ -1,0 +1,223 @@
+"""Prediction through ONNX Runtime with numpy + Pillow only: the light deployment path.
+
+Nothing here imports torch, timm or torchvision, at module level or later, so a deployment can
+install ``posetune[onnx]`` (onnxruntime, pillow, numpy) and predict with a file written by
+``posetune export RUN --format onnx``. The preprocessing is the same as the torch engine's
+(``posetune.data.pipeline.Preprocess``): resize the short side to floor(size / crop_pct) with the
+run's interpolation, center crop to size x size, scale to 0..1, subtract mean, divide by std.
+
+>>> clf = OnnxClassifier("runs/yoga")                 # doctest: +SKIP  (runs/yoga/model.onnx)
+>>> clf.predict(["photo.jpg"], top_k=3)[0].label      # doctest: +SKIP
+'tree'
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+from PIL import Image
+
+from posetune.data.images import ImageError, load_image, resize_short_side, to_rgb
+from posetune.errors import UsageError
+from posetune.run import Prediction
+
+ONNX_FILE = "model.onnx"
+METADATA_KEY = "posetune"  # metadata_props key holding the JSON written by `posetune export`
+
+
+@dataclass(frozen=True)
+class ImageTransform:
+    """numpy twin of ``Preprocess``'s eval path, built from the same ``preprocessing`` dict of model.json."""
+
+    size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    interpolation: str = "bicubic"
+    crop_pct: float = 0.875
+
+    @classmethod
+    def from_config(cls, cfg: dict) -> ImageTransform:
+        return cls(size=int(cfg["input_size"][-1]), mean=tuple(cfg["mean"]), std=tuple(cfg["std"]),
+                   interpolation=cfg.get("interpolation", "bicubic"), crop_pct=float(cfg.get("crop_pct", 0.875)))
+
+    @property
+    def short_side(self) -> int:
+        return int(math.floor(self.size / self.crop_pct))
+
+    def pixels(self, item) -> np.ndarray:
+        """A path, PIL image or HxWx3 uint8 array -> HxWx3 uint8, short side resized (raises ImageError)."""
+        if isinstance(item, (str, Path)):
+            img = load_image(item, min_side=self.short_side)
+        elif isinstance(item, Image.Image):
+            img = to_rgb(item)
+        else:
+            img = to_rgb(Image.fromarray(np.asarray(item, dtype=np.uint8)))
+        return np.asarray(resize_short_side(img, self.short_side, self.interpolation), dtype=np.uint8)
+
+    def crop(self, arr: np.ndarray) -> np.ndarray:
+        """Center crop to size x size, zero-padding a smaller image, with torchvision's rounding."""
+        s = self.size
+        h, w = arr.shape[:2]
+        if h < s or w < s:
+            ph, pw = max(0, s - h), max(0, s - w)
+            arr = np.pad(arr, ((ph // 2, (ph + 1) // 2), (pw // 2, (pw + 1) // 2), (0, 0)))
+            h, w = arr.shape[:2]
+        top, left = int(round((h - s) / 2.0)), int(round((w - s) / 2.0))
+        return arr[top:top + s, left:left + s]
+
+    def normalize(self, batch_uint8: np.ndarray) -> np.ndarray:
+        """NxHxWx3 uint8 -> Nx3xHxW float32, in the same operation order as the torch Normalizer."""
+        x = batch_uint8.astype(np.float32).transpose(0, 3, 1, 2) / np.float32(255.0)
+        mean = np.asarray(self.mean, dtype=np.float32).reshape(1, 3, 1, 1)
+        std = np.asarray(self.std, dtype=np.float32).reshape(1, 3, 1, 1)
+        return np.ascontiguousarray((x - mean) / std)
+
+    def __call__(self, items: Sequence) -> np.ndarray:
+        return self.normalize(np.stack([self.crop(self.pixels(it)) for it in items]))
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def resolve_onnx(run: str | Path) -> tuple[Path, Path | None]:
+    """RUN folder or .onnx file -> (the .onnx file, the run folder or None)."""
+    path = Path(run)
+    if path.is_file() and path.suffix == ".onnx":
+        return path, path.parent
+    if path.is_dir():
+        model = path / ONNX_FILE
+        if model.is_file():
+            return model, path
+        raise UsageError(f"{path} has no {ONNX_FILE}: export it first with `posetune export {path} --format onnx`")
+    raise UsageError(f"no such run folder or .onnx file: {path}")
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits - logits.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def _providers(device: str) -> list[str]:
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    if device in ("auto", "cuda") and "CUDAExecutionProvider" in available:
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    if device == "cuda":
+        raise UsageError("--device cuda was asked for but onnxruntime has no CUDA provider; use --device cpu "
+                         "or install onnxruntime-gpu")
+    return ["CPUExecutionProvider"]
+
+
+class OnnxClassifier:
+    """A run's ONNX export loaded in ONNX Runtime; same ``.predict`` and ``.classes`` as the torch Classifier."""
+
+    engine = "onnx"
+
+    def __init__(self, run: str | Path, device: str = "auto", threads: int | None = None):
+        try:
+            import onnxruntime as ort
+        except ImportError as exc:
+            raise UsageError("the onnx engine needs onnxruntime: pip install 'posetune[onnx]'") from exc
+        self.model_file, run_dir = resolve_onnx(run)
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        try:
+            self.session = ort.InferenceSession(str(self.model_file), options, providers=_providers(device))
+        except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own untyped errors on bad files
+            raise UsageError(f"cannot load {self.model_file} in ONNX Runtime: {exc}") from exc
+        raw = self.session.get_modelmeta().custom_metadata_map.get(METADATA_KEY)
+        if raw is None:
+            raise UsageError(f"{self.model_file} has no posetune metadata; re-export it with `posetune export RUN`")
+        self.meta: dict = json.loads(raw)
+        self.classes: list[str] = list(self.meta["classes"])
+        self.transform = ImageTransform.from_config(self.meta["preprocessing"])
+        self.input = self.session.get_inputs()[0]
+        batch = self.input.shape[0]
+        self.fixed_batch: int | None = batch if isinstance(batch, int) else None
+        self._check_fresh(run_dir)
+
+    def _check_fresh(self, run_dir: Path | None) -> None:
+        """Refuse an export older than the run's weights: it would silently predict with the old model."""
+        source = self.meta.get("source_sha256")
+        weights = run_dir / "model.safetensors" if run_dir else None
+        if source and weights is not None and weights.is_file() and file_sha256(weights) != source:
+            raise UsageError(f"{self.model_file} was exported from other weights than {weights}; "
+                             f"re-export with `posetune export {run_dir} --format onnx`")
+
+    def logits(self, batch: np.ndarray) -> np.ndarray:
+        """Normalised float32 Nx3xSxS -> N x classes logits (chunks/pads to a fixed batch size if the export has one)."""
+        if self.fixed_batch is None:
+            return self.session.run(None, {self.input.name: batch})[0]
+        n, b = len(batch), self.fixed_batch
+        out = []
+        for i in range(0, n, b):
+            chunk = batch[i:i + b]
+            if len(chunk) < b:
+                chunk = np.concatenate([chunk, np.zeros((b - len(chunk), *chunk.shape[1:]), np.float32)])
+            out.append(self.session.run(None, {self.input.name: chunk})[0])
+        return np.concatenate(out)[:n]
+
+    def predict(self, images: Iterable, top_k: int = 3, batch_size: int = 32,
+                on_step: Callable[[int], None] | None = None) -> list[Prediction]:
+        """Predict paths, PIL images or uint8 arrays. Unreadable files get a Prediction with ``error`` set."""
+        items = list(images)
+        top_k = max(1, min(top_k, len(self.classes)))
+        results: list[Prediction | None] = [None] * len(items)
+        pending: list[tuple[int, str, np.ndarray]] = []
+
+        def flush() -> None:
+            if not pending:
+                return
+            probs = softmax(self.logits(self.transform.normalize(np.stack([a for _, _, a in pending]))))
+            for (i, name, _), p in zip(pending, probs):
+                order = np.argsort(-p, kind="stable")[:top_k]
+                ranked = [(self.classes[j], round(float(p[j]), 6)) for j in order]
+                results[i] = Prediction(name, ranked[0][0], ranked[0][1], ranked)
+            if on_step:
+                on_step(len(pending))
+            pending.clear()
+
+        for i, (name, arr, error) in enumerate(self._decoded(items)):
+            if error is not None:
+                results[i] = Prediction(name, "", 0.0, [], error=error)
+                if on_step:
+                    on_step(1)
+                continue
+            pending.append((i, name, arr))
+            if len(pending) >= batch_size:
+                flush()
+        flush()
+        return results  # type: ignore[return-value]
+
+    def _decoded(self, items: list):
+        def one(item):
+            name = str(item) if isinstance(item, (str, Path)) else "<image>"
+            try:
+                return name, self.transform.crop(self.transform.pixels(item)), None
+            except ImageError as exc:
+                return name, None, str(exc)
+
+        if len(items) <= 1:  # a server request: no thread pool per call
+            yield from map(one, items)
+            return
+        # Pillow releases the GIL while decoding: threads overlap JPEG work with inference. Windows of
+        # 64 keep memory bounded on big folders (pool.map would decode everything ahead).
+        with ThreadPoolExecutor(min(4, os.cpu_count() or 1)) as pool:
+            for start in range(0, len(items), 64):
+                yield from pool.map(one, items[start:start + 64])

@@ -1,0 +1,112 @@
+"""Data: every layout, images loaded the way users expect, bad files skipped with their reason."""
+
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+from helpers import messy_files, write_shapes
+
+from posetune.data.images import ImageError, load_image
+from posetune.data.layouts import discover
+from posetune.data.pipeline import Preprocess, decode_all
+from posetune.errors import UsageError
+
+PRE = Preprocess(size=64, mean=(0.5,) * 3, std=(0.5,) * 3)
+
+
+def test_messy_files_load_or_skip_with_reason(tmp_path):
+    kinds = messy_files(tmp_path / "x", np.random.default_rng(0))
+    rotated = load_image(tmp_path / "x" / "rotated.JPG")
+    assert rotated.size == (40, 80)  # EXIF orientation applied
+    for name in ("cmyk.jpeg", "sixteen.png", "alpha.PNG", "palette.gif", "gray.webp", "plain.bmp", "tiff.TIF"):
+        img = load_image(tmp_path / "x" / name)
+        assert img.mode == "RGB", name
+    sixteen = np.asarray(load_image(tmp_path / "x" / "sixteen.png"))
+    assert sixteen.max() > 100  # 16-bit scaled to 8-bit, not clipped to white or black
+    reasons = {}
+    for name in ("zero.jpg", "truncated.jpg", "corrupt.png"):
+        with pytest.raises(ImageError) as err:
+            load_image(tmp_path / "x" / name)
+        reasons[name] = str(err.value)
+    assert reasons == {"zero.jpg": "zero-byte file", "truncated.jpg": "truncated image",
+                       "corrupt.png": reasons["corrupt.png"]}
+    assert kinds["notes.txt"] == "text"
+
+
+def test_kaggle_layout_with_messy_files(tmp_path):
+    write_shapes(tmp_path, 6, split="TRAIN")
+    write_shapes(tmp_path, 2, split="test")
+    messy_files(tmp_path / "TRAIN" / "circle", np.random.default_rng(1))
+    index = discover(tmp_path, val_fraction=0.2)
+    assert index.layout == "split-folders"
+    assert index.classes == ["circle", "square", "triangle"]
+    skipped = dict(index.skipped)
+    assert any(p.endswith("notes.txt") for p in skipped)
+    assert not any(".hidden" in s.path for s in index.samples)
+    paths = [s.path for s in index.samples]
+    images, failed = decode_all(paths, PRE)
+    assert {p.rsplit("/", 1)[-1] for p in failed} == {"zero.jpg", "truncated.jpg", "corrupt.png"}
+    assert all(img.shape[0] == 3 and min(img.shape[1:]) == PRE.short_side for img in images if img is not None)
+    counts = index.counts()
+    assert set(counts) == {"train", "val", "test"}
+    assert all(counts["val"][c] >= 1 for c in index.classes)
+
+
+def test_class_folders_csv_and_stratified_val(tmp_path):
+    write_shapes(tmp_path / "flat", 10)
+    index = discover(tmp_path / "flat", val_fraction=0.2, seed=3)
+    assert index.layout == "class-folders"
+    assert index.counts()["val"] == {"circle": 2, "square": 2, "triangle": 2}
+    again = discover(tmp_path / "flat", val_fraction=0.2, seed=3)
+    assert [s.split for s in again.samples] == [s.split for s in index.samples]  # seeded
+    manifest = tmp_path / "m.csv"
+    with open(manifest, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["path", "label", "split"])
+        for s in index.samples:
+            w.writerow([s.path, index.classes[s.label], "test" if s.split == "val" else "train"])
+        w.writerow(["missing.jpg", "circle", "train"])
+    m = discover(manifest)
+    assert m.layout == "csv" and len(m.split("test")) == 6
+    assert any("missing" in r for _, r in m.skipped)
+
+
+def test_class_problems_are_named(tmp_path):
+    write_shapes(tmp_path / "a", 3, split="train")
+    (tmp_path / "a" / "test" / "extra").mkdir(parents=True)
+    (tmp_path / "a" / "test" / "extra" / "x.jpg").write_bytes(b"")
+    with pytest.raises(UsageError, match="extra"):
+        discover(tmp_path / "a")
+    write_shapes(tmp_path / "b", 3)
+    (tmp_path / "b" / "empty").mkdir()
+    index = discover(tmp_path / "b")
+    assert "empty" not in index.classes and any("empty" in w for w in index.warnings)
+    write_shapes(tmp_path / "c", 1)
+    with pytest.raises(UsageError, match="fewer than 2 training images"):
+        discover(tmp_path / "c")
+    with pytest.raises(UsageError, match="not found"):
+        discover(tmp_path / "nope")
+
+
+def test_yoga82_lists(tmp_path):
+    root = tmp_path / "y82"
+    rng = np.random.default_rng(0)
+    from helpers import shape_image
+
+    lines = {"train": [], "test": []}
+    for i, (folder, l6, l20, l82) in enumerate([("Tree_Pose", 0, 0, 0), ("Downward_Dog", 1, 2, 5)] * 6):
+        rel = f"{folder}/{i}.jpg"
+        (root / "images" / folder).mkdir(parents=True, exist_ok=True)
+        shape_image("circle", rng).save(root / "images" / rel)
+        lines["train" if i < 8 else "test"].append(f"{rel},{l6},{l20},{l82}")
+    lines["train"].append("Gone/404.jpg,0,0,0")
+    for split, rows in lines.items():
+        (root / f"yoga_{split}.txt").write_text("\n".join(rows) + "\n")
+    index = discover(root, label_level=82)
+    assert index.layout == "yoga82-82"
+    assert index.classes == ["Tree_Pose", "Downward_Dog"]
+    assert len(index.split("test")) == 4
+    assert any("dead URL" in r for _, r in index.skipped)
+    assert any("missing" in w for w in index.warnings)
