@@ -52,7 +52,7 @@ def messy_files(folder: Path, rng: np.random.Generator) -> dict[str, str]:
     kinds["rotated.JPG"] = "exif"
     base.convert("CMYK").save(folder / "cmyk.jpeg")
     kinds["cmyk.jpeg"] = "cmyk"
-    Image.fromarray((np.asarray(base.convert("L"), dtype=np.uint16) * 257)).save(folder / "sixteen.png")
+    Image.fromarray(np.asarray(base.convert("L"), dtype=np.uint16) * 257).save(folder / "sixteen.png")
     kinds["sixteen.png"] = "16-bit"
     rgba = base.convert("RGBA")
     rgba.putalpha(128)

@@ -17,9 +17,9 @@ def lite0_imagenet():
 
 def test_offline_lite0_recognises_imagenet_photos(lite0_imagenet):
     """The offline weights are real: skimage's chelsea is a cat, coffee is an espresso."""
+    from PIL import Image
     from skimage import data
     from timm.data import create_transform, resolve_data_config
-    from PIL import Image
 
     model, info = lite0_imagenet
     assert info["weight_source"].startswith("offline:")

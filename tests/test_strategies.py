@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import TINY
 from safetensors.torch import load_file
 
 import posetune
 from posetune import backbones, strategies
 from posetune.errors import UsageError
-
-from helpers import TINY
 
 
 def _initial_state(seed: int = 0):

@@ -17,7 +17,8 @@ __version__ = "0.1.0"
 
 # Implementation modules are named apart from these functions (training.py, evaluation.py, ...):
 # importing a submodule binds its name on the package and would shadow a function of that name.
-__all__ = ["train", "evaluate", "load", "predict_paths", "list_backbones", "check_data", "synth", "demo", "__version__"]
+__all__ = ["train", "evaluate", "load", "predict_paths", "list_backbones", "check_data", "synth", "demo", "compare", "export",
+           "__version__"]
 
 
 def train(data=None, **options):
@@ -34,18 +35,28 @@ def evaluate(run, data, split: str = "test", **options) -> dict:
     return _evaluate(run, data, split=split, **options)
 
 
-def load(run, device: str = "auto"):
-    """Load a run folder for prediction: ``posetune.load(RUN).predict(images)``."""
+def load(run, device: str = "auto", engine: str = "torch"):
+    """Load a run folder for prediction: ``posetune.load(RUN).predict(images)``.
+
+    ``engine="onnx"`` predicts with RUN/model.onnx (`posetune export`) through ONNX Runtime, without torch.
+    """
     from posetune.run import load as _load
 
-    return _load(run, device=device)
+    return _load(run, device=device, engine=engine)
 
 
-def predict_paths(run, paths, top_k: int = 3, batch_size: int = 32, device: str = "auto"):
+def predict_paths(run, paths, top_k: int = 3, batch_size: int = 32, device: str = "auto", engine: str = "torch"):
     """Predict files or folders with a run folder (as `posetune predict`)."""
     from posetune.predict import collect_paths
 
-    return load(run, device=device).predict(collect_paths(paths), top_k=top_k, batch_size=batch_size)
+    return load(run, device=device, engine=engine).predict(collect_paths(paths), top_k=top_k, batch_size=batch_size)
+
+
+def export(run, format: str = "onnx", **options) -> dict:
+    """Write RUN/model.onnx (or model.torchscript.pt) and check parity with PyTorch (as `posetune export --json`)."""
+    from posetune.exporting import export as _export
+
+    return _export(run, format=format, **options)
 
 
 def list_backbones(name: str | None = None):
@@ -76,3 +87,10 @@ def demo(out: str = "demo", **options) -> dict:
     from posetune.demo_run import run_demo
 
     return run_demo(out, **options)
+
+
+def compare(data, **options):
+    """Backbone x strategy sweep with a leaderboard and OUT/best (as `posetune compare`)."""
+    from posetune.comparison import compare as _compare
+
+    return _compare(data, **options)

@@ -230,10 +230,51 @@ def demo(
         _print_json(summary)
 
 
+@app.command(epilog="Example: `posetune compare DATASET --backbones efficientnet_lite0,efficientnet_lite2,resnet18@random "
+                    "--strategies linear,partial,full --seeds 3 --epochs 5 --top-k 2 --budget-minutes 30 --out cmp`")
+def compare(
+    data: str = typer.Argument(..., help="DATA in any supported layout."),
+    backbones: str = typer.Option("efficientnet_lite0,efficientnet_lite1,efficientnet_lite2",
+                                  help="Comma-separated specs: NAME, NAME@random or NAME@PATH."),
+    strategies: str = typer.Option("linear,partial,full", help="Comma-separated: linear, partial, full."),
+    seeds: int = typer.Option(1, help="Seeds per stage-2 cell (test scores: mean +- std over seeds)."),
+    epochs: Optional[int] = typer.Option(None, help="Epochs per stage-2 cell (default per strategy)."),
+    top_k: int = typer.Option(2, help="Fine-tune this many backbones, the best by stage-1 probe."),
+    budget_minutes: Optional[float] = typer.Option(None, help="Run only the cells that fit, estimated from measured throughput."),
+    out: Optional[str] = typer.Option(None, help="Sweep folder (default runs/compare-NAME, NAME = the DATA folder); rerun it to resume."),
+    image_size: Optional[int] = typer.Option(None, help="Default: each backbone's pretrained input size."),
+    batch_size: int = typer.Option(32),
+    device: str = typer.Option("auto", help="auto | cpu | cuda | mps."),
+    json_out: bool = typer.Option(False, "--json", help="Print the leaderboard rows as JSON on stdout."),
+):
+    """Which backbone and strategy win on DATA, and what each costs: probe every backbone on cached features,
+    fine-tune the top-k, and write a leaderboard, plots and OUT/best."""
+    from posetune.comparison import compare as run_compare
+    from posetune.comparison import display_rows
+
+    reporter = _reporter(json_out)
+    result = run_compare(data, reporter=reporter, backbones=backbones, strategies=strategies, seeds=seeds,
+                         epochs=epochs, top_k=top_k, budget_minutes=budget_minutes, out=out, image_size=image_size,
+                         batch_size=batch_size, device=device)
+    shown = display_rows(result.rows)
+    reporter.table(f"leaderboard, best val first ({result.seconds['total']:.0f} s)", shown,
+                   ["#", "backbone", "strategy", "val acc", "test acc", "test macro-F1", "k-NN test acc", "status"])
+    reporter.table("costs", shown, ["#", "backbone", "strategy", "weights", "params M", "GMACs", "px", "train s",
+                                    "ms/img (b1)", "img/s (b32)", "pareto"])
+    for s in result.skipped:
+        reporter.warn(f"skipped {s['cell']}: {s['reason']}")
+    reporter.info(f"leaderboard: {result.out / 'leaderboard.md'} (.csv, .json); plots: "
+                  f"{', '.join(str(p) for p in result.plots) or 'none'}; best: {result.best or 'none'}")
+    if json_out:
+        _print_json(result.as_dict())
+
+
 def main() -> None:
     """Entry point: errors become one line and an exit code (2 bad input, 1 a problem found)."""
     try:
-        app(standalone_mode=False)
+        # Without standalone mode click returns typer.Exit's code instead of exiting.
+        code = app(standalone_mode=False)
+        sys.exit(code if isinstance(code, int) else 0)
     except PosetuneError as exc:
         typer.echo(f"error: {exc}", err=True)
         sys.exit(exc.exit_code)

@@ -42,6 +42,8 @@ class RichReporter(Reporter):
         from rich.console import Console
 
         self.console = Console(stderr=stderr, highlight=False)
+        if not self.console.is_terminal:
+            self.console.width = max(self.console.width, 200)  # logs and pipes: do not cut file paths
         self._progress = None
         self._task = None
 

@@ -146,7 +146,7 @@ class OnnxClassifier:
             raise UsageError(f"{self.model_file} has no posetune metadata; re-export it with `posetune export RUN`")
         self.meta: dict = json.loads(raw)
         self.classes: list[str] = list(self.meta["classes"])
-        self.transform = ImageTransform.from_config(self.meta["preprocessing"])
+        self.preprocess = ImageTransform.from_config(self.meta["preprocessing"])
         self.input = self.session.get_inputs()[0]
         batch = self.input.shape[0]
         self.fixed_batch: int | None = batch if isinstance(batch, int) else None
@@ -184,7 +184,7 @@ class OnnxClassifier:
         def flush() -> None:
             if not pending:
                 return
-            probs = softmax(self.logits(self.transform.normalize(np.stack([a for _, _, a in pending]))))
+            probs = softmax(self.logits(self.preprocess.normalize(np.stack([a for _, _, a in pending]))))
             for (i, name, _), p in zip(pending, probs):
                 order = np.argsort(-p, kind="stable")[:top_k]
                 ranked = [(self.classes[j], round(float(p[j]), 6)) for j in order]
@@ -209,7 +209,7 @@ class OnnxClassifier:
         def one(item):
             name = str(item) if isinstance(item, (str, Path)) else "<image>"
             try:
-                return name, self.transform.crop(self.transform.pixels(item)), None
+                return name, self.preprocess.crop(self.preprocess.pixels(item)), None
             except ImageError as exc:
                 return name, None, str(exc)
 

@@ -102,3 +102,67 @@ def write_run_report(run_path: str | Path, meta: dict, plan_rows: list[dict], hi
     out = run_path / "report.md"
     atomic_write_text(out, "\n".join(lines) + "\n")
     return out
+
+
+def plot_accuracy_vs_latency(rows: list[dict], out: str | Path) -> Path:
+    """Leaderboard rows: test accuracy against batch-1 latency, one marker per strategy, error bars
+    where known, and the Pareto front (rows with ``pareto`` set) joined by a step line."""
+    plt = _pyplot()
+    pts = [r for r in rows if r.get("test_accuracy") is not None and r.get("latency_ms") is not None]
+    strategies = sorted({r["strategy"] for r in pts})
+    markers = dict(zip(strategies, "os^Dvp<>"))
+    fig, ax = plt.subplots(figsize=(7, 4.6))
+    for strategy in strategies:
+        sel = [r for r in pts if r["strategy"] == strategy]
+        ax.errorbar([r["latency_ms"] for r in sel], [r["test_accuracy"] for r in sel],
+                    yerr=[r.get("test_accuracy_err") or 0 for r in sel], fmt=markers.get(strategy, "o"), ms=7,
+                    capsize=3, label=strategy, alpha=0.85)
+    for r in pts:
+        ax.annotate(r["backbone"], (r["latency_ms"], r["test_accuracy"]), textcoords="offset points",
+                    xytext=(5, 4), fontsize=7)
+    front = sorted((r for r in pts if r.get("pareto")), key=lambda r: r["latency_ms"])
+    if front:
+        ax.step([r["latency_ms"] for r in front], [r["test_accuracy"] for r in front], where="post", color="crimson",
+                lw=1.2, ls="--", label="Pareto front")
+        ax.scatter([r["latency_ms"] for r in front], [r["test_accuracy"] for r in front], s=160,
+                   facecolors="none", edgecolors="crimson", zorder=3)
+    ax.set_xlabel("latency per image, batch 1 (ms)")
+    ax.set_ylabel("test accuracy")
+    ax.set_title("accuracy vs latency (up and left is better)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    out = Path(out)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def plot_strategy_bars(rows: list[dict], out: str | Path) -> Path:
+    """Grouped bars: test accuracy per backbone (groups) and strategy (bars), with error bars."""
+    import numpy as np
+
+    plt = _pyplot()
+    pts = [r for r in rows if r.get("test_accuracy") is not None]
+    backbones = list(dict.fromkeys(r["backbone"] for r in pts))
+    strategies = list(dict.fromkeys(r["strategy"] for r in pts))
+    width = 0.8 / max(1, len(strategies))
+    x = np.arange(len(backbones))
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.4 * len(backbones) + 2), 4.2))
+    for i, strategy in enumerate(strategies):
+        by = {r["backbone"]: r for r in pts if r["strategy"] == strategy}
+        acc = [by[b]["test_accuracy"] if b in by else np.nan for b in backbones]
+        err = [(by[b].get("test_accuracy_err") or 0) if b in by else 0 for b in backbones]
+        bars = ax.bar(x + (i - (len(strategies) - 1) / 2) * width, acc, width, yerr=err, capsize=3, label=strategy)
+        ax.bar_label(bars, labels=[f"{a:.2f}" if a == a else "" for a in acc], fontsize=7, padding=2)
+    ax.set_xticks(x, backbones, rotation=20, ha="right")
+    ax.set_ylim(0, 1.08)
+    ax.set_ylabel("test accuracy")
+    ax.set_title("test accuracy per backbone and strategy")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    out = Path(out)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out

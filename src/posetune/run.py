@@ -18,7 +18,7 @@ import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 from posetune.errors import UsageError
 
@@ -148,13 +148,27 @@ class Classifier:
         with self._torch.inference_mode(), autocast(self.device):
             return self.model(Normalizer(self.preprocess, self.device)(batch_uint8)).float().cpu()
 
-    def predict(self, images: Iterable, top_k: int = 3, batch_size: int = 32) -> list[Prediction]:
+    def predict(self, images: Iterable, top_k: int = 3, batch_size: int = 32,
+                on_step: Callable[[int], None] | None = None) -> list[Prediction]:
         """Predict paths, PIL images or uint8 arrays. Unreadable files get a Prediction with ``error`` set."""
         from posetune.predict import predict_batches
 
-        return predict_batches(self, images, top_k=top_k, batch_size=batch_size)
+        return predict_batches(self, images, top_k=top_k, batch_size=batch_size, on_step=on_step)
 
 
-def load(run: str | Path, device: str = "auto") -> Classifier:
-    """Load a run folder for prediction: ``posetune.load(RUN).predict(images)``."""
+ENGINES = ("torch", "onnx")
+
+
+def load(run: str | Path, device: str = "auto", engine: str = "torch"):
+    """Load a run folder for prediction: ``posetune.load(RUN).predict(images)``.
+
+    ``engine="onnx"`` runs RUN/model.onnx (from `posetune export`) in ONNX Runtime without importing torch;
+    both engines return an object with ``.classes`` and ``.predict(images, top_k, batch_size)``.
+    """
+    if engine == "onnx":
+        from posetune.onnx_engine import OnnxClassifier
+
+        return OnnxClassifier(run, device=device)
+    if engine != "torch":
+        raise UsageError(f"--engine must be one of {', '.join(ENGINES)}, not '{engine}'")
     return Classifier(RunDir(run), device=device)

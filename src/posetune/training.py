@@ -114,6 +114,7 @@ def _train(opts: TrainOptions, reporter: Reporter) -> TrainResult:
     import torch
 
     from posetune import backbones, strategies
+    from posetune.data.check import exact_duplicates
     from posetune.data.layouts import discover
     from posetune.data.pipeline import DecodedDataset, Preprocess, TrainAugment, decode_all, make_loader
     from posetune.engine import (
@@ -138,6 +139,10 @@ def _train(opts: TrainOptions, reporter: Reporter) -> TrainResult:
     index = discover(opts.data, val_fraction=opts.val_fraction, seed=opts.seed, label_level=opts.label_level)
     for w in index.warnings:
         reporter.warn(w)
+    for group in exact_duplicates(index):  # the fast part of `posetune data check`
+        if group["cross_split"]:
+            reporter.warn(f"the same file is in {' and '.join(group['splits'])}: {', '.join(group['paths'])} "
+                          "(train/test leak; run `posetune data check`)")
     counts = index.counts()
     reporter.table(f"data: {opts.data} ({index.layout})",
                    [{"split": s, **counts[s], "total": sum(counts[s].values())} for s in ("train", "val", "test")

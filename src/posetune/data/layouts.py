@@ -39,6 +39,7 @@ class DataIndex:
     samples: list[Sample]
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
     warnings: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)  # only filled when discover(strict=False)
     val_held_out: bool = False
 
     def split(self, name: str) -> list[Sample]:
@@ -58,8 +59,12 @@ class DataIndex:
         self.skipped.extend(bad.items())
 
 
-def discover(data: str | Path, val_fraction: float = 0.15, seed: int = 0, label_level: int = 6) -> DataIndex:
-    """Find the samples of DATA in whichever layout it uses; hold out a stratified val split if none."""
+def discover(data: str | Path, val_fraction: float = 0.15, seed: int = 0, label_level: int = 6,
+             strict: bool = True) -> DataIndex:
+    """Find the samples of DATA in whichever layout it uses; hold out a stratified val split if none.
+
+    ``strict=False`` (the audit) records class problems in ``index.problems`` instead of failing.
+    """
     root = Path(data)
     if not root.exists():
         raise UsageError(f"DATA not found: {root} (give a folder of class folders, split folders, or a CSV)")
@@ -71,8 +76,9 @@ def discover(data: str | Path, val_fraction: float = 0.15, seed: int = 0, label_
         index = _from_yoga82(root, label_level)
     else:
         split_dirs = {SPLIT_NAMES[p.name.lower()]: p for p in _subdirs(root) if p.name.lower() in SPLIT_NAMES}
-        index = _from_split_folders(root, split_dirs) if split_dirs else _from_class_folders(root)
-    _check_classes(index)
+        index = _from_split_folders(root, split_dirs, strict) if split_dirs else _from_class_folders(root)
+    if strict:
+        _check_classes(index)
     if not index.split("val") and index.split("train") and val_fraction > 0:
         hold_out_val(index, val_fraction, seed)
     return index
@@ -104,7 +110,7 @@ def _from_class_folders(root: Path) -> DataIndex:
     return DataIndex(str(root), "class-folders", classes, samples, skipped)
 
 
-def _from_split_folders(root: Path, split_dirs: dict[str, Path]) -> DataIndex:
+def _from_split_folders(root: Path, split_dirs: dict[str, Path], strict: bool = True) -> DataIndex:
     skipped: list = []
     per_split = {split: {d.name: _scan_class_dir(d, skipped) for d in _subdirs(path)}
                  for split, path in split_dirs.items()}
@@ -112,18 +118,22 @@ def _from_split_folders(root: Path, split_dirs: dict[str, Path]) -> DataIndex:
         raise UsageError(f"{root} has split folders ({', '.join(p.name for p in split_dirs.values())}) "
                          "but no train folder; add TRAIN/<class>/...")
     classes = sorted(per_split["train"])
-    warnings = []
+    warnings, problems = [], []
     for split, per_class in per_split.items():
-        extra = sorted(set(per_class) - set(classes))
-        missing = sorted(set(classes) - set(per_class))
+        extra = sorted(set(per_class) - set(per_split["train"]))
+        missing = sorted(set(per_split["train"]) - set(per_class))
         if extra:
-            raise UsageError(f"class folders in {split_dirs[split].name} but not in the train split: "
-                             f"{', '.join(extra)}; add them to train or remove them")
+            msg = f"class folders in {split_dirs[split].name} but not in the train split: {', '.join(extra)}"
+            if strict:
+                raise UsageError(f"{msg}; add them to train or remove them")
+            problems.append(msg)
+            classes = sorted(set(classes) | set(extra))
         if missing:
-            warnings.append(f"classes with no {split_dirs[split].name} folder: {', '.join(missing)}")
+            msg = f"classes with no {split_dirs[split].name} folder: {', '.join(missing)}"
+            (warnings if strict else problems).append(msg)
     samples = [Sample(p, classes.index(c), split)
                for split, per_class in per_split.items() for c, paths in per_class.items() for p in paths]
-    return DataIndex(str(root), "split-folders", classes, samples, skipped, warnings)
+    return DataIndex(str(root), "split-folders", classes, samples, skipped, warnings, problems)
 
 
 def _from_csv(path: Path) -> DataIndex:

@@ -1,0 +1,243 @@
+"""The web service: POST an image, get the pose. One page at ``/``, JSON at ``/predict``, ``/info``, ``/health``.
+
+Every bad input gets a 4xx JSON ``{"detail": ...}`` that names the fix: an empty body (400), a body
+over ``max_bytes`` (413, counted while reading, so nothing unbounded is buffered), an image over
+``max_pixels`` (413, checked from the header before decoding; Pillow's decompression-bomb guard
+maps there too), bytes that are no image (415), a truncated or corrupt image (422), a multipart
+upload without the ``file`` field (422), an upload slower than ``read_timeout`` (408). At most
+``max_queue`` requests are admitted at once; the next gets 503 with Retry-After. Decoding runs in
+the thread pool (two at a time), inference under a lock, so the event loop never blocks and
+memory stays bounded.
+
+>>> app = create_app("runs/yoga", engine="onnx")   # doctest: +SKIP
+>>> import uvicorn; uvicorn.run(app, host="127.0.0.1", port=8000)   # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import threading
+import time
+from importlib import resources
+from pathlib import Path
+from typing import AsyncIterator
+
+import anyio
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.responses import HTMLResponse
+from PIL import Image, ImageOps
+from starlette.concurrency import run_in_threadpool
+from starlette.formparsers import MultiPartException, MultiPartParser
+
+from posetune.data.images import to_rgb
+from posetune.errors import UsageError
+
+DEFAULT_MAX_BYTES = 10_000_000
+DEFAULT_MAX_PIXELS = 50_000_000  # a 48 MP phone photo fits; below Pillow's own bomb threshold (~89 MP)
+MULTIPART_SLACK = 16_384  # multipart boundaries and part headers around the file itself
+# Formats a photo arrives in. Pillow's other plugins (EPS runs Ghostscript, ...) stay off for uploads.
+UPLOAD_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "MPO")
+
+_PREDICT_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {"schema": {"type": "object", "required": ["file"],
+                                               "properties": {"file": {"type": "string", "format": "binary"}}}},
+            "image/*": {"schema": {"type": "string", "format": "binary"}},
+        },
+    },
+}
+
+
+def parse_size(text: str | int) -> int:
+    """'10MB' -> 10_000_000, '512KiB' -> 524_288, '2000000' -> 2_000_000."""
+    if isinstance(text, int):
+        return text
+    units = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
+    s = text.strip().upper().replace(" ", "")
+    number = s.rstrip("KMGIB")
+    unit = s[len(number):]
+    try:
+        value = float(number)
+    except ValueError:
+        value = -1.0
+    if unit not in units or value <= 0:
+        raise UsageError(f"--max-bytes must be a size like 10MB, 512KiB or 2000000, not '{text}'")
+    return int(value * units[unit])
+
+
+def decode_upload(data: bytes, max_pixels: int, min_side: int) -> Image.Image:
+    """Upload bytes -> upright RGB image, or an HTTPException that says what was wrong with them.
+
+    JPEGs are decoded at a reduced scale that keeps the short side >= min_side, as
+    ``posetune.data.images.load_image`` does for files, so the server sees what `posetune predict` sees.
+    """
+    try:
+        img = Image.open(io.BytesIO(data), formats=UPLOAD_FORMATS)
+    except Image.DecompressionBombError as exc:
+        raise HTTPException(413, f"image has too many pixels ({exc}); send a smaller photo") from exc
+    except Exception as exc:  # noqa: BLE001 - Pillow raises many types on unknown data
+        raise HTTPException(415, f"not an image Pillow can read as {', '.join(UPLOAD_FORMATS)}: "
+                                 f"send a JPEG, PNG or WebP photo (HEIC: convert to JPEG first)") from exc
+    w, h = img.size
+    if w * h > max_pixels:
+        raise HTTPException(413, f"image is {w}x{h} = {w * h:,} pixels, over this server's limit of {max_pixels:,}; "
+                                 "send a smaller photo")
+    try:
+        if img.format in ("JPEG", "MPO"):
+            scale = min(w, h) / min_side
+            if scale >= 2:
+                img.draft("RGB", (int(w / scale) + 1, int(h / scale) + 1))
+        img.load()
+        return to_rgb(ImageOps.exif_transpose(img))
+    except Image.DecompressionBombError as exc:
+        raise HTTPException(413, f"image has too many pixels ({exc}); send a smaller photo") from exc
+    except Exception as exc:  # noqa: BLE001
+        reason = "truncated" if "truncated" in str(exc) else f"corrupt ({type(exc).__name__}: {exc})"
+        raise HTTPException(422, f"the {img.format} image is {reason}; upload the whole file again") from exc
+
+
+class _Admission:
+    """Counts admitted requests (event-loop only, so a plain int is safe); beyond the limit: 503."""
+
+    def __init__(self, limit: int):
+        self.limit, self.active = limit, 0
+
+    def __enter__(self) -> _Admission:
+        if self.active >= self.limit:
+            raise HTTPException(503, f"busy: {self.active} requests in progress; retry in a second",
+                                headers={"Retry-After": "1"})
+        self.active += 1
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.active -= 1
+
+
+async def _limited(stream: AsyncIterator[bytes], limit: int) -> AsyncIterator[bytes]:
+    total = 0
+    async for chunk in stream:
+        total += len(chunk)
+        if total > limit:
+            raise HTTPException(413, f"upload is over this server's limit of {limit:,} bytes; send a smaller photo "
+                                     "(or start the server with a larger --max-bytes)")
+        yield chunk
+
+
+def run_info(clf, run: str | Path) -> dict:
+    """What /info shows: the run's model.json where there is one, else the export's metadata."""
+    meta = dict(getattr(clf, "meta", {}))
+    model_json = Path(run) / "model.json" if Path(run).is_dir() else Path(run).parent / "model.json"
+    if model_json.is_file():
+        meta = {**meta, **json.loads(model_json.read_text())}
+    metrics = meta.get("metrics") or {}
+    return {"backbone": meta.get("backbone"), "arch": meta.get("arch"), "strategy": meta.get("strategy"),
+            "classes": list(clf.classes), "preprocessing": meta.get("preprocessing"),
+            "metrics": metrics.get("test"), "metrics_all": metrics, "created": meta.get("created")}
+
+
+def create_app(run: str | Path, engine: str = "torch", max_bytes: int = DEFAULT_MAX_BYTES, top_k: int = 5,
+               max_pixels: int = DEFAULT_MAX_PIXELS, max_queue: int = 16, device: str = "auto",
+               read_timeout: float = 30.0, classifier=None) -> FastAPI:
+    """The FastAPI app serving RUN with ``engine`` ('torch' or 'onnx'); the model loads here, not per request."""
+    from posetune import __version__
+    from posetune.run import load
+
+    if max_bytes <= 0 or max_pixels <= 0 or max_queue <= 0 or top_k <= 0:
+        raise UsageError("max_bytes, max_pixels, max_queue and top_k must be positive")
+    clf = classifier or load(run, device=device, engine=engine)
+    info = {**run_info(clf, run), "engine": engine, "top_k": min(top_k, len(clf.classes)), "max_bytes": max_bytes,
+            "max_pixels": max_pixels, "max_queue": max_queue, "posetune_version": __version__}
+    page = resources.files("posetune.serve").joinpath("static/index.html").read_text(encoding="utf-8")
+    model_lock = threading.Lock()  # one inference at a time: each already uses every core
+    decode_slots = threading.BoundedSemaphore(2)  # bounds decoded full-size images held in memory
+    admission = _Admission(max_queue)
+    short_side, interpolation = clf.preprocess.short_side, clf.preprocess.interpolation
+
+    app = FastAPI(title="posetune", version=__version__,
+                  description=f"Names the pose in a photo: {', '.join(clf.classes)} ({info['backbone']}, {engine}).")
+
+    def infer(data: bytes) -> dict:
+        from posetune.data.images import resize_short_side
+
+        t0 = time.perf_counter()
+        with decode_slots:
+            img = decode_upload(data, max_pixels, short_side)
+            width, height = img.size
+            # The engines' first step, done here so that only the small image waits for the model.
+            img = resize_short_side(img, short_side, interpolation)
+        t1 = time.perf_counter()
+        with model_lock:
+            t2 = time.perf_counter()
+            pred = clf.predict([img], top_k=info["top_k"], batch_size=1)[0]
+            t3 = time.perf_counter()
+        if pred.error:
+            raise HTTPException(422, f"cannot use this image: {pred.error}")
+        return {"prediction": pred.label, "probability": pred.probability,
+                "top_k": [{"label": c, "probability": p} for c, p in pred.top_k],
+                "latency_ms": round((t3 - t2) * 1000, 2), "decode_ms": round((t1 - t0) * 1000, 2),
+                "queue_ms": round((t2 - t1) * 1000, 2), "engine": engine, "image": {"width": width, "height": height}}
+
+    async def read_image_bytes(request: Request) -> bytes:
+        declared = request.headers.get("content-length")
+        if declared is not None and not declared.isdigit():
+            raise HTTPException(400, f"bad Content-Length header: {declared!r}")
+        media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        limit = max_bytes + (MULTIPART_SLACK if media == "multipart/form-data" else 0)
+        if declared is not None and int(declared) > limit:  # refuse before reading anything
+            raise HTTPException(413, f"upload is {int(declared):,} bytes, over this server's limit of "
+                                     f"{max_bytes:,}; send a smaller photo (or start with a larger --max-bytes)")
+        stream = _limited(request.stream(), limit)
+        if media == "multipart/form-data":
+            try:
+                form = await MultiPartParser(request.headers, stream, max_files=1, max_fields=8).parse()
+            except MultiPartException as exc:
+                raise HTTPException(400, f"bad multipart upload: {exc.message}; send the image in form field 'file'") from exc
+            try:
+                upload = form.get("file")
+                if upload is None or isinstance(upload, str):
+                    got = ", ".join(f"'{k}'" for k in form.keys()) or "none"
+                    raise HTTPException(422, f"send the image in the multipart form field 'file' (fields received: {got})")
+                data = await upload.read()
+            finally:
+                await form.close()
+        else:
+            data = b"".join([chunk async for chunk in stream])
+        if not data:
+            raise HTTPException(400, "empty upload: send image bytes as the body, or a multipart form field 'file'")
+        if len(data) > max_bytes:
+            raise HTTPException(413, f"image is {len(data):,} bytes, over this server's limit of {max_bytes:,}")
+        return data
+
+    @app.post("/predict", openapi_extra=_PREDICT_BODY, summary="Name the pose in one photo")
+    async def predict(request: Request) -> dict:
+        """Upload a photo (multipart field `file`, or the raw bytes as the body): the top-k poses with
+        probabilities and the model latency in ms."""
+        with admission:
+            try:
+                with anyio.fail_after(read_timeout):
+                    data = await read_image_bytes(request)
+            except TimeoutError as exc:
+                raise HTTPException(408, f"the upload took over {read_timeout:g} s; try again") from exc
+            return await run_in_threadpool(infer, data)
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def index() -> HTMLResponse:
+        # Everything is inline: the page works offline and loads nothing from elsewhere.
+        csp = ("default-src 'none'; img-src 'self' blob: data:; style-src 'unsafe-inline'; "
+               "script-src 'unsafe-inline'; connect-src 'self'; base-uri 'none'; form-action 'self'")
+        return HTMLResponse(page, headers={"Content-Security-Policy": csp})
+
+    @app.get("/health", summary="Liveness: the model is loaded")
+    async def health() -> dict:
+        return {"status": "ok", "engine": engine, "in_flight": admission.active}
+
+    @app.get("/info", summary="The model: backbone, strategy, classes, test metrics, limits")
+    async def get_info() -> dict:
+        return info
+
+    app.state.classifier = clf
+    app.state.info = info
+    return app
