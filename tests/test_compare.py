@@ -1,0 +1,193 @@
+"""`posetune compare`: leaderboard files and JSON, resume, unknown backbones, failing cells, budget, `best`."""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import posetune
+from posetune import cli
+from posetune.comparison import LEADERBOARD_COLUMNS, bootstrap_interval, estimate_cell_seconds, mark_pareto
+
+TINY = ["--image-size", "64", "--batch-size", "16", "--epochs", "1"]
+BACKBONES = "test_efficientnet@random,test_resnet@random"
+
+
+def run_cli(monkeypatch, capsys, *args) -> tuple[int, str, str]:
+    """posetune.cli.main in-process (no interpreter start-up): (exit code, stdout, stderr)."""
+    monkeypatch.setattr(sys, "argv", ["posetune", *map(str, args)])
+    code = 0
+    try:
+        cli.main()
+    except SystemExit as exc:
+        code = exc.code or 0
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+@pytest.fixture(scope="module")
+def yoga(tmp_path_factory) -> Path:
+    """Three rendered poses at 64 px, a dozen train and four test images each."""
+    from posetune.data.synth import render_dataset
+
+    root = tmp_path_factory.mktemp("yoga") / "data"
+    render_dataset(root, poses=["plank", "tree", "warrior2"], per_class=12, test_per_class=4, size=64)
+    return root
+
+
+@pytest.fixture(scope="module")
+def sweep(yoga, tmp_path_factory) -> dict:
+    """One small sweep through the CLI with --json: two tiny random-init backbones, linear + partial."""
+    mp = pytest.MonkeyPatch()
+    out = tmp_path_factory.mktemp("sweep") / "cmp"
+    args = ["posetune", "compare", str(yoga), "--backbones", BACKBONES, "--strategies", "linear,partial",
+            "--top-k", "1", "--out", str(out), "--json", *TINY]
+    mp.setattr(sys, "argv", args)
+    import contextlib
+    import io
+
+    stdout = io.StringIO()
+    with contextlib.redirect_stdout(stdout):
+        try:
+            cli.main()
+        except SystemExit as exc:
+            assert not exc.code
+    mp.undo()
+    return {"out": out, "json": json.loads(stdout.getvalue()), "args": args[2:]}
+
+
+def test_leaderboard_files_and_json(sweep):
+    out, result = sweep["out"], sweep["json"]
+    rows = result["rows"]
+    # One row per backbone's stage-1 probe (its linear cell) + one per stage-2 cell of the top-1 backbone.
+    pairs = {(r["backbone"], r["strategy"]) for r in rows}
+    assert {("test_efficientnet@random", "linear"), ("test_resnet@random", "linear")} <= pairs
+    assert len(rows) == 3 and sum(r["strategy"] == "partial" for r in rows) == 1
+    assert [r["rank"] for r in rows] == [1, 2, 3]
+    vals = [r["val_accuracy"] for r in rows]
+    assert vals == sorted(vals, reverse=True)
+    for r in rows:
+        assert set(r) == set(LEADERBOARD_COLUMNS)
+        assert r["status"] == "ok" and r["weights"] == "random" and r["image_size"] == 64
+        assert r["params_m"] > 0 and r["gmacs"] > 0 and r["latency_ms"] > 0 and r["images_per_s"] > 0
+        assert 0 <= r["test_accuracy"] <= 1 and r["err_kind"] == "ci95" and r["test_accuracy_err"] >= 0
+        assert Path(r["run"], "model.safetensors").is_file() and Path(r["run"], "cell.json").is_file()
+    probes = [r for r in rows if r["strategy"] == "linear"]
+    assert all(r["knn_test_accuracy"] is not None for r in probes)
+    with open(out / "leaderboard.csv") as fh:
+        csv_rows = list(csv.DictReader(fh))
+    assert [c for c in csv_rows[0]] == list(LEADERBOARD_COLUMNS) and len(csv_rows) == 3
+    md = (out / "leaderboard.md").read_text()
+    assert md.count("\n| ") == 4 and "test_resnet@random" in md  # header + 3 rows
+    assert json.loads((out / "leaderboard.json").read_text())["rows"] == rows
+    for png in ("accuracy_vs_latency.png", "accuracy_by_strategy.png"):
+        assert (out / png).stat().st_size > 1000
+    assert any(r["pareto"] for r in rows)
+
+
+def test_best_is_usable_by_load_predict_and_evaluate(sweep, yoga):
+    out, rows = sweep["out"], sweep["json"]["rows"]
+    best = out / "best"
+    assert best.exists() and Path(sweep["json"]["best"]) == best
+    assert best.resolve() == Path(rows[0]["run"]).resolve()
+    clf = posetune.load(best, device="cpu")
+    images = sorted((yoga / "TEST").rglob("*.jpg"))[:5]
+    preds = clf.predict([str(p) for p in images])
+    assert len(preds) == 5 and all(p.error is None and p.label in ("plank", "tree", "warrior2") for p in preds)
+    # The saved model reproduces the leaderboard's test score (the probe folded into the head, or the trained cell).
+    metrics = posetune.evaluate(best, yoga, split="test", device="cpu", plot=False)
+    assert abs(metrics["accuracy"] - rows[0]["test_accuracy"]) <= 1 / metrics["n"] + 1e-9
+
+
+def test_rerun_skips_finished_cells(sweep, monkeypatch, capsys):
+    out = sweep["out"]
+    cells = sorted((out / "cells").glob("*/cell.json"))
+    stamps = {p: p.stat().st_mtime_ns for p in cells}
+    t0 = time.perf_counter()
+    code, stdout, err = run_cli(monkeypatch, capsys, "compare", *sweep["args"])
+    assert code == 0
+    assert err.count("already probed") == 2 and err.count("finished earlier, skipped") == 1
+    assert {p: p.stat().st_mtime_ns for p in cells} == stamps  # nothing was retrained or rewritten
+    again = json.loads(stdout)
+    assert [(r["backbone"], r["strategy"], r["test_accuracy"]) for r in again["rows"]] == [
+        (r["backbone"], r["strategy"], r["test_accuracy"]) for r in sweep["json"]["rows"]]
+    assert again["seconds"]["stage2"] < 1.0 and time.perf_counter() - t0 < 10
+
+
+def test_unknown_backbone_fails_before_any_work(tmp_path, yoga, monkeypatch, capsys):
+    out = tmp_path / "never"
+    code, _, err = run_cli(monkeypatch, capsys, "compare", yoga, "--backbones", "test_resnet@random,resnet_50",
+                           "--out", out)
+    assert code == 2
+    assert err.strip().count("\n") == 0 and "resnet_50" in err and "did you mean" in err and "resnet50" in err
+    assert not out.exists()
+
+
+def test_failing_cells_are_recorded_and_the_sweep_goes_on(tmp_path, yoga, monkeypatch, capsys):
+    import torch
+    from safetensors.torch import save_file
+
+    import posetune.training as training
+
+    bad = tmp_path / "wrong.safetensors"  # exists (so the spec is valid) but fits no test_resnet
+    save_file({"conv_stem.weight": torch.zeros(3, 3, 3, 3)}, str(bad))
+    real_train = training.train
+
+    def train_or_fail(data, **options):
+        if options["strategy"] == "full":
+            raise RuntimeError("simulated out-of-memory")
+        return real_train(data, **options)
+
+    monkeypatch.setattr(training, "train", train_or_fail)
+    out = tmp_path / "cmp"
+    code, stdout, err = run_cli(monkeypatch, capsys, "compare", yoga, "--backbones",
+                                f"test_efficientnet@random,test_resnet@{bad}", "--strategies", "linear,partial,full",
+                                "--top-k", "1", "--out", out, "--json", *TINY)
+    assert code == 0
+    rows = {(r["backbone"], r["strategy"]): r for r in json.loads(stdout)["rows"]}
+    broken = rows[(f"test_resnet@{bad}", "linear")]
+    assert broken["status"] == "failed" and "do not fit" in broken["error"]
+    assert broken["rank"] > max(r["rank"] for r in rows.values() if r["status"] == "ok")  # failures sort last
+    assert rows[("test_efficientnet@random", "full")]["status"] == "failed"
+    assert "simulated out-of-memory" in rows[("test_efficientnet@random", "full")]["error"]
+    assert rows[("test_efficientnet@random", "partial")]["status"] == "ok"  # the sweep went on
+    assert (out / "best").resolve() in {Path(r["run"]).resolve() for r in rows.values() if r["status"] == "ok"}
+    assert "failed" in (out / "leaderboard.md").read_text()
+
+
+def test_budget_skips_cells_with_a_reason(tmp_path, yoga, monkeypatch, capsys):
+    out = tmp_path / "cmp"
+    code, stdout, err = run_cli(monkeypatch, capsys, "compare", yoga, "--backbones", "test_resnet@random",
+                                "--strategies", "partial,full", "--seeds", "2", "--budget-minutes", "0.001",
+                                "--out", out, "--json", *TINY)
+    assert code == 0
+    result = json.loads(stdout)
+    assert [(s["strategy"], s["seed"]) for s in result["skipped"]] == [("partial", 0), ("full", 0), ("partial", 1),
+                                                                       ("full", 1)]
+    assert all("budget" in s["reason"] and s["estimated_seconds"] > 0 for s in result["skipped"])
+    assert [r["strategy"] for r in result["rows"]] == ["linear (probe)"]  # stage 1 always runs
+    assert "skipped test_resnet-random-partial-s0" in err
+    assert "Skipped cells" in (out / "leaderboard.md").read_text()
+
+
+def test_estimates_scale_with_epochs_and_correction():
+    probe = {"images_per_s": 100.0, "n_train": 90, "n_val": 10, "n_test": 20}
+    one = estimate_cell_seconds(probe, epochs=1)
+    assert one == pytest.approx((3 * 90 + 2 * 10 + 20) / 100)
+    assert estimate_cell_seconds(probe, epochs=4) > 3 * one
+    assert estimate_cell_seconds(probe, epochs=1, correction=2.0) == pytest.approx(2 * one)
+
+
+def test_bootstrap_interval_and_pareto():
+    assert bootstrap_interval([[5, 0], [0, 5]]) == {"accuracy": (1.0, 1.0), "macro_f1": (1.0, 1.0)}
+    lo, hi = bootstrap_interval([[30, 10], [10, 30]])["accuracy"]
+    assert lo < 0.75 < hi and hi - lo < 0.3
+    rows = [{"test_accuracy": 0.9, "latency_ms": 10.0}, {"test_accuracy": 0.8, "latency_ms": 5.0},
+            {"test_accuracy": 0.7, "latency_ms": 8.0}, {"test_accuracy": None, "latency_ms": 1.0}]
+    mark_pareto(rows)
+    assert [r["pareto"] for r in rows] == [True, True, False, False]
