@@ -25,3 +25,16 @@ def tiny_run(shapes_kaggle, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("runs") / "tiny"
     posetune.train(shapes_kaggle, strategy="partial", epochs=2, out=str(out), **TINY)
     return out
+
+
+@pytest.fixture(scope="session")
+def onnx_run(tiny_run, tmp_path_factory) -> Path:
+    """A copy of tiny_run with RUN/model.onnx exported (batch 1): the onnx engine, serve and export tests."""
+    import shutil
+
+    import posetune
+
+    out = tmp_path_factory.mktemp("runs") / "tiny-onnx"
+    shutil.copytree(tiny_run, out)
+    posetune.export(out, format="onnx")
+    return out

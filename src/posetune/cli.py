@@ -101,7 +101,8 @@ def evaluate(
         reporter.info(f"confusion matrix plot: {metrics['confusion_png']}")
 
 
-@app.command(epilog="Example: `posetune predict runs/yoga photos/ --top-k 3 --csv predictions.csv`")
+@app.command(epilog="Examples: `posetune predict runs/yoga photos/ --top-k 3 --csv predictions.csv` · "
+                    "`posetune predict runs/yoga photo.jpg --engine onnx` (after `posetune export runs/yoga`)")
 def predict(
     run: str = typer.Argument(..., help="Run folder written by `posetune train`."),
     paths: List[str] = typer.Argument(..., help="Image files and/or folders."),
@@ -109,6 +110,7 @@ def predict(
     batch_size: int = typer.Option(32),
     csv: Optional[Path] = typer.Option(None, "--csv", help="Write path,prediction,probability,top-k columns here."),
     device: str = typer.Option("auto"),
+    engine: str = typer.Option("torch", help="torch (model.safetensors) | onnx (RUN/model.onnx, no torch needed)."),
     json_out: bool = typer.Option(False, "--json", help="Print predictions as JSON on stdout."),
 ):
     """Predict the class of images (files or folders), in batches; unreadable files are reported, not fatal."""
@@ -118,12 +120,10 @@ def predict(
 
     tune_allocator()
     reporter = _reporter(json_out)
-    clf = load(run, device=device)
+    clf = load(run, device=device, engine=engine)
     files = collect_paths(paths)
     advance = reporter.start("predict", len(files))
-    from posetune.predict import predict_batches
-
-    preds = predict_batches(clf, files, top_k=top_k, batch_size=batch_size, on_step=advance)
+    preds = clf.predict(files, top_k=top_k, batch_size=batch_size, on_step=advance)
     reporter.stop()
     if csv:
         k = max((len(p.top_k) for p in preds), default=0)

@@ -1,0 +1,205 @@
+"""Export to ONNX / TorchScript with parity checks, the onnx engine, and predicting without torch installed."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import posetune
+from posetune.errors import CheckFailed, UsageError
+
+
+def cli(monkeypatch, capsys, *args) -> tuple[int, str, str]:
+    """Run `posetune ARGS` in this process through main() (errors -> exit codes), return (code, stdout, stderr)."""
+    from posetune.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["posetune", *map(str, args)])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+        raise SystemExit(0)
+    out, err = capsys.readouterr()
+    return int(exit_info.value.code or 0), out, err
+
+
+def test_onnx_export_carries_classes_preprocessing_and_parity(onnx_run: Path) -> None:
+    import onnx
+
+    meta = json.loads(onnx.load(str(onnx_run / "model.onnx")).metadata_props[0].value)
+    model_json = json.loads((onnx_run / "model.json").read_text())
+    assert meta["classes"] == model_json["classes"]
+    assert meta["preprocessing"] == model_json["preprocessing"]
+    assert meta["input_shape"] == [1, 3, 64, 64]
+    sidecar = json.loads((onnx_run / "model.onnx.json").read_text())
+    assert sidecar["ok"] and sidecar["classes"] == model_json["classes"]
+    for kind in ("random", "images"):
+        assert sidecar["parity"][kind]["top1_agreement"] == 1.0
+        assert sidecar["parity"][kind]["max_abs_delta"] < 1e-4
+    # The numpy preprocessing of the onnx engine gives the torch engine's exact input.
+    assert sidecar["parity"]["images"]["input_max_abs_delta"] < 1e-6
+
+
+def test_torchscript_export_and_dynamic_batch_onnx(tiny_run: Path, tmp_path: Path) -> None:
+    import torch
+
+    result = posetune.export(tiny_run, format="torchscript", out=tmp_path / "model.pt")
+    assert result["ok"] and result["parity"]["images"]["top1_agreement"] == 1.0
+    extra = {"posetune.json": ""}
+    module = torch.jit.load(str(tmp_path / "model.pt"), _extra_files=extra)
+    assert json.loads(extra["posetune.json"])["classes"] == ["circle", "square", "triangle"]
+    assert module(torch.zeros(3, 3, 64, 64)).shape == (3, 3)
+
+    result = posetune.export(tiny_run, format="onnx", dynamic_batch=True, out=tmp_path / "dyn.onnx", n_random=3)
+    assert result["input_shape"][0] == "batch" and result["ok"]
+    from posetune.onnx_engine import OnnxClassifier
+
+    clf = OnnxClassifier(tmp_path / "dyn.onnx")
+    assert clf.fixed_batch is None
+    assert clf.logits(np.zeros((5, 3, 64, 64), np.float32)).shape == (5, 3)
+
+
+def test_onnx_engine_agrees_with_torch_engine(onnx_run: Path, shapes_kaggle: Path) -> None:
+    files = sorted(str(p) for p in (shapes_kaggle / "TEST").rglob("*.jpg"))
+    rng = np.random.default_rng(0)
+    array = rng.integers(0, 256, (50, 90, 3), dtype=np.uint8)  # not square, smaller than the resize target
+    items = [*files, Image.fromarray(array).convert("RGBA"), array, str(onnx_run / "missing.jpg")]
+    torch_preds = posetune.load(onnx_run).predict(items, top_k=3, batch_size=4)
+    onnx_preds = posetune.load(onnx_run, engine="onnx").predict(items, top_k=3, batch_size=4)
+    assert len(onnx_preds) == len(items)
+    assert [p.label for p in onnx_preds] == [p.label for p in torch_preds]
+    for t, o in zip(torch_preds, onnx_preds):
+        assert o.probability == pytest.approx(t.probability, abs=1e-5)
+        assert [c for c, _ in o.top_k] == [c for c, _ in t.top_k] or max(p for _, p in t.top_k) - min(
+            p for _, p in t.top_k) < 1e-5  # an exact tie may order either way
+    assert onnx_preds[-1].error and not onnx_preds[-1].label
+
+
+@pytest.mark.parametrize("shape", [(67, 67), (40, 90), (300, 75), (64, 64)])
+@pytest.mark.parametrize("crop_pct", [0.875, 1.0, 1.15])
+def test_numpy_preprocessing_matches_torch_preprocess(shape, crop_pct) -> None:
+    import torch
+
+    from posetune.data.images import resize_short_side
+    from posetune.data.pipeline import Preprocess
+    from posetune.onnx_engine import ImageTransform
+
+    cfg = {"input_size": [3, 64, 64], "mean": [0.5, 0.4, 0.3], "std": [0.2, 0.25, 0.3],
+           "interpolation": "bilinear", "crop_pct": crop_pct}
+    img = Image.fromarray(np.random.default_rng(1).integers(0, 256, (*shape, 3), dtype=np.uint8))
+    ref, ours = Preprocess.from_config(cfg), ImageTransform.from_config(cfg)
+    resized = np.asarray(resize_short_side(img, ref.short_side, ref.interpolation))
+    expected = ref.normalize(ref.eval_crop(torch.from_numpy(resized.copy()).permute(2, 0, 1))[None]).numpy()
+    assert ours.short_side == ref.short_side
+    np.testing.assert_allclose(ours([img]), expected, atol=1e-6)
+
+
+def test_compare_flags_flips_and_gaps() -> None:
+    from posetune.exporting import compare
+
+    ref = np.array([[2.0, 1.0, 0.0], [0.0, 3.0, 1.0]], np.float32)
+    assert compare(ref, ref + 1e-6)["problems"] == []
+    flipped = compare(ref, ref[:, ::-1].copy(), ["a.jpg", "b.jpg"])
+    assert flipped["top1_agreement"] == 0.5 and "a.jpg" in flipped["problems"][0]
+    assert any("tolerance" in p for p in compare(ref, ref + np.float32(0.5))["problems"])
+
+
+def test_cli_export_json_exit_codes(tiny_run: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+    code, out, _ = cli(monkeypatch, capsys, "export", tiny_run, "--out", tmp_path / "m.onnx", "--json")
+    result = json.loads(out)  # stdout carries only the JSON
+    assert code == 0 and result["ok"] and result["parity"]["random"]["top1_agreement"] == 1.0
+
+    code, _, err = cli(monkeypatch, capsys, "export", tiny_run, "--format", "tflite")
+    assert code == 2 and "--format must be one of onnx, torchscript" in err
+    code, _, err = cli(monkeypatch, capsys, "export", tmp_path / "nope")
+    assert code == 2 and "run folder not found" in err
+    code, _, err = cli(monkeypatch, capsys, "export", tiny_run, "--format", "torchscript", "--opset", "17")
+    assert code == 2 and "--opset" in err
+
+    # A real disagreement (the exported logits reversed) is exit 1, and --json still says what happened.
+    import posetune.exporting as exporting
+
+    honest = exporting.compare
+    monkeypatch.setattr(exporting, "compare", lambda ref, got, names=None: honest(ref, got[:, ::-1].copy(), names))
+    code, out, err = cli(monkeypatch, capsys, "export", tiny_run, "--out", tmp_path / "bad.onnx", "--json")
+    assert code == 1 and "top-1 differs" in err and json.loads(out)["ok"] is False
+    with pytest.raises(CheckFailed):
+        exporting.export(tiny_run, out=tmp_path / "bad2.onnx", n_random=2, n_images=2)
+
+
+def test_cli_predict_engine_onnx(onnx_run: Path, shapes_kaggle: Path, monkeypatch, capsys) -> None:
+    folder = shapes_kaggle / "TEST" / "circle"
+    code, out, _ = cli(monkeypatch, capsys, "predict", onnx_run, folder, "--engine", "onnx", "--json")
+    onnx_rows = json.loads(out)
+    code_t, out_t, _ = cli(monkeypatch, capsys, "predict", onnx_run, folder, "--json")
+    assert code == code_t == 0
+    assert [r["prediction"] for r in onnx_rows] == [r["prediction"] for r in json.loads(out_t)]
+    code, _, err = cli(monkeypatch, capsys, "predict", onnx_run, folder, "--engine", "tensorrt")
+    assert code == 2 and "--engine must be one of torch, onnx" in err
+
+
+def test_onnx_engine_refuses_missing_or_stale_exports(tiny_run: Path, onnx_run: Path, tmp_path: Path) -> None:
+    plain = tmp_path / "plain"
+    shutil.copytree(onnx_run, plain, ignore=shutil.ignore_patterns("model.onnx*"))
+    with pytest.raises(UsageError, match="posetune export"):
+        posetune.load(plain, engine="onnx")
+    stale = tmp_path / "stale"
+    shutil.copytree(onnx_run, stale)
+    shutil.copy(tiny_run / "model.safetensors", stale / "model.safetensors")
+    with open(stale / "model.safetensors", "ab") as fh:  # a retrained model: other bytes
+        fh.write(b" ")
+    with pytest.raises(UsageError, match="re-export"):
+        posetune.load(stale, engine="onnx")
+    # The .onnx file alone is a complete deployment: classes and preprocessing are inside it.
+    alone = tmp_path / "deploy"
+    alone.mkdir()
+    shutil.copy(onnx_run / "model.onnx", alone / "pose.onnx")
+    assert posetune.load(alone / "pose.onnx", engine="onnx").classes == ["circle", "square", "triangle"]
+
+
+NO_TORCH = textwrap.dedent("""
+    import importlib.abc, json, sys
+
+    class Blocked(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] in {"torch", "timm", "torchvision"}:
+                raise ImportError(f"{name} is blocked: the onnx engine must not need it")
+            return None
+
+    sys.meta_path.insert(0, Blocked())
+    run, image = sys.argv[1], sys.argv[2]
+
+    import posetune
+    preds = posetune.load(run, engine="onnx").predict([image], top_k=2)
+
+    from fastapi.testclient import TestClient
+    from posetune.serve.app import create_app
+    client = TestClient(create_app(run, engine="onnx"))
+    served = client.post("/predict", files={"file": ("x.jpg", open(image, "rb").read(), "image/jpeg")}).json()
+
+    from posetune.cli import main
+    sys.argv = ["posetune", "predict", run, image, "--engine", "onnx", "--json"]
+    try:
+        main()
+    except SystemExit as exc:
+        assert not exc.code, exc.code
+    loaded = sorted(m for m in sys.modules if m.split(".")[0] in {"torch", "timm", "torchvision"})
+    print(json.dumps({"api": preds[0].label, "served": served["prediction"], "loaded": loaded}))
+""")
+
+
+def test_onnx_predicts_and_serves_with_torch_blocked(onnx_run: Path, shapes_kaggle: Path) -> None:
+    image = sorted((shapes_kaggle / "TEST" / "square").glob("*.jpg"))[0]
+    proc = subprocess.run([sys.executable, "-c", NO_TORCH, str(onnx_run), str(image)], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    cli_rows, summary = proc.stdout.rsplit("\n", 2)[0], json.loads(proc.stdout.strip().splitlines()[-1])
+    expected = posetune.load(onnx_run).predict([str(image)])[0].label
+    assert summary == {"api": expected, "served": expected, "loaded": []}
+    assert json.loads(cli_rows)[0]["prediction"] == expected
