@@ -8,8 +8,8 @@ from pathlib import Path
 from posetune.console import Reporter, print_metrics
 
 # Chosen so that a 2-core CPU finishes in a few minutes (see the README for measured figures).
-DEMO_DATA = {"per_class": 60, "test_per_class": 20, "size": 160, "seed": 0}
-DEMO_TRAIN = {"backbone": "efficientnet_lite0", "strategy": "partial", "image_size": 128, "epochs": 8,
+DEMO_DATA = {"per_class": 100, "test_per_class": 30, "size": 160, "seed": 0}
+DEMO_TRAIN = {"backbone": "efficientnet_lite0", "strategy": "partial", "image_size": 128, "epochs": 10,
               "batch_size": 32, "seed": 0}
 
 

@@ -8,6 +8,7 @@ same epoch driver.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import time
 from dataclasses import dataclass, field
@@ -69,6 +70,24 @@ class Settings:
     weight_decay: float = 0.05
     label_smoothing: float = 0.1
     seed: int = 0
+    ema_decay: float | None = None  # keep an exponential moving average of the weights (timm ModelEmaV3)
+    mixup: float = 0.0  # mixup alpha (timm Mixup); 0 = off
+    cutmix: float = 0.0  # cutmix alpha; 0 = off
+
+
+@dataclass
+class LoopState:
+    """Where the epoch loop is: everything a checkpoint needs besides weights and optimizer."""
+
+    epoch: int = 0  # last completed epoch
+    best_acc: float = -1.0
+    best_neg_loss: float = -math.inf
+    best_epoch: int = 0
+    stale: int = 0
+    history: list[dict] = field(default_factory=list)
+    images_seen: int = 0
+    step_in_epoch: int = 0  # >0 only in a checkpoint written mid-epoch (after a stop signal)
+    partial_stats: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -78,6 +97,15 @@ class FitResult:
     best_state: dict | None = None
     seconds: float = 0.0
     images_seen: int = 0
+    stopped_early_by_signal: bool = False
+
+
+class StopRequested(Exception):
+    """Raised inside an epoch at a step boundary after SIGINT/SIGTERM."""
+
+    def __init__(self, step: int, stats: dict):
+        super().__init__(step)
+        self.step, self.stats = step, stats
 
 
 def cosine_with_warmup(optimizer, total_steps: int, warmup_steps: int):
@@ -96,38 +124,71 @@ def make_optimizer(groups: list[dict], device: torch.device) -> torch.optim.Opti
                              foreach=True, fused=False if device.type == "cpu" else None)
 
 
-def drive_epochs(settings: Settings, train_epoch: Callable[[int], dict], evaluate: Callable[[], dict],
-                 snapshot: Callable[[], dict], on_epoch: Callable[[dict], None] | None = None) -> FitResult:
-    """Run epochs, keep the best by val accuracy (then lower val loss), stop after ``patience`` flat epochs."""
-    result = FitResult()
-    best_key = (-1.0, -math.inf)
-    stale = 0
+def drive_epochs(settings: Settings, train_epoch: Callable[[int, LoopState], dict], evaluate: Callable[[], dict],
+                 snapshot: Callable[[dict], dict], on_epoch: Callable[[dict], None] | None = None,
+                 state: LoopState | None = None, best_state: dict | None = None,
+                 checkpoint: Callable[[LoopState, dict | None], None] | None = None) -> FitResult:
+    """Run epochs from ``state`` on; keep the best by val accuracy (then lower val loss); stop after
+    ``patience`` flat epochs. ``checkpoint(state, best_state)`` is called after every epoch, and at the
+    step where a stop signal arrived (then the result says so)."""
+    state = state or LoopState()
+    result = FitResult(best_state=best_state)
     start = time.perf_counter()
-    for epoch in range(1, settings.epochs + 1):
+    for epoch in range(state.epoch + 1, settings.epochs + 1):
+        if settings.patience and state.stale >= settings.patience:
+            break
         t0 = time.perf_counter()
-        row = {"epoch": epoch, **train_epoch(epoch)}
+        try:
+            row = {"epoch": epoch, **train_epoch(epoch, state)}
+        except StopRequested as stop:
+            state.step_in_epoch, state.partial_stats = stop.step, stop.stats
+            if checkpoint:
+                checkpoint(state, result.best_state)
+            result.stopped_early_by_signal = True
+            break
+        state.step_in_epoch, state.partial_stats = 0, {}
         row.update(evaluate())
         row["seconds"] = round(time.perf_counter() - t0, 3)
-        key = (row.get("val_accuracy", 0.0), -row.get("val_loss", 0.0))
-        row["best"] = key > best_key
+        acc = max(row.get("val_accuracy", 0.0), row.get("ema_val_accuracy", -1.0))
+        neg_loss = -min(row.get("val_loss", 0.0), row.get("ema_val_loss", math.inf))
+        row["best"] = (acc, neg_loss) > (state.best_acc, state.best_neg_loss)
         if row["best"]:
-            best_key, result.best_epoch, result.best_state, stale = key, epoch, snapshot(), 0
+            state.best_acc, state.best_neg_loss, state.best_epoch, state.stale = acc, neg_loss, epoch, 0
+            result.best_state = snapshot(row)
         else:
-            stale += 1
-        result.history.append(row)
-        result.images_seen += int(row.get("images", 0))
+            state.stale += 1
+        state.epoch = epoch
+        state.history.append(row)
+        state.images_seen += int(row.get("images", 0))
+        if checkpoint:
+            checkpoint(state, result.best_state)
         if on_epoch:
             on_epoch(row)
-        if settings.patience and stale >= settings.patience:
-            break
+    result.history, result.best_epoch, result.images_seen = state.history, state.best_epoch, state.images_seen
     result.seconds = time.perf_counter() - start
     return result
 
 
+def epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    """Data order and augmentation for an epoch depend on (seed, epoch) only: a resumed run replays them."""
+    return torch.Generator().manual_seed(seed * 100_003 + epoch)
+
+
 def fit(model: torch.nn.Module, stages: list[Stage], plan: Plan, train_loader, val_loader, preprocess: Preprocess,
         settings: Settings, device: torch.device, on_step: Callable[[int], None] | None = None,
-        on_epoch: Callable[[dict], None] | None = None, class_weights: torch.Tensor | None = None) -> FitResult:
-    """Fine-tune ``model`` (frozen stages already have requires_grad=False) and return its history."""
+        on_epoch: Callable[[dict], None] | None = None, class_weights: torch.Tensor | None = None,
+        resume: dict | None = None, checkpoint_path=None, stop_flag: Callable[[], bool] | None = None) -> FitResult:
+    """Fine-tune ``model`` following ``plan`` (which stages train in which epoch, at which LR).
+
+    ``resume``: a checkpoint dict from :func:`load_checkpoint`; ``checkpoint_path``: where to write one
+    after every epoch; ``stop_flag``: polled at every step (SIGINT/SIGTERM), stops at that boundary.
+    """
+    from timm.data import Mixup
+    from timm.loss import SoftTargetCrossEntropy
+    from timm.utils import ModelEmaV3
+
+    from posetune.strategies import apply_freeze
+
     groups = param_groups(model, stages, plan, settings.weight_decay)
     optimizer = make_optimizer(groups, device)
     steps_per_epoch = max(1, len(train_loader))
@@ -135,35 +196,102 @@ def fit(model: torch.nn.Module, stages: list[Stage], plan: Plan, train_loader, v
                                    int(steps_per_epoch * settings.warmup_epochs))
     prepare = Normalizer(preprocess, device)
     weight = class_weights.to(device) if class_weights is not None else None
+    n_classes = model.get_classifier().out_features
+    mixer = (Mixup(mixup_alpha=settings.mixup, cutmix_alpha=settings.cutmix, label_smoothing=settings.label_smoothing,
+                   num_classes=n_classes) if settings.mixup or settings.cutmix else None)
+    soft_loss = SoftTargetCrossEntropy()
+    ema = ModelEmaV3(model, decay=settings.ema_decay, device=device) if settings.ema_decay else None
+    state, best_state = LoopState(), None
+    if resume is not None:
+        model.load_state_dict(resume["model"])
+        optimizer.load_state_dict(resume["optimizer"])
+        scheduler.load_state_dict(resume["scheduler"])
+        if ema is not None and resume.get("ema") is not None:
+            ema.load_state_dict(resume["ema"])
+        state, best_state = LoopState(**resume["loop"]), resume.get("best_state")
 
-    def train_epoch(epoch: int) -> dict:
-        set_train_mode(model, stages, plan)
-        total_loss, correct, seen = 0.0, 0, 0
-        for x, y in train_loader:
+    def train_epoch(epoch: int, state: LoopState) -> dict:
+        frozen = plan.frozen_at(epoch)
+        apply_freeze(model, stages, frozen)
+        set_train_mode(model, stages, frozen, plan.bn)
+        torch.manual_seed(settings.seed * 100_003 + epoch)  # augmentation, dropout, mixup draws
+        loader_gen = getattr(train_loader, "generator", None)
+        if loader_gen is not None:
+            loader_gen.manual_seed(settings.seed * 100_003 + epoch)
+        sampler_gen = getattr(getattr(train_loader, "sampler", None), "generator", None)
+        if sampler_gen is not None:
+            sampler_gen.manual_seed(settings.seed * 100_003 + epoch)
+        stats = dict(state.partial_stats) or {"loss": 0.0, "correct": 0, "seen": 0}
+        skip = state.step_in_epoch
+        for step, (x, y) in enumerate(train_loader):
+            if step < skip:
+                continue  # resuming mid-epoch: these batches were trained before the stop
+            if stop_flag is not None and stop_flag():
+                raise StopRequested(step, stats)
             x, y = prepare(x), y.to(device, non_blocking=True)
+            target = None
+            if mixer is not None and len(y) % 2 == 0:
+                x, target = mixer(x, y)
             with autocast(device):
                 logits = model(x)
-                loss = nnf.cross_entropy(logits.float(), y, weight=weight, label_smoothing=settings.label_smoothing)
+            logits = logits.float()
+            if target is not None:
+                loss = soft_loss(logits, target)
+            else:
+                loss = nnf.cross_entropy(logits, y, weight=weight, label_smoothing=settings.label_smoothing)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             scheduler.step()
-            total_loss += loss.item() * len(y)
-            correct += (logits.argmax(1) == y).sum().item()
-            seen += len(y)
+            if ema is not None:
+                ema.update(model, step=(epoch - 1) * steps_per_epoch + step)
+            stats["loss"] += loss.item() * len(y)
+            stats["correct"] += (logits.argmax(1) == y).sum().item()
+            stats["seen"] += len(y)
             if on_step:
                 on_step(len(y))
-        return {"train_loss": total_loss / max(1, seen), "train_accuracy": correct / max(1, seen),
-                "lr": scheduler.get_last_lr()[-1], "images": seen}
+        seen = max(1, stats["seen"])
+        return {"train_loss": stats["loss"] / seen, "train_accuracy": stats["correct"] / seen,
+                "lr": scheduler.get_last_lr()[-1], "images": stats["seen"],
+                "frozen": "+".join(frozen) if frozen else "-"}
 
     def evaluate() -> dict:
-        logits, labels = predict_logits(model, val_loader, device, preprocess)
-        return _val_row(logits, labels)
+        row = _val_row(*predict_logits(model, val_loader, device, preprocess))
+        if ema is not None:
+            ema_row = _val_row(*predict_logits(ema.module, val_loader, device, preprocess))
+            row.update({f"ema_{k}": v for k, v in ema_row.items()})
+        return row
 
-    def snapshot() -> dict:
-        return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+    def snapshot(row: dict) -> dict:
+        use_ema = ema is not None and row.get("ema_val_accuracy", -1) > row.get("val_accuracy", 0)
+        source = ema.module if use_ema else model
+        row["weights"] = "ema" if use_ema else "model"
+        return {k: v.detach().to("cpu", copy=True) for k, v in source.state_dict().items()}
 
-    return drive_epochs(settings, train_epoch, evaluate, snapshot, on_epoch)
+    def save(state: LoopState, best: dict | None) -> None:
+        if checkpoint_path is not None:
+            save_checkpoint(checkpoint_path, {
+                "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "ema": ema.state_dict() if ema is not None else None, "loop": dataclasses.asdict(state),
+                "best_state": best,
+            })
+
+    return drive_epochs(settings, train_epoch, evaluate, snapshot, on_epoch, state, best_state, save)
+
+
+def save_checkpoint(path, payload: dict) -> None:
+    """torch.save into memory, then an atomic write: a kill leaves the previous checkpoint intact."""
+    import io
+
+    from posetune.run import atomic_write_bytes
+
+    buf = io.BytesIO()
+    torch.save(payload, buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def load_checkpoint(path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=False)
 
 
 def _val_row(logits: torch.Tensor, labels: torch.Tensor) -> dict:
@@ -203,7 +331,7 @@ def fit_head_on_features(head: torch.nn.Linear, train_feats: torch.Tensor, train
     scheduler = cosine_with_warmup(optimizer, steps_per_epoch * settings.epochs, int(steps_per_epoch * settings.warmup_epochs))
     gen = torch.Generator().manual_seed(settings.seed)
 
-    def train_epoch(epoch: int) -> dict:
+    def train_epoch(epoch: int, state: LoopState) -> dict:
         head.train()
         order = torch.randperm(n, generator=gen)
         total, correct = 0.0, 0
@@ -226,7 +354,7 @@ def fit_head_on_features(head: torch.nn.Linear, train_feats: torch.Tensor, train
         head.eval()
         return _val_row(head(val_feats), val_labels)
 
-    def snapshot() -> dict:
+    def snapshot(row: dict) -> dict:
         return copy.deepcopy(head.state_dict())
 
     return drive_epochs(settings, train_epoch, evaluate, snapshot, on_epoch)

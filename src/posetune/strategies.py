@@ -8,7 +8,7 @@ A strategy is one registry entry with the same small interface, so adding one is
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -25,12 +25,15 @@ class Strategy:
     lr: float  # head LR default
     epochs: int
     cached_features: bool = False  # the base never changes: train the head on cached features
+    probe_first: bool = False  # LP-FT: fit the head on cached features before fine-tuning
+    gradual: bool = False  # unfreeze stages one by one from the top
 
     def frozen(self, stages: list[Stage], freeze_stages: int | None) -> list[str]:
+        """Stages frozen at the start of training."""
         body = [s.name for s in stages if s.name != "head"]
-        if self.name == "linear":
+        if self.name == "linear" or self.gradual:
             return body
-        if self.name == "partial":
+        if self.name == "partial" or (self.probe_first and freeze_stages is not None):
             k = default_freeze_stages(stages) if freeze_stages is None else freeze_stages
             n_stages = len(body) - 1
             if not 0 <= k <= n_stages:
@@ -45,8 +48,15 @@ STRATEGIES: dict[str, Strategy] = {
                  cached_features=True),
         Strategy("partial", "freeze the stem and the first K stages, train the rest and the head", 1e-3, 10),
         Strategy("full", "train every layer (pretrained layers at a lower LR)", 1e-3, 10),
+        Strategy("lp-ft", "linear probe on cached features first, then fine-tune from that head at a lower LR "
+                 "(Kumar et al. 2022)", 3e-4, 10, probe_first=True),
+        Strategy("gradual", "head first with the base frozen, then unfreeze stages one by one from the top, "
+                 "each at a lower LR (ULMFiT / fastai fine_tune)", 1e-3, 10, gradual=True),
     )
 }
+
+PROBE_LR = 3e-3  # LP-FT's probe phase: the linear strategy's head LR
+PROBE_EPOCHS = 30
 
 
 def get_strategy(name: str) -> Strategy:
@@ -66,30 +76,50 @@ class Plan:
     """What trains and at which LR: the output of a strategy for one model."""
 
     strategy: str
-    frozen: list[str]  # stage names
-    lrs: dict[str, float]  # stage name -> LR (trainable stages only)
+    frozen: list[str]  # stage names frozen at the start
+    lrs: dict[str, float]  # stage name -> LR (every stage that trains at some point)
     bn: str = "frozen"
+    unfreeze: dict[str, int] = field(default_factory=dict)  # gradual: stage -> first epoch it trains
+
+    def frozen_at(self, epoch: int) -> list[str]:
+        """Stages frozen during ``epoch`` (1-based): a pure function of the epoch, so a resumed run
+        has exactly the stages frozen that the uninterrupted run had."""
+        return [s for s in self.frozen if not (s in self.unfreeze and epoch >= self.unfreeze[s])]
 
     def table(self, stages: list[Stage]) -> list[dict]:
         return [{
             "stage": s.name, "params": s.n_params,
-            "trainable": s.name not in self.frozen,
+            "trainable": s.name not in self.frozen if s.name not in self.unfreeze else f"from epoch {self.unfreeze[s.name]}",
             "lr": self.lrs.get(s.name, 0.0),
             "bn": "eval" if s.name in self.frozen or self.bn == "frozen" else "train",
         } for s in stages]
 
 
 def make_plan(strategy: str, stages: list[Stage], lr: float | None = None, freeze_stages: int | None = None,
-              base_lr_ratio: float = 0.1, layer_decay: float | None = None, bn: str = "frozen") -> Plan:
+              base_lr_ratio: float = 0.1, layer_decay: float | None = None, bn: str = "frozen",
+              freeze_epochs: int = 1, unfreeze_every: int = 1) -> Plan:
     """Freeze list + per-stage LR. Pretrained stages get ``lr * base_lr_ratio`` (10x lower by default);
-    with ``layer_decay`` D the LR also shrinks by D per stage from the head down to the stem."""
+    with ``layer_decay`` D the LR also shrinks by D per stage from the head down to the stem.
+
+    ``gradual``: the head trains alone for ``freeze_epochs``, then one more stage from the top every
+    ``unfreeze_every`` epochs (down to stage K+1 when ``freeze_stages`` K is given), each deeper stage
+    at a lower LR (layer decay 0.7 unless given).
+    """
     strat = get_strategy(strategy)
     if bn not in ("frozen", "train"):
         raise UsageError(f"--bn must be 'frozen' or 'train', not '{bn}'")
+    if layer_decay is not None and not 0 < layer_decay <= 1:
+        raise UsageError(f"--layer-decay must be in (0, 1], not {layer_decay}")
     head_lr = lr if lr is not None else strat.lr
     frozen = strat.frozen(stages, freeze_stages)
+    unfreeze: dict[str, int] = {}
+    if strat.gradual:
+        layer_decay = layer_decay or 0.7
+        floor = 1 + (freeze_stages if freeze_stages is not None else -1)  # stages below stay frozen
+        candidates = [s for s in reversed(frozen) if frozen.index(s) >= floor]
+        unfreeze = {s: freeze_epochs + 1 + i * unfreeze_every for i, s in enumerate(candidates)}
     lrs = {}
-    trainable = [s.name for s in stages if s.name not in frozen]
+    trainable = [s.name for s in stages if s.name not in frozen or s.name in unfreeze]
     for depth, name in enumerate(reversed(trainable)):
         if name == "head":
             lrs[name] = head_lr
@@ -97,12 +127,12 @@ def make_plan(strategy: str, stages: list[Stage], lr: float | None = None, freez
             lrs[name] = head_lr * base_lr_ratio * layer_decay ** (depth - 1)
         else:
             lrs[name] = head_lr * base_lr_ratio
-    return Plan(strategy=strategy, frozen=frozen, lrs=lrs, bn=bn)
+    return Plan(strategy=strategy, frozen=frozen, lrs=lrs, bn=bn, unfreeze=unfreeze)
 
 
-def apply_freeze(model: torch.nn.Module, stages: list[Stage], plan: Plan) -> None:
-    """requires_grad=False for every parameter of a frozen stage."""
-    frozen_names = {n for s in stages if s.name in plan.frozen for n in s.param_names}
+def apply_freeze(model: torch.nn.Module, stages: list[Stage], frozen: list[str]) -> None:
+    """requires_grad=False for every parameter of a frozen stage, True for the others."""
+    frozen_names = {n for s in stages if s.name in frozen for n in s.param_names}
     for name, param in model.named_parameters():
         param.requires_grad_(name not in frozen_names)
 
@@ -123,7 +153,7 @@ def param_groups(model: torch.nn.Module, stages: list[Stage], plan: Plan, weight
     return groups
 
 
-def set_train_mode(model: torch.nn.Module, stages: list[Stage], plan: Plan) -> None:
+def set_train_mode(model: torch.nn.Module, stages: list[Stage], frozen: list[str], bn: str) -> None:
     """model.train(), then frozen stages in eval mode (BN statistics and dropout stay put), and every
     BatchNorm in eval mode when the BN policy is 'frozen'."""
     model.train()
@@ -131,5 +161,5 @@ def set_train_mode(model: torch.nn.Module, stages: list[Stage], plan: Plan) -> N
     for name, module in model.named_modules():
         stage = owner.get(name)
         is_bn = isinstance(module, BN_TYPES)
-        if (stage in plan.frozen) or (is_bn and plan.bn == "frozen"):
+        if (stage in frozen) or (is_bn and bn == "frozen"):
             module.eval()

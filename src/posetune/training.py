@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from posetune.console import Reporter
-from posetune.errors import UsageError
+from posetune.errors import PosetuneError, UsageError
 
 
 @dataclass
@@ -41,6 +41,12 @@ class TrainOptions:
     weights: str | None = None
     pretrained: bool = True
     label_level: int = 6
+    freeze_epochs: int = 1  # gradual: epochs with only the head training
+    unfreeze_every: int = 1  # gradual: epochs between two stages unfreezing
+    ema: float | None = None  # EMA decay of the weights, e.g. 0.999 (off when None)
+    balance: str = "none"  # none | weights | sampler
+    mixup: float = 0.0
+    cutmix: float = 0.0
 
     @classmethod
     def from_sources(cls, config: str | Path | None = None, **overrides) -> TrainOptions:
@@ -99,18 +105,63 @@ def default_run_dir(opts: TrainOptions) -> Path:
 
 
 def train(data: str | Path | None = None, reporter: Reporter | None = None, config: str | Path | None = None,
-          verbose: bool = False, **options) -> TrainResult:
-    """Fine-tune a backbone on DATA and write a self-contained run folder. Options as `posetune train`."""
+          verbose: bool = False, resume: str | Path | None = None, **options) -> TrainResult:
+    """Fine-tune a backbone on DATA and write a self-contained run folder. Options as `posetune train`.
+
+    ``resume=RUN`` continues RUN from its last checkpoint with the options saved in RUN/config.yaml.
+    """
     from posetune.console import RichReporter
 
+    reporter = reporter or (RichReporter() if verbose else Reporter())
+    if resume is not None:
+        saved = Path(resume) / "config.yaml"
+        if not (Path(resume) / CHECKPOINT).is_file() or not saved.is_file():
+            raise UsageError(f"{resume} has no checkpoint to resume from ({CHECKPOINT} and config.yaml are needed)")
+        opts = TrainOptions.from_sources(saved, out=str(resume))
+        return _train(opts, reporter, resume=True)
     opts = TrainOptions.from_sources(config, data=str(data) if data is not None else None, **options)
     if not opts.data:
         raise UsageError("no DATA given: pass a folder of class folders, split folders or a CSV manifest")
-    reporter = reporter or (RichReporter() if verbose else Reporter())
+    if not Path(opts.data).exists():  # before the slow imports: a typo should fail at once
+        raise UsageError(f"DATA not found: {opts.data} (give a folder of class folders, split folders, or a CSV)")
     return _train(opts, reporter)
 
 
-def _train(opts: TrainOptions, reporter: Reporter) -> TrainResult:
+CHECKPOINT = "checkpoint/last.pt"
+
+
+class StopSignals:
+    """SIGINT/SIGTERM set a flag that the loop checks at every step, so it can checkpoint and exit cleanly."""
+
+    def __init__(self):
+        self.received: int | None = None
+        self._previous: dict = {}
+
+    def __enter__(self) -> StopSignals:
+        import signal
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self.received is not None:  # a second Ctrl-C: stop now
+            raise KeyboardInterrupt
+        self.received = signum
+
+    def __call__(self) -> bool:
+        return self.received is not None
+
+    def __exit__(self, *exc) -> None:
+        import signal
+
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def _train(opts: TrainOptions, reporter: Reporter, resume: bool = False) -> TrainResult:
     import torch
 
     from posetune import backbones, strategies
@@ -122,6 +173,7 @@ def _train(opts: TrainOptions, reporter: Reporter) -> TrainResult:
         extract_features,
         fit,
         fit_head_on_features,
+        load_checkpoint,
         predict_logits,
         resolve_device,
     )
@@ -153,12 +205,17 @@ def _train(opts: TrainOptions, reporter: Reporter) -> TrainResult:
         reporter.info(f"note: {note}")
     stages = backbones.model_stages(model)
     plan = strategies.make_plan(opts.strategy, stages, lr=opts.lr, freeze_stages=opts.freeze_stages,
-                                base_lr_ratio=opts.base_lr_ratio, layer_decay=opts.layer_decay, bn=opts.bn)
-    strategies.apply_freeze(model, stages, plan)
+                                base_lr_ratio=opts.base_lr_ratio, layer_decay=opts.layer_decay, bn=opts.bn,
+                                freeze_epochs=opts.freeze_epochs, unfreeze_every=opts.unfreeze_every)
+    if opts.balance not in ("none", "weights", "sampler"):
+        raise UsageError(f"--balance must be none, weights or sampler, not '{opts.balance}'")
+    strategies.apply_freeze(model, stages, plan.frozen)
     epochs = opts.epochs or strategy.epochs
     preprocess = Preprocess.from_config(backbones.data_config(model, opts.image_size))
     out = RunDir(opts.out or default_run_dir(opts))
     out.path.mkdir(parents=True, exist_ok=True)
+    opts.out = str(out.path)
+    _write_config(out, opts)  # first, so that an interrupted run can be resumed
     reporter.info(f"backbone {spec.name} ({spec.arch}, weights: {spec.weight_source}), strategy {opts.strategy}, "
                   f"{epochs} epochs, image size {preprocess.size}, batch {opts.batch_size}, device {device}, "
                   f"head lr {plan.lrs['head']:.1e} -> {out.path}")
@@ -185,26 +242,41 @@ def _train(opts: TrainOptions, reporter: Reporter) -> TrainResult:
     if device.type == "cuda":
         model.to(memory_format=torch.channels_last)
     settings = Settings(epochs=epochs, batch_size=opts.batch_size, patience=opts.patience,
-                        weight_decay=opts.weight_decay, label_smoothing=opts.label_smoothing, seed=opts.seed)
+                        weight_decay=opts.weight_decay, label_smoothing=opts.label_smoothing, seed=opts.seed,
+                        ema_decay=opts.ema, mixup=opts.mixup, cutmix=opts.cutmix)
     loader = lambda ds, shuffle=False: make_loader(ds, opts.batch_size, shuffle, device, opts.seed)  # noqa: E731
+    class_weights, sampler = balancing(opts.balance, train_ds.labels, len(index.classes), opts.seed)
 
     t0 = time.perf_counter()
-    if strategy.cached_features:
-        # The base never changes: one forward pass per image, then the head trains on the cache.
-        train_ds.augment = None
-        n = len(train_ds) + len(val_ds)
-        advance = reporter.start("extract features", n)
+    if strategy.cached_features or strategy.probe_first:
+        # The base does not change while the head fits: one forward pass per image, then the head
+        # trains on the cached features (the linear strategy, and LP-FT's probe phase).
+        augment, train_ds.augment = train_ds.augment, None
+        advance = reporter.start("extract features", len(train_ds) + len(val_ds))
         f_train, y_train = extract_features(model, loader(train_ds), device, preprocess, advance)
         f_val, y_val = extract_features(model, loader(val_ds), device, preprocess, advance)
         reporter.stop()
-        head = model.get_classifier()
-        head.to("cpu")
-        result = fit_head_on_features(head, f_train, y_train, f_val, y_val, plan.lrs["head"], settings,
-                                      on_epoch=reporter.epoch)
+        train_ds.augment = augment
+        head = model.get_classifier().to("cpu")
+        probe_settings = settings if strategy.cached_features else dataclasses.replace(
+            settings, epochs=strategies.PROBE_EPOCHS, mixup=0.0, cutmix=0.0)
+        probe_lr = plan.lrs["head"] if strategy.cached_features else strategies.PROBE_LR
+        if strategy.probe_first:
+            reporter.info(f"LP-FT phase 1: linear probe on cached features ({probe_settings.epochs} epochs, lr {probe_lr:.0e})")
+        result = fit_head_on_features(head, f_train, y_train, f_val, y_val, probe_lr, probe_settings,
+                                      on_epoch=reporter.epoch, class_weights=class_weights)
         head.load_state_dict(result.best_state)
         head.to(device)
-    else:
-        advance = reporter.start("epoch 1", len(train_ds))
+    if not strategy.cached_features:
+        if strategy.probe_first:
+            reporter.info("LP-FT phase 2: fine-tune from the probed head")
+        checkpoint = out / CHECKPOINT
+        state = load_checkpoint(checkpoint) if resume else None
+        if state is not None:
+            reporter.info(f"resuming {out.path} after epoch {state['loop']['epoch']}"
+                          + (f" (step {state['loop']['step_in_epoch']})" if state["loop"]["step_in_epoch"] else ""))
+        start_epoch = (state["loop"]["epoch"] + 1) if state else 1
+        advance = reporter.start(f"epoch {start_epoch}", len(train_ds))
 
         def on_epoch(row: dict) -> None:
             nonlocal advance
@@ -212,9 +284,13 @@ def _train(opts: TrainOptions, reporter: Reporter) -> TrainResult:
             if row["epoch"] < epochs:
                 advance = reporter.start(f"epoch {row['epoch'] + 1}", len(train_ds))
 
-        result = fit(model, stages, plan, make_loader(train_ds, opts.batch_size, True, device, opts.seed),
-                     loader(val_ds), preprocess, settings, device, on_step=lambda n: advance(n), on_epoch=on_epoch)
+        with StopSignals() as stop:
+            result = fit(model, stages, plan, make_loader(train_ds, opts.batch_size, True, device, opts.seed, sampler),
+                         loader(val_ds), preprocess, settings, device, on_step=lambda n: advance(n), on_epoch=on_epoch,
+                         class_weights=class_weights, resume=state, checkpoint_path=checkpoint, stop_flag=stop)
         reporter.stop()
+        if result.stopped_early_by_signal:
+            raise Interrupted(f"stopped by a signal; checkpoint saved. Resume with: posetune train --resume {out.path}")
         model.load_state_dict(result.best_state)
     train_seconds = time.perf_counter() - t0
 
@@ -228,7 +304,7 @@ def _train(opts: TrainOptions, reporter: Reporter) -> TrainResult:
     meta = {
         "backbone": spec.name, "arch": spec.arch, "weight_source": spec.weight_source,
         "classes": index.classes, "preprocessing": preprocess.to_config(), "strategy": opts.strategy,
-        "frozen_stages": plan.frozen, "stage_lrs": plan.lrs, "best_epoch": result.best_epoch,
+        "frozen_stages": plan.frozen_at(max(1, len(result.history))), "stage_lrs": plan.lrs, "best_epoch": result.best_epoch,
         "epochs_run": len(result.history), "train_seconds": round(train_seconds, 2),
         "train_images_per_s": round(result.images_seen / max(train_seconds, 1e-9), 2),
         "data": str(opts.data), "layout": index.layout, "device": str(device),
@@ -237,7 +313,6 @@ def _train(opts: TrainOptions, reporter: Reporter) -> TrainResult:
     }
     model.to("cpu")
     out.save_model(model, meta)
-    _write_config(out, opts)
     write_csv(out / "metrics.csv", result.history)
     write_csv(out / "skipped.csv", [{"path": p, "reason": r} for p, r in index.skipped], header=["path", "reason"])
     out.write_json("metrics.json", metrics)
@@ -247,6 +322,27 @@ def _train(opts: TrainOptions, reporter: Reporter) -> TrainResult:
     write_run_report(out.path, meta, plan.table(stages), result.history, metrics.get("test"), index.skipped, plots)
     return TrainResult(run=out.path, metrics=metrics, history=result.history, skipped=index.skipped,
                        train_seconds=train_seconds)
+
+
+class Interrupted(PosetuneError):
+    """Training stopped on SIGINT/SIGTERM after saving a checkpoint (exit code 130, like Ctrl-C)."""
+
+    exit_code = 130
+
+
+def balancing(mode: str, labels: list[int], n_classes: int, seed: int):
+    """``--balance``: class weights for the loss (inverse frequency), or a sampler that draws every class
+    equally often; (None, None) for 'none'."""
+    import torch
+
+    counts = torch.bincount(torch.tensor(labels), minlength=n_classes).float().clamp(min=1)
+    if mode == "weights":
+        return counts.sum() / (n_classes * counts), None
+    if mode == "sampler":
+        per_sample = (1.0 / counts)[torch.tensor(labels)]
+        gen = torch.Generator().manual_seed(seed)
+        return None, torch.utils.data.WeightedRandomSampler(per_sample, len(labels), replacement=True, generator=gen)
+    return None, None
 
 
 def _write_config(out, opts: TrainOptions) -> None:
