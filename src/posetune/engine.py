@@ -177,7 +177,8 @@ def epoch_generator(seed: int, epoch: int) -> torch.Generator:
 def fit(model: torch.nn.Module, stages: list[Stage], plan: Plan, train_loader, val_loader, preprocess: Preprocess,
         settings: Settings, device: torch.device, on_step: Callable[[int], None] | None = None,
         on_epoch: Callable[[dict], None] | None = None, class_weights: torch.Tensor | None = None,
-        resume: dict | None = None, checkpoint_path=None, stop_flag: Callable[[], bool] | None = None) -> FitResult:
+        resume: dict | None = None, checkpoint_path=None, stop_flag: Callable[[], bool] | None = None,
+        on_warning: Callable[[str], None] | None = None) -> FitResult:
     """Fine-tune ``model`` following ``plan`` (which stages train in which epoch, at which LR).
 
     ``resume``: a checkpoint dict from :func:`load_checkpoint`; ``checkpoint_path``: where to write one
@@ -269,12 +270,17 @@ def fit(model: torch.nn.Module, stages: list[Stage], plan: Plan, train_loader, v
         return {k: v.detach().to("cpu", copy=True) for k, v in source.state_dict().items()}
 
     def save(state: LoopState, best: dict | None) -> None:
-        if checkpoint_path is not None:
+        if checkpoint_path is None:
+            return
+        try:
             save_checkpoint(checkpoint_path, {
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                 "ema": ema.state_dict() if ema is not None else None, "loop": dataclasses.asdict(state),
                 "best_state": best,
             })
+        except OSError as exc:  # e.g. disk full: the atomic write left the previous checkpoint intact
+            if on_warning:
+                on_warning(f"could not save the checkpoint after epoch {state.epoch} ({exc}); the previous one is kept")
 
     return drive_epochs(settings, train_epoch, evaluate, snapshot, on_epoch, state, best_state, save)
 

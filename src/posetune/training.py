@@ -285,9 +285,14 @@ def _train(opts: TrainOptions, reporter: Reporter, resume: bool = False) -> Trai
                 advance = reporter.start(f"epoch {row['epoch'] + 1}", len(train_ds))
 
         with StopSignals() as stop:
-            result = fit(model, stages, plan, make_loader(train_ds, opts.batch_size, True, device, opts.seed, sampler),
-                         loader(val_ds), preprocess, settings, device, on_step=lambda n: advance(n), on_epoch=on_epoch,
-                         class_weights=class_weights, resume=state, checkpoint_path=checkpoint, stop_flag=stop)
+            try:
+                result = fit(model, stages, plan, make_loader(train_ds, opts.batch_size, True, device, opts.seed, sampler),
+                             loader(val_ds), preprocess, settings, device, on_step=lambda n: advance(n),
+                             on_epoch=on_epoch, class_weights=class_weights, resume=state, checkpoint_path=checkpoint,
+                             stop_flag=stop, on_warning=reporter.warn)
+            except torch.cuda.OutOfMemoryError as exc:
+                raise UsageError(f"out of GPU memory at batch size {opts.batch_size}; try --batch-size "
+                                 f"{max(1, opts.batch_size // 2)} (or a smaller --image-size)") from exc
         reporter.stop()
         if result.stopped_early_by_signal:
             raise Interrupted(f"stopped by a signal; checkpoint saved. Resume with: posetune train --resume {out.path}")
