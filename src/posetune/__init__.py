@@ -18,6 +18,7 @@ __version__ = "0.1.0"
 # Implementation modules are named apart from these functions (training.py, evaluation.py, ...):
 # importing a submodule binds its name on the package and would shadow a function of that name.
 __all__ = ["train", "evaluate", "load", "predict_paths", "list_backbones", "check_data", "synth", "demo", "compare", "export",
+           "lr_find",
            "__version__"]
 
 
@@ -33,6 +34,13 @@ def evaluate(run, data, split: str = "test", **options) -> dict:
     from posetune.evaluation import evaluate as _evaluate
 
     return _evaluate(run, data, split=split, **options)
+
+
+def lr_find(data, **options) -> dict:
+    """The LR range test (as `posetune lr-find --json`): lrs, losses, suggested_lr, plot."""
+    from posetune.lr_range import lr_find as _lr_find
+
+    return _lr_find(data, **options)
 
 
 def load(run, device: str = "auto", engine: str = "torch"):

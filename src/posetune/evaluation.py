@@ -48,10 +48,11 @@ def most_confused(cm: np.ndarray, classes: list[str], k: int = 5) -> list[dict]:
 
 
 def evaluate(run: str | Path, data: str | Path, split: str = "test", batch_size: int = 64,
-             device: str = "auto", label_level: int = 6, plot: bool = True, progress=None) -> dict:
+             device: str = "auto", label_level: int = 6, plot: bool = True, progress=None, tta: bool = False) -> dict:
     """Evaluate a run folder on one split of DATA; writes the confusion-matrix PNG into the run folder.
 
-    Classes are matched by name, so DATA may hold its classes in any order.
+    Classes are matched by name, so DATA may hold its classes in any order. With ``tta`` the
+    test-time-augmented scores are reported beside the plain ones under ``metrics["tta"]``.
     """
     from posetune.data.layouts import discover
     from posetune.errors import UsageError
@@ -74,6 +75,12 @@ def evaluate(run: str | Path, data: str | Path, split: str = "test", batch_size:
     y_pred = [clf.classes.index(p.label) for _, p in ok]
     metrics = compute_metrics(y_true, y_pred, clf.classes)
     metrics["split"] = split
+    if tta:
+        on_step = progress.start("evaluate with TTA", len(paths)) if progress else None
+        tta_preds = [p for p in predict_batches(clf, paths, top_k=1, batch_size=max(1, batch_size // 10),
+                                                on_step=on_step, tta=True) if p.error is None]
+        tta_metrics = compute_metrics(y_true, [clf.classes.index(p.label) for p in tta_preds], clf.classes)
+        metrics["tta"] = {k: tta_metrics[k] for k in ("accuracy", "balanced_accuracy", "macro_f1", "n")}
     metrics["skipped"] = [{"path": p.path, "reason": p.error} for p in preds if p.error]
     if plot and metrics["n"]:
         from posetune.report import plot_confusion

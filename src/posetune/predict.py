@@ -49,7 +49,8 @@ def _decoded_stream(items: list, preprocess, workers: int = 4) -> Iterator[tuple
 
 
 def predict_batches(classifier, images: Iterable, top_k: int = 3, batch_size: int = 32,
-                    on_step: Callable[[int], None] | None = None) -> list[Prediction]:
+                    on_step: Callable[[int], None] | None = None, tta: bool = False) -> list[Prediction]:
+    """Top-k predictions per image; ``tta`` averages the probabilities of flipped and corner crops."""
     import torch
 
     items = list(images)
@@ -60,8 +61,13 @@ def predict_batches(classifier, images: Iterable, top_k: int = 3, batch_size: in
     def flush():
         if not pending:
             return
-        batch = torch.stack([classifier.preprocess.eval_crop(t) for _, _, t in pending])
-        probs = classifier.logits(batch).softmax(1)
+        pre = classifier.preprocess
+        if tta:
+            views = [v for _, _, t in pending for v in pre.tta_views(t)]
+            probs = classifier.logits(torch.stack(views)).softmax(1).view(len(pending), -1, len(classifier.classes))
+            probs = probs.mean(1)
+        else:
+            probs = classifier.logits(torch.stack([pre.eval_crop(t) for _, _, t in pending])).softmax(1)
         values, indices = probs.topk(top_k, dim=1)
         for (i, name, _), v, ix in zip(pending, values.tolist(), indices.tolist()):
             ranked = [(classifier.classes[j], round(float(p), 6)) for j, p in zip(ix, v)]

@@ -149,11 +149,12 @@ class Classifier:
             return self.model(Normalizer(self.preprocess, self.device)(batch_uint8)).float().cpu()
 
     def predict(self, images: Iterable, top_k: int = 3, batch_size: int = 32,
-                on_step: Callable[[int], None] | None = None) -> list[Prediction]:
-        """Predict paths, PIL images or uint8 arrays. Unreadable files get a Prediction with ``error`` set."""
+                on_step: Callable[[int], None] | None = None, tta: bool = False) -> list[Prediction]:
+        """Predict paths, PIL images or uint8 arrays. Unreadable files get a Prediction with ``error`` set.
+        ``tta=True`` averages flipped and multi-crop views (10 per image)."""
         from posetune.predict import predict_batches
 
-        return predict_batches(self, images, top_k=top_k, batch_size=batch_size, on_step=on_step)
+        return predict_batches(self, images, top_k=top_k, batch_size=batch_size, on_step=on_step, tta=tta)
 
 
 ENGINES = ("torch", "onnx")

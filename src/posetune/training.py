@@ -161,25 +161,47 @@ class StopSignals:
             signal.signal(sig, handler)
 
 
-def _train(opts: TrainOptions, reporter: Reporter, resume: bool = False) -> TrainResult:
+@dataclass
+class Prepared:
+    """Everything a training run is built from: what `train` and `lr-find` share."""
+
+    opts: TrainOptions
+    strategy: object
+    spec: object
+    device: object
+    index: object
+    model: object
+    stages: list
+    plan: object
+    epochs: int
+    preprocess: object
+    out: object
+    train_ds: object
+    val_ds: object
+    test_ds: object
+    settings: object
+    class_weights: object
+    sampler: object
+
+    def loader(self, ds, shuffle: bool = False):
+        from posetune.data.pipeline import make_loader
+
+        return make_loader(ds, self.opts.batch_size, shuffle, self.device, self.opts.seed)
+
+
+def prepare(opts: TrainOptions, reporter: Reporter, write_config: bool = True) -> Prepared:
+    """DATA -> checked samples -> backbone with its plan -> decoded datasets, reporting each choice."""
     import torch
 
     from posetune import backbones, strategies
     from posetune.data.check import exact_duplicates
     from posetune.data.layouts import discover
-    from posetune.data.pipeline import DecodedDataset, Preprocess, TrainAugment, decode_all, make_loader
+    from posetune.data.pipeline import DecodedDataset, Preprocess, TrainAugment, decode_all
     from posetune.engine import (
         Settings,
-        extract_features,
-        fit,
-        fit_head_on_features,
-        load_checkpoint,
-        predict_logits,
         resolve_device,
     )
-    from posetune.evaluation import compute_metrics
-    from posetune.report import plot_confusion, plot_history, write_run_report
-    from posetune.run import RunDir, write_csv
+    from posetune.run import RunDir
     from posetune.runtime import tune_allocator
 
     tune_allocator()
@@ -215,7 +237,8 @@ def _train(opts: TrainOptions, reporter: Reporter, resume: bool = False) -> Trai
     out = RunDir(opts.out or default_run_dir(opts))
     out.path.mkdir(parents=True, exist_ok=True)
     opts.out = str(out.path)
-    _write_config(out, opts)  # first, so that an interrupted run can be resumed
+    if write_config:
+        _write_config(out, opts)  # first, so that an interrupted run can be resumed
     reporter.info(f"backbone {spec.name} ({spec.arch}, weights: {spec.weight_source}), strategy {opts.strategy}, "
                   f"{epochs} epochs, image size {preprocess.size}, batch {opts.batch_size}, device {device}, "
                   f"head lr {plan.lrs['head']:.1e} -> {out.path}")
@@ -244,8 +267,27 @@ def _train(opts: TrainOptions, reporter: Reporter, resume: bool = False) -> Trai
     settings = Settings(epochs=epochs, batch_size=opts.batch_size, patience=opts.patience,
                         weight_decay=opts.weight_decay, label_smoothing=opts.label_smoothing, seed=opts.seed,
                         ema_decay=opts.ema, mixup=opts.mixup, cutmix=opts.cutmix)
-    loader = lambda ds, shuffle=False: make_loader(ds, opts.batch_size, shuffle, device, opts.seed)  # noqa: E731
     class_weights, sampler = balancing(opts.balance, train_ds.labels, len(index.classes), opts.seed)
+
+    return Prepared(opts, strategy, spec, device, index, model, stages, plan, epochs, preprocess, out,
+                    train_ds, val_ds, test_ds, settings, class_weights, sampler)
+
+
+def _train(opts: TrainOptions, reporter: Reporter, resume: bool = False) -> TrainResult:
+    import torch
+
+    from posetune import strategies
+    from posetune.data.pipeline import make_loader
+    from posetune.engine import extract_features, fit, fit_head_on_features, load_checkpoint, predict_logits
+    from posetune.evaluation import compute_metrics
+    from posetune.report import plot_confusion, plot_history, write_run_report
+    from posetune.run import write_csv
+
+    p = prepare(opts, reporter)
+    strategy, spec, device, index, model, stages, plan = p.strategy, p.spec, p.device, p.index, p.model, p.stages, p.plan
+    epochs, preprocess, out, settings = p.epochs, p.preprocess, p.out, p.settings
+    train_ds, val_ds, test_ds, class_weights, sampler, loader = (p.train_ds, p.val_ds, p.test_ds, p.class_weights,
+                                                                 p.sampler, p.loader)
 
     t0 = time.perf_counter()
     if strategy.cached_features or strategy.probe_first:

@@ -50,14 +50,14 @@ class Preprocess:
         img = resize_short_side(load_image(path, min_side=self.short_side), self.short_side, self.interpolation)
         return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1).contiguous()
 
-    def normalize(self, batch_uint8: torch.Tensor) -> torch.Tensor:
-        x = batch_uint8.float().div_(255.0)
-        mean = torch.tensor(self.mean).view(1, 3, 1, 1)
-        std = torch.tensor(self.std).view(1, 3, 1, 1)
-        return x.sub_(mean).div_(std)
-
     def eval_crop(self, img: torch.Tensor) -> torch.Tensor:
         return F.center_crop(img, [self.size, self.size])
+
+    def tta_views(self, img: torch.Tensor) -> list[torch.Tensor]:
+        """Test-time augmentation: centre + four corner crops, each also mirrored (10 views)."""
+        crops = list(F.five_crop(img, [self.size, self.size]))
+        crops = [crops[4]] + crops[:4]  # centre first
+        return crops + [F.hflip(c) for c in crops]
 
 
 class TrainAugment:

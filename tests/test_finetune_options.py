@@ -1,0 +1,82 @@
+"""Fine-tuning beyond the three strategies: every option works from the API and the CLI."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import pkgutil
+import subprocess
+import sys
+
+import pytest
+from helpers import TINY
+
+import posetune
+from posetune import backbones, strategies
+
+
+def test_api_functions_are_not_shadowed_by_submodules():
+    for mod in pkgutil.walk_packages(posetune.__path__, "posetune."):
+        if not mod.name.startswith("posetune.serve"):
+            importlib.import_module(mod.name)
+    for name in posetune.__all__:
+        if name != "__version__":
+            assert callable(getattr(posetune, name)) and not hasattr(getattr(posetune, name), "__path__"), name
+            assert type(getattr(posetune, name)).__name__ == "function", name
+
+
+def test_gradual_unfreezes_from_the_top_with_lower_lrs():
+    stages = backbones.model_stages(backbones.build_model("test_resnet", 3))
+    plan = strategies.make_plan("gradual", stages, lr=1e-3, freeze_epochs=2, unfreeze_every=1)
+    body = [s.name for s in stages if s.name != "head"]
+    assert plan.frozen_at(1) == body and plan.frozen_at(2) == body
+    assert plan.frozen_at(3) == body[:-1]  # the top stage first
+    assert plan.frozen_at(4) == body[:-2]
+    assert plan.lrs[body[-1]] > plan.lrs[body[-2]] > plan.lrs[body[0]]
+    floor = strategies.make_plan("gradual", stages, freeze_stages=1)
+    assert set(floor.frozen_at(99)) == {"stem", "stage1"}  # --freeze-stages bounds the unfreezing
+
+
+@pytest.mark.parametrize("options", [
+    {"strategy": "full", "balance": "weights", "label_smoothing": 0.0},
+    {"strategy": "partial", "balance": "sampler", "mixup": 0.2, "cutmix": 1.0},
+    {"strategy": "full", "ema": 0.9, "bn": "train", "layer_decay": 0.75},
+    {"strategy": "lp-ft", "freeze_stages": 1},
+], ids=["weights", "sampler-mixup-cutmix", "ema-bn-layer-decay", "lp-ft-partial"])
+def test_options_train_and_save(options, shapes_kaggle, tmp_path):
+    result = posetune.train(shapes_kaggle, epochs=2, out=str(tmp_path / "run"), **{**TINY, **options})
+    assert len(result.history) == 2 and result.metrics["test"]["n"] == 12
+    saved = (tmp_path / "run" / "config.yaml").read_text()
+    for key, value in options.items():
+        assert f"{key}: {value}" in saved
+    if "ema" in options:
+        assert "ema_val_accuracy" in result.history[0]
+
+
+def test_bad_option_values_are_clear(shapes_kaggle, tmp_path):
+    from posetune.errors import UsageError
+
+    with pytest.raises(UsageError, match="--balance"):
+        posetune.train(shapes_kaggle, balance="oversample", out=str(tmp_path / "a"), **TINY)
+    with pytest.raises(UsageError, match="--bn"):
+        posetune.train(shapes_kaggle, bn="sometimes", out=str(tmp_path / "b"), **TINY)
+
+
+def test_lr_find_cli_suggests_an_lr_and_plots(shapes_kaggle, tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "posetune", "lr-find", str(shapes_kaggle), "--backbone", "test_resnet",
+                           "--no-pretrained", "--image-size", "64", "--batch-size", "8", "--steps", "30",
+                           "--out", str(tmp_path), "--json"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert 1e-7 <= result["suggested_lr"] <= 1.0
+    assert len(result["lrs"]) == len(result["smoothed"]) >= 10
+    assert result["lrs"] == sorted(result["lrs"])
+    assert (tmp_path / "lr_find.png").is_file()
+
+
+def test_tta_is_reported_beside_the_plain_score(tiny_run, shapes_kaggle):
+    metrics = posetune.evaluate(tiny_run, shapes_kaggle, tta=True)
+    assert set(metrics["tta"]) >= {"accuracy", "macro_f1"} and metrics["tta"]["n"] == metrics["n"]
+    preds = posetune.load(tiny_run).predict(sorted(str(p) for p in (shapes_kaggle / "TEST").rglob("*.jpg"))[:3],
+                                            tta=True)
+    assert all(abs(sum(p for _, p in x.top_k) - 1) < 1e-3 for x in preds if len(x.top_k) == 3)
