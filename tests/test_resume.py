@@ -17,7 +17,7 @@ from posetune.run import atomic_write_bytes
 
 # gradual + EMA: the resumed run must also restore which stages are frozen and the EMA weights.
 ARGS = ["--backbone", "test_efficientnet", "--no-pretrained", "--image-size", "64", "--batch-size", "8",
-        "--strategy", "gradual", "--freeze-epochs", "1", "--epochs", "4", "--patience", "0", "--ema", "0.9",
+        "--strategy", "gradual", "--freeze-epochs", "1", "--epochs", "4", "--patience", "0", "--ema", "--ema-decay", "0.9",
         "--seed", "3"]
 
 

@@ -35,7 +35,7 @@ def _print_json(obj) -> None:
 def train(
     data: Optional[str] = typer.Argument(None, help="Folder of class folders, split folders (TRAIN/TEST), or a CSV manifest."),
     backbone: Optional[str] = typer.Option(None, help="timm name, or NAME@random / NAME@PATH. Default efficientnet_lite0 (offline weights)."),
-    strategy: Optional[str] = typer.Option(None, help="linear | partial | full. Default partial."),
+    strategy: Optional[str] = typer.Option(None, help="linear | partial | full | lp-ft | gradual. Default partial."),
     freeze_stages: Optional[int] = typer.Option(None, help="partial: freeze the stem and the first K stages (see `posetune backbones NAME`)."),
     epochs: Optional[int] = typer.Option(None, help="Default per strategy (linear 30, others 10)."),
     lr: Optional[float] = typer.Option(None, help="Head learning rate; pretrained stages get lr x --base-lr-ratio."),
@@ -53,10 +53,22 @@ def train(
     weights: Optional[str] = typer.Option(None, help="Local .safetensors/.pth/.bin state dict of the timm model."),
     no_pretrained: bool = typer.Option(False, "--no-pretrained", help="Start from random init."),
     label_level: Optional[int] = typer.Option(None, help="Yoga-82 only: 6, 20 or 82 classes."),
+    freeze_epochs: Optional[int] = typer.Option(None, help="gradual: epochs with only the head training (default 1)."),
+    unfreeze_every: Optional[int] = typer.Option(None, help="gradual: epochs between unfreezing two stages (default 1)."),
+    ema: bool = typer.Option(False, "--ema", help="Keep an EMA of the weights; evaluated each epoch, kept when better."),
+    ema_decay: float = typer.Option(0.999, help="EMA decay per step (with --ema)."),
+    balance: Optional[str] = typer.Option(None, help="Class imbalance: none (default) | weights (loss) | sampler."),
+    mixup: Optional[float] = typer.Option(None, help="Mixup alpha (e.g. 0.2); 0 = off."),
+    cutmix: Optional[float] = typer.Option(None, help="CutMix alpha (e.g. 1.0); 0 = off."),
+    resume: Optional[str] = typer.Option(None, help="Continue the run folder RUN from its last checkpoint."),
     config: Optional[Path] = typer.Option(None, help="YAML file with the same options; flags override it."),
     json_out: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
 ):
-    """Fine-tune a pretrained backbone on DATA and write a self-contained run folder."""
+    """Fine-tune a pretrained backbone on DATA and write a self-contained run folder.
+
+    Strategies: linear (head only, on cached features), partial (freeze stem + K stages), full,
+    lp-ft (linear probe, then fine-tune), gradual (unfreeze stages one by one from the top).
+    """
     from posetune.training import train as run_train
 
     reporter = _reporter(json_out)
@@ -64,8 +76,14 @@ def train(
                    base_lr_ratio=base_lr_ratio, layer_decay=layer_decay, bn=bn, batch_size=batch_size,
                    image_size=image_size, val_fraction=val_fraction, patience=patience,
                    label_smoothing=label_smoothing, out=out, seed=seed, device=device, weights=weights,
-                   pretrained=False if no_pretrained else None, label_level=label_level)
-    result = run_train(data, reporter=reporter, config=config, **options)
+                   pretrained=False if no_pretrained else None, label_level=label_level,
+                   freeze_epochs=freeze_epochs, unfreeze_every=unfreeze_every, ema=ema_decay if ema else None,
+                   balance=balance,
+                   mixup=mixup, cutmix=cutmix)
+    if resume:
+        result = run_train(reporter=reporter, resume=resume)
+    else:
+        result = run_train(data, reporter=reporter, config=config, **options)
     if result.skipped:
         reporter.info(f"{len(result.skipped)} files skipped (see {result.run / 'skipped.csv'})")
     if "test" in result.metrics:
@@ -83,18 +101,23 @@ def evaluate(
     split: str = typer.Option("test", help="train | val | test (a plain class-folder DATA is 'train')."),
     batch_size: int = typer.Option(64),
     device: str = typer.Option("auto"),
+    tta: bool = typer.Option(False, "--tta", help="Also score with test-time augmentation (flips + 5 crops)."),
     json_out: bool = typer.Option(False, "--json", help="Print the metrics as JSON on stdout."),
 ):
     """Accuracy, balanced accuracy, macro-F1, per-class scores, confusion matrix and most-confused pairs."""
     from posetune.evaluation import evaluate as run_eval
 
     reporter = _reporter(json_out)
-    metrics = run_eval(run, data, split=split, batch_size=batch_size, device=device, progress=reporter)
+    metrics = run_eval(run, data, split=split, batch_size=batch_size, device=device, progress=reporter, tta=tta)
     reporter.stop()
     if json_out:
         _print_json(metrics)
         return
     print_metrics(reporter, metrics, f"{split} metrics ({metrics['n']} images)")
+    if "tta" in metrics:
+        reporter.table("plain vs test-time augmentation",
+                       [{"metric": k, "plain": metrics[k], "tta": metrics["tta"][k]}
+                        for k in ("accuracy", "balanced_accuracy", "macro_f1")])
     for s in metrics["skipped"]:
         reporter.warn(f"skipped {s['path']}: {s['reason']}")
     if metrics.get("confusion_png"):
@@ -111,6 +134,7 @@ def predict(
     csv: Optional[Path] = typer.Option(None, "--csv", help="Write path,prediction,probability,top-k columns here."),
     device: str = typer.Option("auto"),
     engine: str = typer.Option("torch", help="torch (model.safetensors) | onnx (RUN/model.onnx, no torch needed)."),
+    tta: bool = typer.Option(False, "--tta", help="Average flipped and multi-crop views (torch engine)."),
     json_out: bool = typer.Option(False, "--json", help="Print predictions as JSON on stdout."),
 ):
     """Predict the class of images (files or folders), in batches; unreadable files are reported, not fatal."""
@@ -118,12 +142,14 @@ def predict(
     from posetune.run import load, write_csv
     from posetune.runtime import tune_allocator
 
+    if tta and engine != "torch":
+        raise typer.BadParameter("--tta needs --engine torch", param_hint="--tta")
     tune_allocator()
     reporter = _reporter(json_out)
     clf = load(run, device=device, engine=engine)
     files = collect_paths(paths)
     advance = reporter.start("predict", len(files))
-    preds = clf.predict(files, top_k=top_k, batch_size=batch_size, on_step=advance)
+    preds = clf.predict(files, top_k=top_k, batch_size=batch_size, on_step=advance, **({"tta": True} if tta else {}))
     reporter.stop()
     if csv:
         k = max((len(p.top_k) for p in preds), default=0)
@@ -141,6 +167,41 @@ def predict(
     errors = [p for p in preds if p.error]
     for p in errors:
         reporter.warn(f"could not read {p.path}: {p.error}")
+
+
+@app.command("lr-find", epilog="Example: `posetune lr-find DATASET --strategy full --image-size 128`")
+def lr_find_cmd(
+    data: str = typer.Argument(..., help="DATA in any supported layout."),
+    backbone: Optional[str] = typer.Option(None, help="As in `posetune train`."),
+    strategy: Optional[str] = typer.Option(None, help="As in `posetune train` (the LR is the head's; others keep their ratio)."),
+    freeze_stages: Optional[int] = typer.Option(None),
+    base_lr_ratio: Optional[float] = typer.Option(None),
+    layer_decay: Optional[float] = typer.Option(None),
+    batch_size: Optional[int] = typer.Option(None),
+    image_size: Optional[int] = typer.Option(None),
+    weights: Optional[str] = typer.Option(None),
+    no_pretrained: bool = typer.Option(False, "--no-pretrained"),
+    start_lr: float = typer.Option(1e-7, help="First LR of the sweep."),
+    end_lr: float = typer.Option(1.0, help="Last LR of the sweep."),
+    steps: int = typer.Option(100, help="Training steps in the sweep (it stops early when the loss explodes)."),
+    out: Optional[str] = typer.Option(None, help="Folder for lr_find.png (default runs/lr-find-<data>)."),
+    seed: Optional[int] = typer.Option(None),
+    device: Optional[str] = typer.Option(None),
+    json_out: bool = typer.Option(False, "--json"),
+):
+    """The LR range test: train briefly with an exponentially growing LR, plot loss vs LR, suggest an LR."""
+    from posetune.lr_range import lr_find
+
+    reporter = _reporter(json_out)
+    options = {k: v for k, v in dict(backbone=backbone, strategy=strategy, freeze_stages=freeze_stages,
+                                     base_lr_ratio=base_lr_ratio, layer_decay=layer_decay, batch_size=batch_size,
+                                     image_size=image_size, weights=weights, out=out, seed=seed, device=device,
+                                     pretrained=False if no_pretrained else None).items() if v is not None}
+    result = lr_find(data, start_lr=start_lr, end_lr=end_lr, steps=steps, reporter=reporter, **options)
+    if json_out:
+        return _print_json(result)
+    reporter.info(f"suggested --lr {result['suggested_lr']:.2e} (steepest loss descent; the minimum was at "
+                  f"{result['min_loss_lr']:.2e}); plot: {result['plot']}")
 
 
 @app.command(epilog="Examples: `posetune backbones` · `posetune backbones resnet50`")
@@ -268,6 +329,69 @@ def compare(
     if json_out:
         _print_json(result.as_dict())
 
+
+
+@app.command(epilog="Examples: `posetune export runs/yoga` · `posetune export runs/yoga --format torchscript` · "
+                    "`posetune export runs/yoga --dynamic-batch --opset 18 --json`")
+def export(
+    run: str = typer.Argument(..., help="Run folder written by `posetune train`."),
+    format: str = typer.Option("onnx", "--format", help="onnx (RUN/model.onnx) | torchscript (RUN/model.torchscript.pt)."),
+    opset: Optional[int] = typer.Option(None, help="ONNX opset (default 18)."),
+    dynamic_batch: bool = typer.Option(False, "--dynamic-batch", help="Any batch size at run time (default: batch 1)."),
+    out: Optional[Path] = typer.Option(None, help="Where to write the model file (default inside RUN)."),
+    images: Optional[List[str]] = typer.Option(None, help="Images/folders for the parity check (default: the run's data)."),
+    json_out: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
+):
+    """Export a run to ONNX or TorchScript with its classes and preprocessing, and check it against PyTorch:
+    max |delta logits| and top-1 agreement on random tensors and real images. Exit 1 on any top-1 disagreement."""
+    from posetune.errors import CheckFailed
+    from posetune.exporting import export as run_export
+
+    reporter = _reporter(json_out)
+    reporter.info(f"exporting {run} to {format}...")
+    result = run_export(run, format=format, opset=opset, dynamic_batch=dynamic_batch, out=out, images=images,
+                        strict=False)
+    if json_out:
+        _print_json(result)
+    else:
+        reporter.table("parity with the PyTorch model",
+                       [{"inputs": kind, "n": c["n"], "max |delta logits|": f"{c['max_abs_delta']:.2e}",
+                         "top-1 agreement": f"{100 * c['top1_agreement']:.1f}%"} for kind, c in result["parity"].items()])
+        reporter.info(f"wrote {result['path']} ({result['bytes'] / 1e6:.1f} MB, input {result['input_shape']}) "
+                      f"+ {result['sidecar']}")
+    if result["problems"]:
+        raise CheckFailed(f"the export disagrees with the PyTorch model: {'; '.join(result['problems'])}")
+
+
+@app.command(epilog="Examples: `posetune serve runs/yoga` then open http://127.0.0.1:8000 · "
+                    "`posetune serve runs/yoga --engine onnx --host 0.0.0.0 --port 8080 --max-bytes 20MB`")
+def serve(
+    run: str = typer.Argument(..., help="Run folder written by `posetune train` (for --engine onnx: after `posetune export`)."),
+    host: str = typer.Option("127.0.0.1", help="Address to bind; 0.0.0.0 exposes the server to your network."),
+    port: int = typer.Option(8000),
+    engine: str = typer.Option("torch", help="torch | onnx (RUN/model.onnx through ONNX Runtime)."),
+    max_bytes: str = typer.Option("10MB", help="Largest upload accepted (413 beyond it)."),
+    max_pixels: int = typer.Option(50_000_000, help="Largest image in pixels (decompression-bomb guard)."),
+    max_queue: int = typer.Option(16, help="Requests in progress at once; more get 503 with Retry-After."),
+    top_k: int = typer.Option(5, help="Classes returned per image."),
+    device: str = typer.Option("auto"),
+):
+    """Serve a web page and a JSON API that name the pose in a photo (FastAPI + uvicorn): GET /, POST /predict,
+    GET /info, GET /health, docs at /docs."""
+    import uvicorn
+
+    from posetune.runtime import tune_allocator
+    from posetune.serve.app import create_app, parse_size
+
+    tune_allocator()
+    reporter = _reporter(False)
+    app_ = create_app(run, engine=engine, max_bytes=parse_size(max_bytes), max_pixels=max_pixels, max_queue=max_queue,
+                      top_k=top_k, device=device)
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        reporter.warn(f"binding {host}: anyone who can reach this machine can use the model")
+    reporter.info(f"serving {run} ({engine} engine) on http://{'[' + host + ']' if ':' in host else host}:{port}  "
+                  "(Ctrl+C to stop)")
+    uvicorn.run(app_, host=host, port=port, log_level="info", timeout_keep_alive=5)
 
 def main() -> None:
     """Entry point: errors become one line and an exit code (2 bad input, 1 a problem found)."""
