@@ -203,3 +203,11 @@ def test_onnx_predicts_and_serves_with_torch_blocked(onnx_run: Path, shapes_kagg
     expected = posetune.load(onnx_run).predict([str(image)])[0].label
     assert summary == {"api": expected, "served": expected, "loaded": []}
     assert json.loads(cli_rows)[0]["prediction"] == expected
+
+
+def test_onnx_export_without_onnxscript_uses_the_torchscript_exporter(tiny_run: Path, tmp_path: Path,
+                                                                      monkeypatch) -> None:
+    monkeypatch.setitem(sys.modules, "onnxscript", None)  # `import onnxscript` now raises ImportError
+    result = posetune.export(tiny_run, out=tmp_path / "legacy.onnx", n_random=2, n_images=4)
+    assert result["exporter"] == "torch.onnx.export(dynamo=False)"
+    assert result["ok"] and result["parity"]["images"]["top1_agreement"] == 1.0

@@ -45,6 +45,10 @@ def test_predict_multipart_and_raw_body(client: TestClient, photo: Path, onnx_ru
     assert [t["label"] for t in body["top_k"]][:1] == [expected.label] and len(body["top_k"]) == 3
     assert sum(t["probability"] for t in body["top_k"]) == pytest.approx(1.0, abs=1e-4)
     assert body["latency_ms"] > 0 and body["image"] == {"width": 72, "height": 72}
+    big = Image.linear_gradient("L").resize((400, 300)).convert("RGB")  # decoded at reduced scale (JPEG draft)
+    buf = io.BytesIO()
+    big.save(buf, "JPEG")
+    assert client.post("/predict", content=buf.getvalue()).json()["image"] == {"width": 400, "height": 300}
     raw = client.post("/predict", content=photo.read_bytes(), headers={"content-type": "image/jpeg"})
     assert raw.status_code == 200 and raw.json()["prediction"] == expected.label
     # curl --data-binary sends application/x-www-form-urlencoded: still the raw image

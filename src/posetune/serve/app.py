@@ -68,8 +68,8 @@ def parse_size(text: str | int) -> int:
     return int(value * units[unit])
 
 
-def decode_upload(data: bytes, max_pixels: int, min_side: int) -> Image.Image:
-    """Upload bytes -> upright RGB image, or an HTTPException that says what was wrong with them.
+def decode_upload(data: bytes, max_pixels: int, min_side: int) -> tuple[Image.Image, tuple[int, int]]:
+    """Upload bytes -> (upright RGB image, its size as sent), or an HTTPException that says what was wrong.
 
     JPEGs are decoded at a reduced scale that keeps the short side >= min_side, as
     ``posetune.data.images.load_image`` does for files, so the server sees what `posetune predict` sees.
@@ -91,7 +91,7 @@ def decode_upload(data: bytes, max_pixels: int, min_side: int) -> Image.Image:
             if scale >= 2:
                 img.draft("RGB", (int(w / scale) + 1, int(h / scale) + 1))
         img.load()
-        return to_rgb(ImageOps.exif_transpose(img))
+        return to_rgb(ImageOps.exif_transpose(img)), (w, h)
     except Image.DecompressionBombError as exc:
         raise HTTPException(413, f"image has too many pixels ({exc}); send a smaller photo") from exc
     except Exception as exc:  # noqa: BLE001
@@ -164,8 +164,7 @@ def create_app(run: str | Path, engine: str = "torch", max_bytes: int = DEFAULT_
 
         t0 = time.perf_counter()
         with decode_slots:
-            img = decode_upload(data, max_pixels, short_side)
-            width, height = img.size
+            img, (width, height) = decode_upload(data, max_pixels, short_side)
             # The engines' first step, done here so that only the small image waits for the model.
             img = resize_short_side(img, short_side, interpolation)
         t1 = time.perf_counter()

@@ -1,0 +1,147 @@
+"""End to end in a real browser: `posetune serve` as a subprocess, headless Chromium driven by Selenium.
+
+Needs Debian's chromium and chromium-driver (`scripts/ensure-chromium.sh`, run by `make test`);
+skipped with the reason when they are missing. Environment knobs, for the README figure:
+POSETUNE_SERVE_RUN=RUN serves that run instead of the tiny test run (exported to ONNX if needed),
+POSETUNE_SCREENSHOT=docs/serve.png also saves the page there.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMEDRIVER = shutil.which("chromedriver") or ("/usr/bin/chromedriver" if Path("/usr/bin/chromedriver").exists() else None)
+selenium = pytest.importorskip("selenium", reason="selenium is not installed (pip install -e '.[dev]')")
+pytestmark = pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER),
+                                reason="chromium and chromedriver are needed: bash scripts/ensure-chromium.sh")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def served_run(onnx_run: Path) -> Path:
+    run = Path(os.environ.get("POSETUNE_SERVE_RUN", onnx_run))
+    if not (run / "model.onnx").exists():
+        import posetune
+
+        posetune.export(run, format="onnx")
+    return run
+
+
+@pytest.fixture(scope="module")
+def server(served_run: Path, tmp_path_factory):
+    port = free_port()
+    log = tmp_path_factory.mktemp("serve") / "server.log"
+    with open(log, "wb") as fh:
+        proc = subprocess.Popen([sys.executable, "-m", "posetune", "serve", str(served_run), "--port", str(port),
+                                 "--engine", "onnx"], stdout=fh, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
+                    if json.load(r)["status"] == "ok":
+                        break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail(f"posetune serve did not start:\n{log.read_text()[-3000:]}")
+                time.sleep(0.2)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture
+def browser(tmp_path: Path):
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--disable-dev-shm-usage", f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1100,820"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    driver.set_page_load_timeout(30)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def yoga_photo(path: Path, pose: str = "tree") -> Path:
+    from posetune.data.synth import render_pose
+
+    render_pose(pose, np.random.default_rng(7), 320).save(path, quality=92)
+    return path
+
+
+def api_predict(url: str, image: Path) -> dict:
+    req = urllib.request.Request(f"{url}/predict", data=image.read_bytes(), headers={"Content-Type": "image/jpeg"})
+    with urllib.request.urlopen(req, timeout=30) as r:
+        return json.load(r)
+
+
+def test_page_names_the_pose_of_an_uploaded_photo(server: str, browser, tmp_path: Path) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    photo = yoga_photo(tmp_path / "tree.jpg")
+    expected = api_predict(server, photo)
+    browser.get(server)
+    WebDriverWait(browser, 20).until(lambda d: "poses:" in d.find_element(By.ID, "model").text)
+    browser.find_element(By.ID, "file").send_keys(str(photo))
+    WebDriverWait(browser, 30).until(
+        lambda d: d.find_element(By.ID, "result").get_attribute("data-state") in ("done", "error"))
+    result = browser.find_element(By.ID, "result")
+    assert result.get_attribute("data-state") == "done", browser.find_element(By.ID, "error").text
+    label = browser.find_element(By.ID, "prediction").get_attribute("data-label")
+    info = json.load(urllib.request.urlopen(f"{server}/info", timeout=10))
+    assert label in info["classes"] and label == expected["prediction"]
+    bars = browser.find_elements(By.CSS_SELECTOR, "#bars li")
+    assert len(bars) == len(expected["top_k"]) and label.replace("_", " ") in bars[0].text
+    assert browser.find_element(By.ID, "preview").is_displayed()
+
+    browser.save_screenshot(str(tmp_path / "serve.png"))
+    if os.environ.get("POSETUNE_SCREENSHOT"):
+        Path(os.environ["POSETUNE_SCREENSHOT"]).parent.mkdir(parents=True, exist_ok=True)
+        browser.save_screenshot(os.environ["POSETUNE_SCREENSHOT"])
+
+    # Phone-sized: nothing wider than the screen.
+    browser.set_window_size(390, 844)
+    assert browser.execute_script("return document.documentElement.scrollWidth <= window.innerWidth + 1")
+
+
+def test_page_shows_the_servers_error_for_a_non_image(server: str, browser, tmp_path: Path) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    bogus = tmp_path / "notes.jpg"
+    bogus.write_text("not a photo at all")
+    browser.get(server)
+    browser.find_element(By.ID, "file").send_keys(str(bogus))
+    WebDriverWait(browser, 30).until(lambda d: d.find_element(By.ID, "result").get_attribute("data-state") == "error")
+    assert "image" in browser.find_element(By.ID, "error").text
