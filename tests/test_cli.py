@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-COMMANDS = ["train", "evaluate", "predict", "backbones", "demo", "data synth", "data check"]
+COMMANDS = ["train", "evaluate", "predict", "backbones", "demo", "data synth", "data check", "export", "serve"]
 
 
 def posetune(*args, check=False):
