@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -22,8 +23,10 @@ app.add_typer(data_app, name="data")
 
 
 def _reporter(json_out: bool):
-    from posetune.console import RichReporter
+    from posetune.console import Reporter, RichReporter
 
+    if os.environ.get("RANK", "0") != "0":
+        return Reporter()  # under torchrun only rank 0 talks
     return RichReporter(stderr=json_out)  # with --json, stdout carries only the JSON
 
 
@@ -61,6 +64,7 @@ def train(
     mixup: Optional[float] = typer.Option(None, help="Mixup alpha (e.g. 0.2); 0 = off."),
     cutmix: Optional[float] = typer.Option(None, help="CutMix alpha (e.g. 1.0); 0 = off."),
     resume: Optional[str] = typer.Option(None, help="Continue the run folder RUN from its last checkpoint."),
+    nproc: int = typer.Option(1, help="Processes to train with on this machine (runs torchrun; DDP, one per GPU)."),
     config: Optional[Path] = typer.Option(None, help="YAML file with the same options; flags override it."),
     json_out: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
 ):
@@ -80,6 +84,13 @@ def train(
                    freeze_epochs=freeze_epochs, unfreeze_every=unfreeze_every, ema=ema_decay if ema else None,
                    balance=balance,
                    mixup=mixup, cutmix=cutmix)
+    if nproc > 1 and "WORLD_SIZE" not in os.environ:
+        from posetune.distributed import launch
+
+        argv = sys.argv[1:]
+        i = next(i for i, a in enumerate(argv) if a.startswith("--nproc"))
+        del argv[i: i + (1 if "=" in argv[i] else 2)]
+        raise typer.Exit(launch(nproc, argv))
     if resume:
         result = run_train(reporter=reporter, resume=resume)
     else:
@@ -89,7 +100,7 @@ def train(
     if "test" in result.metrics:
         print_metrics(reporter, result.metrics["test"], "test metrics")
     reporter.info(f"run folder: {result.run}  (report: {result.run / 'report.md'})")
-    if json_out:
+    if json_out and os.environ.get("RANK", "0") == "0":
         _print_json({"run": str(result.run), "metrics": result.metrics, "train_seconds": result.train_seconds,
                      "skipped": [{"path": p, "reason": r} for p, r in result.skipped]})
 

@@ -178,16 +178,19 @@ def fit(model: torch.nn.Module, stages: list[Stage], plan: Plan, train_loader, v
         settings: Settings, device: torch.device, on_step: Callable[[int], None] | None = None,
         on_epoch: Callable[[dict], None] | None = None, class_weights: torch.Tensor | None = None,
         resume: dict | None = None, checkpoint_path=None, stop_flag: Callable[[], bool] | None = None,
-        on_warning: Callable[[str], None] | None = None) -> FitResult:
+        on_warning: Callable[[str], None] | None = None, dist=None) -> FitResult:
     """Fine-tune ``model`` following ``plan`` (which stages train in which epoch, at which LR).
 
     ``resume``: a checkpoint dict from :func:`load_checkpoint`; ``checkpoint_path``: where to write one
     after every epoch; ``stop_flag``: polled at every step (SIGINT/SIGTERM), stops at that boundary.
+    ``dist``: a :class:`posetune.distributed.Dist` under torchrun — DDP for the gradients, statistics
+    summed over ranks, val predictions gathered, only rank 0 writes checkpoints.
     """
     from timm.data import Mixup
     from timm.loss import SoftTargetCrossEntropy
     from timm.utils import ModelEmaV3
 
+    from posetune.distributed import Dist
     from posetune.strategies import apply_freeze
 
     groups = param_groups(model, stages, plan, settings.weight_decay)
@@ -202,6 +205,17 @@ def fit(model: torch.nn.Module, stages: list[Stage], plan: Plan, train_loader, v
                    num_classes=n_classes) if settings.mixup or settings.cutmix else None)
     soft_loss = SoftTargetCrossEntropy()
     ema = ModelEmaV3(model, decay=settings.ema_decay, device=device) if settings.ema_decay else None
+    dist = dist or Dist()
+    ddp: dict = {"frozen": None, "module": model}  # DDP wrapper, rebuilt when the trainable set changes
+
+    def forward_module(frozen: list[str]) -> torch.nn.Module:
+        if dist.enabled and ddp["frozen"] != frozen:
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [device.index] if device.type == "cuda" else None
+            ddp["module"], ddp["frozen"] = DistributedDataParallel(model, device_ids=ids), frozen
+        return ddp["module"]
+
     state, best_state = LoopState(), None
     if resume is not None:
         model.load_state_dict(resume["model"])
@@ -219,22 +233,25 @@ def fit(model: torch.nn.Module, stages: list[Stage], plan: Plan, train_loader, v
         loader_gen = getattr(train_loader, "generator", None)
         if loader_gen is not None:
             loader_gen.manual_seed(settings.seed * 100_003 + epoch)
-        sampler_gen = getattr(getattr(train_loader, "sampler", None), "generator", None)
-        if sampler_gen is not None:
-            sampler_gen.manual_seed(settings.seed * 100_003 + epoch)
+        sampler = getattr(train_loader, "sampler", None)
+        if hasattr(sampler, "set_epoch"):  # DistributedSampler: the shard order depends on (seed, epoch)
+            sampler.set_epoch(epoch)
+        elif getattr(sampler, "generator", None) is not None:
+            sampler.generator.manual_seed(settings.seed * 100_003 + epoch)
+        module = forward_module(frozen)
         stats = dict(state.partial_stats) or {"loss": 0.0, "correct": 0, "seen": 0}
         skip = state.step_in_epoch
         for step, (x, y) in enumerate(train_loader):
             if step < skip:
                 continue  # resuming mid-epoch: these batches were trained before the stop
-            if stop_flag is not None and stop_flag():
+            if stop_flag is not None and dist.any(stop_flag()):  # every rank stops at the same step
                 raise StopRequested(step, stats)
             x, y = prepare(x), y.to(device, non_blocking=True)
             target = None
             if mixer is not None and len(y) % 2 == 0:
                 x, target = mixer(x, y)
             with autocast(device):
-                logits = model(x)
+                logits = module(x)
             logits = logits.float()
             if target is not None:
                 loss = soft_loss(logits, target)
@@ -251,15 +268,21 @@ def fit(model: torch.nn.Module, stages: list[Stage], plan: Plan, train_loader, v
             stats["seen"] += len(y)
             if on_step:
                 on_step(len(y))
-        seen = max(1, stats["seen"])
-        return {"train_loss": stats["loss"] / seen, "train_accuracy": stats["correct"] / seen,
-                "lr": scheduler.get_last_lr()[-1], "images": stats["seen"],
-                "frozen": "+".join(frozen) if frozen else "-"}
+        loss_sum, correct, seen = dist.sum([stats["loss"], stats["correct"], stats["seen"]])
+        row = {"train_loss": loss_sum / max(1, seen), "train_accuracy": correct / max(1, seen),
+               "lr": scheduler.get_last_lr()[-1], "images": int(seen), "frozen": "+".join(frozen) if frozen else "-"}
+        if dist.enabled:
+            row["images_per_rank"] = stats["seen"]
+        return row
+
+    def gathered_logits(net: torch.nn.Module):
+        logits, labels = predict_logits(net, val_loader, device, preprocess)
+        return dist.gather_rows(logits), dist.gather_rows(labels)
 
     def evaluate() -> dict:
-        row = _val_row(*predict_logits(model, val_loader, device, preprocess))
+        row = _val_row(*gathered_logits(model))
         if ema is not None:
-            ema_row = _val_row(*predict_logits(ema.module, val_loader, device, preprocess))
+            ema_row = _val_row(*gathered_logits(ema.module))
             row.update({f"ema_{k}": v for k, v in ema_row.items()})
         return row
 
@@ -270,7 +293,7 @@ def fit(model: torch.nn.Module, stages: list[Stage], plan: Plan, train_loader, v
         return {k: v.detach().to("cpu", copy=True) for k, v in source.state_dict().items()}
 
     def save(state: LoopState, best: dict | None) -> None:
-        if checkpoint_path is None:
+        if checkpoint_path is None or not dist.is_main:
             return
         try:
             save_checkpoint(checkpoint_path, {

@@ -182,6 +182,7 @@ class Prepared:
     settings: object
     class_weights: object
     sampler: object
+    dist: object
 
     def loader(self, ds, shuffle: bool = False):
         from posetune.data.pipeline import make_loader
@@ -189,7 +190,7 @@ class Prepared:
         return make_loader(ds, self.opts.batch_size, shuffle, self.device, self.opts.seed)
 
 
-def prepare(opts: TrainOptions, reporter: Reporter, write_config: bool = True) -> Prepared:
+def prepare(opts: TrainOptions, reporter: Reporter, write_config: bool = True, dist=None) -> Prepared:
     """DATA -> checked samples -> backbone with its plan -> decoded datasets, reporting each choice."""
     import torch
 
@@ -208,6 +209,8 @@ def prepare(opts: TrainOptions, reporter: Reporter, write_config: bool = True) -
     strategy = strategies.get_strategy(opts.strategy)
     spec = backbones.parse_spec(opts.backbone, weights=opts.weights, pretrained=opts.pretrained)
     device = resolve_device(opts.device)
+    if dist is not None and dist.enabled and device.type == "cuda":
+        device = torch.device("cuda", dist.local_rank)
     seed_everything(opts.seed)
 
     index = discover(opts.data, val_fraction=opts.val_fraction, seed=opts.seed, label_level=opts.label_level)
@@ -235,6 +238,8 @@ def prepare(opts: TrainOptions, reporter: Reporter, write_config: bool = True) -
     epochs = opts.epochs or strategy.epochs
     preprocess = Preprocess.from_config(backbones.data_config(model, opts.image_size))
     out = RunDir(opts.out or default_run_dir(opts))
+    if dist is not None:
+        dist.barrier()  # every rank has picked the same folder name before rank 0 creates it
     out.path.mkdir(parents=True, exist_ok=True)
     opts.out = str(out.path)
     if write_config:
@@ -268,13 +273,32 @@ def prepare(opts: TrainOptions, reporter: Reporter, write_config: bool = True) -
                         weight_decay=opts.weight_decay, label_smoothing=opts.label_smoothing, seed=opts.seed,
                         ema_decay=opts.ema, mixup=opts.mixup, cutmix=opts.cutmix)
     class_weights, sampler = balancing(opts.balance, train_ds.labels, len(index.classes), opts.seed)
-
+    if dist is not None and dist.enabled:
+        if sampler is not None:
+            raise UsageError("--balance sampler does not work with several processes; use --balance weights")
+        # Every rank gets an equal share (padded by a few repeats) so that DDP's collectives line up.
+        sampler = torch.utils.data.distributed.DistributedSampler(train_ds, dist.world, dist.rank, shuffle=True,
+                                                                  seed=opts.seed)
     return Prepared(opts, strategy, spec, device, index, model, stages, plan, epochs, preprocess, out,
-                    train_ds, val_ds, test_ds, settings, class_weights, sampler)
+                    train_ds, val_ds, test_ds, settings, class_weights, sampler, dist)
 
 
 def _train(opts: TrainOptions, reporter: Reporter, resume: bool = False) -> TrainResult:
     import torch
+
+    from posetune.distributed import init_from_env, shutdown
+
+    dist = init_from_env("cuda" if opts.device in ("auto", "cuda") and torch.cuda.is_available() else "cpu")
+    try:
+        return _train_ranked(opts, reporter if dist.is_main else Reporter(), resume, dist)
+    finally:
+        shutdown()
+
+
+def _train_ranked(opts: TrainOptions, reporter: Reporter, resume: bool, dist) -> TrainResult:
+    """The training run as one rank of ``dist`` sees it (rank 0 alone writes the run folder)."""
+    import torch
+    from torch.utils.data import Subset
 
     from posetune import strategies
     from posetune.data.pipeline import make_loader
@@ -283,7 +307,7 @@ def _train(opts: TrainOptions, reporter: Reporter, resume: bool = False) -> Trai
     from posetune.report import plot_confusion, plot_history, write_run_report
     from posetune.run import write_csv
 
-    p = prepare(opts, reporter)
+    p = prepare(opts, reporter, write_config=dist.is_main, dist=dist)
     strategy, spec, device, index, model, stages, plan = p.strategy, p.spec, p.device, p.index, p.model, p.stages, p.plan
     epochs, preprocess, out, settings = p.epochs, p.preprocess, p.out, p.settings
     train_ds, val_ds, test_ds, class_weights, sampler, loader = (p.train_ds, p.val_ds, p.test_ds, p.class_weights,
@@ -295,8 +319,11 @@ def _train(opts: TrainOptions, reporter: Reporter, resume: bool = False) -> Trai
         # trains on the cached features (the linear strategy, and LP-FT's probe phase).
         augment, train_ds.augment = train_ds.augment, None
         advance = reporter.start("extract features", len(train_ds) + len(val_ds))
-        f_train, y_train = extract_features(model, loader(train_ds), device, preprocess, advance)
-        f_val, y_val = extract_features(model, loader(val_ds), device, preprocess, advance)
+        # Under torchrun each rank extracts its shard; the gathered features are the same on every rank.
+        f_train, y_train = (dist.unshard(t) for t in extract_features(
+            model, loader(Subset(train_ds, dist.shard(len(train_ds)))), device, preprocess, advance))
+        f_val, y_val = (dist.unshard(t) for t in extract_features(
+            model, loader(Subset(val_ds, dist.shard(len(val_ds)))), device, preprocess, advance))
         reporter.stop()
         train_ds.augment = augment
         head = model.get_classifier().to("cpu")
@@ -329,9 +356,10 @@ def _train(opts: TrainOptions, reporter: Reporter, resume: bool = False) -> Trai
         with StopSignals() as stop:
             try:
                 result = fit(model, stages, plan, make_loader(train_ds, opts.batch_size, True, device, opts.seed, sampler),
-                             loader(val_ds), preprocess, settings, device, on_step=lambda n: advance(n),
-                             on_epoch=on_epoch, class_weights=class_weights, resume=state, checkpoint_path=checkpoint,
-                             stop_flag=stop, on_warning=reporter.warn)
+                             loader(Subset(val_ds, dist.shard(len(val_ds)))), preprocess, settings, device,
+                             on_step=lambda n: advance(n), on_epoch=on_epoch, class_weights=class_weights,
+                             resume=state, checkpoint_path=checkpoint, stop_flag=stop, on_warning=reporter.warn,
+                             dist=dist)
             except torch.cuda.OutOfMemoryError as exc:
                 raise UsageError(f"out of GPU memory at batch size {opts.batch_size}; try --batch-size "
                                  f"{max(1, opts.batch_size // 2)} (or a smaller --image-size)") from exc
@@ -340,6 +368,8 @@ def _train(opts: TrainOptions, reporter: Reporter, resume: bool = False) -> Trai
             raise Interrupted(f"stopped by a signal; checkpoint saved. Resume with: posetune train --resume {out.path}")
         model.load_state_dict(result.best_state)
     train_seconds = time.perf_counter() - t0
+    if not dist.is_main:
+        return TrainResult(run=out.path, history=result.history, train_seconds=train_seconds)
 
     metrics = {}
     for split, ds in (("val", val_ds), ("test", test_ds)):
