@@ -4,7 +4,7 @@ Stage 1 (decode once, features of every image per backbone, logistic probe + k-N
 folder) should cost at most 1.2x the forward passes alone. Both are measured in this one process on
 the same rendered set, after an untimed warm-up pass of every backbone.
 
-Run: PYTHONPATH=src python benchmarks/bench_compare.py [--per-class 100] [--size 128]
+Run: PYTHONPATH=src python benchmarks/bench_compare.py [--per-class 60] [--size 128] [--repeats 2]
 Prints the result and writes benchmarks/results/compare.json.
 """
 
@@ -44,10 +44,11 @@ def forward_seconds(specs: list[str], data: Path, size: int, device) -> dict[str
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--per-class", type=int, default=100, help="training images per pose (5 poses)")
+    ap.add_argument("--per-class", type=int, default=60, help="training images per pose (5 poses)")
     ap.add_argument("--test-per-class", type=int, default=20)
     ap.add_argument("--size", type=int, default=128, help="model input size")
     ap.add_argument("--backbones", default=",".join(BACKBONES))
+    ap.add_argument("--repeats", type=int, default=2, help="alternating rounds; the fastest of each is kept")
     args = ap.parse_args()
 
     from posetune.comparison import compare
@@ -61,15 +62,20 @@ def main() -> None:
         info = render_dataset(data, per_class=args.per_class, test_per_class=args.test_per_class,
                               size=int(args.size * 1.25))
         forward_seconds(specs, data, args.size, device)  # warm-up: allocator, oneDNN kernels, weight files
-        t = time.perf_counter()
-        result = compare(data, backbones=specs, strategies="linear", top_k=0, image_size=args.size,
-                         out=str(Path(tmp) / "cmp"))
-        compare_wall = time.perf_counter() - t
+        # Alternate the two measurements and keep the faster of each: a shared machine's other jobs
+        # slow one pass or the other, never both the same way.
+        runs, forwards = [], []
+        for i in range(args.repeats):
+            t = time.perf_counter()
+            runs.append((compare(data, backbones=specs, strategies="linear", top_k=0, image_size=args.size,
+                                 out=str(Path(tmp) / f"cmp{i}")), time.perf_counter() - t, Path(tmp) / f"cmp{i}"))
+            forwards.append(forward_seconds(specs, data, args.size, device))
+        result, compare_wall, out = min(runs, key=lambda r: r[0].seconds["stage1"])
+        forward = {s: min(f[s] for f in forwards) for s in specs}
         breakdown: dict[str, float] = {}
-        for f in (Path(tmp) / "cmp" / "cells").glob("*-linear-s0/cell.json"):
+        for f in (out / "cells").glob("*-linear-s0/cell.json"):
             for phase, sec in json.loads(f.read_text()).get("stage1_seconds", {}).items():
                 breakdown[phase] = round(breakdown.get(phase, 0.0) + sec, 3)
-        forward = forward_seconds(specs, data, args.size, device)
     total_forward = sum(forward.values())
     rows = {r["backbone"]: r for r in result.rows}
     report = {
@@ -86,7 +92,7 @@ def main() -> None:
         "compare_wall_seconds": round(compare_wall, 3),
         "probe_val_accuracy": {b: rows[b]["val_accuracy"] for b in specs if b in rows},
         "probe_test_accuracy": {b: rows[b]["test_accuracy"] for b in specs if b in rows},
-        "load_average_1min": round(os.getloadavg()[0], 2),
+        "repeats": args.repeats, "load_average_1min": round(os.getloadavg()[0], 2),
         "target": "stage1_ratio <= 1.2",
     }
     print(json.dumps(report, indent=2))

@@ -39,7 +39,7 @@ TRAIN_COST_PER_FORWARD = 3.0  # forward + backward ~ 3 forwards per image (refin
 BOOTSTRAP_SAMPLES = 2000
 CELL_FILE = "cell.json"
 LEADERBOARD_COLUMNS = (
-    "rank", "backbone", "strategy", "weights", "params_m", "gmacs", "image_size", "val_accuracy",
+    "rank", "backbone", "strategy", "weights", "params_m", "gmacs", "image_size", "val_accuracy", "val_macro_f1",
     "test_accuracy", "test_accuracy_err", "test_macro_f1", "test_macro_f1_err", "err_kind", "knn_val_accuracy",
     "knn_test_accuracy", "train_seconds", "latency_ms", "images_per_s", "seeds", "pareto", "status", "run", "error",
 )
@@ -295,6 +295,7 @@ def probe_backbone(spec_str: str, spec, cell: Cell, preprocess, decoder, decoded
                    opts: CompareOptions, key: dict, reporter: Reporter) -> tuple[dict, float]:
     """Features of every image, the probe + k-NN, the linear cell's run folder, and the backbone's costs."""
     import torch
+    from threadpoolctl import threadpool_limits
 
     from posetune.backbones import create_backbone
     from posetune.data.pipeline import DecodedDataset, make_loader
@@ -322,8 +323,10 @@ def probe_backbone(spec_str: str, spec, cell: Cell, preprocess, decoder, decoded
     build_s = time.perf_counter() - t_build - sum(forward_s.values())
 
     t_fit = time.perf_counter()
-    probe = fit_probe(*feats["train"], *feats["val"])
-    knn = fit_knn(*feats["train"], *feats["val"])
+    # Small matrices: one BLAS thread is faster, and spinning threads stall badly on a busy machine.
+    with threadpool_limits(limits=1):
+        probe = fit_probe(*feats["train"], *feats["val"])
+        knn = fit_knn(*feats["train"], *feats["val"])
     fit_s = time.perf_counter() - t_fit
     metrics, val_loss = _probe_metrics(probe, knn, feats, index.classes)
 
@@ -738,6 +741,7 @@ def leaderboard(probes: dict[str, dict], results: list[dict], strategies: Sequen
                                                           else " (probe)"),
             "weights": probe.get("weights"), "params_m": probe.get("params_m"), "gmacs": probe.get("gmacs"),
             "image_size": probe.get("image_size"), "val_accuracy": mean("val_accuracy"),
+            "val_macro_f1": mean("val_macro_f1"),
             "test_accuracy": acc, "test_accuracy_err": acc_err, "test_macro_f1": f1, "test_macro_f1_err": f1_err,
             "err_kind": kind,
             "knn_val_accuracy": probe.get("knn_val_accuracy") if strategy == "linear" else None,
@@ -748,7 +752,8 @@ def leaderboard(probes: dict[str, dict], results: list[dict], strategies: Sequen
             "run": best_cell["run"] if best_cell else cells[0].get("run"),
             "error": "; ".join(f"s{c['seed']}: {c['error']}" for c in cells if c["status"] != "ok") or None,
         })
-    rows.sort(key=lambda r: (r["val_accuracy"] is not None, r["val_accuracy"] or 0.0, r["test_macro_f1"] or 0.0,
+    # Selection never looks at test scores: ties on val accuracy go to val macro-F1, then to the faster model.
+    rows.sort(key=lambda r: (r["val_accuracy"] is not None, r["val_accuracy"] or 0.0, r["val_macro_f1"] or 0.0,
                              -(r["latency_ms"] or 0.0)), reverse=True)
     mark_pareto(rows)
     for i, r in enumerate(rows, 1):

@@ -117,15 +117,23 @@ def plot_accuracy_vs_latency(rows: list[dict], out: str | Path) -> Path:
         ax.errorbar([r["latency_ms"] for r in sel], [r["test_accuracy"] for r in sel],
                     yerr=[r.get("test_accuracy_err") or 0 for r in sel], fmt=markers.get(strategy, "o"), ms=7,
                     capsize=3, label=strategy, alpha=0.85)
-    for r in pts:
-        ax.annotate(r["backbone"], (r["latency_ms"], r["test_accuracy"]), textcoords="offset points",
-                    xytext=(5, 4), fontsize=7)
     front = sorted((r for r in pts if r.get("pareto")), key=lambda r: r["latency_ms"])
+    # Strategies of one backbone share its latency: name each backbone once, and each Pareto point in full.
+    tops = {}
+    for r in pts:
+        if r["backbone"] not in tops or r["test_accuracy"] > tops[r["backbone"]]["test_accuracy"]:
+            tops[r["backbone"]] = r
+    labelled = [r for r in sorted(pts, key=lambda r: r["latency_ms"]) if r.get("pareto") or tops[r["backbone"]] is r]
+    for i, r in enumerate(labelled):  # alternate below / above so neighbours do not overprint
+        label = f"{r['backbone']} / {r['strategy']}" if r.get("pareto") else r["backbone"]
+        ax.annotate(label, (r["latency_ms"], r["test_accuracy"]), textcoords="offset points",
+                    xytext=(6, -12 if i % 2 == 0 else 8), fontsize=7)
     if front:
         ax.step([r["latency_ms"] for r in front], [r["test_accuracy"] for r in front], where="post", color="crimson",
                 lw=1.2, ls="--", label="Pareto front")
         ax.scatter([r["latency_ms"] for r in front], [r["test_accuracy"] for r in front], s=160,
                    facecolors="none", edgecolors="crimson", zorder=3)
+    ax.margins(x=0.2)  # room for the labels right of the last points
     ax.set_xlabel("latency per image, batch 1 (ms)")
     ax.set_ylabel("test accuracy")
     ax.set_title("accuracy vs latency (up and left is better)")
@@ -156,11 +164,11 @@ def plot_strategy_bars(rows: list[dict], out: str | Path) -> Path:
         bars = ax.bar(x + (i - (len(strategies) - 1) / 2) * width, acc, width, yerr=err, capsize=3, label=strategy)
         ax.bar_label(bars, labels=[f"{a:.2f}" if a == a else "" for a in acc], fontsize=7, padding=2)
     ax.set_xticks(x, backbones, rotation=20, ha="right")
-    ax.set_ylim(0, 1.08)
+    ax.set_ylim(0, 1.2)
     ax.set_ylabel("test accuracy")
     ax.set_title("test accuracy per backbone and strategy")
     ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper center", ncol=max(1, len(strategies)), frameon=False)
     fig.tight_layout()
     out = Path(out)
     fig.savefig(out, dpi=110)
