@@ -79,7 +79,7 @@ def test_local_weights_file_drops_head_and_names_mismatches(tmp_path):
 
 
 def test_hub_unreachable_names_the_ways_out(monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_ENDPOINT", "https://hub.invalid")  # no such host: the hub is unreachable
     with pytest.raises(UsageError) as err:
         backbones.create_backbone("resnet18", num_classes=3)
     msg = str(err.value)

@@ -169,6 +169,11 @@ class TimmHub:
 
         num_classes = model.num_classes
         cached = self.available()
+        if not cached and not _hub_reachable():
+            raise UsageError(
+                f"pretrained weights for {self.arch} are not in the local cache and the Hugging Face hub is unreachable; "
+                "use an offline backbone (efficientnet_lite0/1/2), pass --weights PATH, or train from scratch "
+                "with --no-pretrained")
         # Never hang on an unreachable hub: fail fast unless the user explicitly allows a slow network.
         os.environ.setdefault("HF_HUB_ETAG_TIMEOUT", "5")
         os.environ.setdefault("HF_HUB_DOWNLOAD_TIMEOUT", "20")
@@ -183,6 +188,21 @@ class TimmHub:
         head = _head_prefixes(model)
         model.load_state_dict({k: v for k, v in pretrained.state_dict().items() if not k.startswith(head)}, strict=False)
         return []
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """A quick TCP check, so an offline machine gets an answer in seconds instead of download retries."""
+    import socket
+    from urllib.parse import urlparse
+
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+        return False
+    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
 
 
 @dataclass(frozen=True)
