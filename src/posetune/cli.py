@@ -418,6 +418,15 @@ def main() -> None:
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
         sys.exit(130)
+    except ModuleNotFoundError as exc:
+        extra = {"torch": "train", "torchvision": "train", "timm": "train", "safetensors": "train", "sklearn": "train",
+                 "matplotlib": "train", "imagehash": "train", "onnxruntime": "onnx", "onnx": "export",
+                 "onnxscript": "export", "fastapi": "serve", "uvicorn": "serve"}.get((exc.name or "").split(".")[0])
+        if extra is None:
+            raise
+        typer.echo(f"error: this command needs {exc.name}, which is not installed; pip install 'posetune[{extra}]'",
+                   err=True)
+        sys.exit(2)
     except Exception as exc:  # click usage errors when not in standalone mode
         import click
 
