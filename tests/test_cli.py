@@ -82,3 +82,21 @@ def test_backbones_table_and_stages():
     assert lite0["offline_now"] and lite0["weight_source"].startswith("offline")
     info = json.loads(posetune("backbones", "test_vit", "--json", check=True).stdout)
     assert info["stages"][0]["stage"] == "stem"
+
+
+def test_missing_training_extra_is_a_one_line_error(shapes_kaggle):
+    """A light install (posetune[onnx]) has no torch: `train` names the extra to install."""
+    code = (
+        "import sys, importlib.abc\n"
+        "class Block(importlib.abc.MetaPathFinder):\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] in ('torch', 'timm', 'torchvision'):\n"
+        "            raise ModuleNotFoundError(f'No module named {name!r}', name=name)\n"
+        "sys.meta_path.insert(0, Block())\n"
+        f"sys.argv = ['posetune', 'train', {str(shapes_kaggle)!r}]\n"
+        "from posetune.cli import main\n"
+        "main()\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert "pip install 'posetune[train]'" in proc.stderr and proc.stderr.count("\n") == 1
