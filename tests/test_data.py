@@ -110,3 +110,31 @@ def test_yoga82_lists(tmp_path):
     assert len(index.split("test")) == 4
     assert any("dead URL" in r for _, r in index.skipped)
     assert any("missing" in w for w in index.warnings)
+
+
+def test_disk_cache_memory_maps_and_skips_the_second_decode(tmp_path, monkeypatch):
+    import torch
+
+    import posetune.data.pipeline as pipeline
+
+    write_shapes(tmp_path / "d", 3)
+    paths = [str(p) for p in sorted((tmp_path / "d").rglob("*.jpg"))]
+    (tmp_path / "d" / "circle" / "bad.jpg").write_bytes(b"")
+    paths.append(str(tmp_path / "d" / "circle" / "bad.jpg"))
+    in_memory, _ = decode_all(paths, PRE, cache="memory")
+    first, failed = decode_all(paths, PRE, cache="disk", cache_dir=str(tmp_path / "cache"))
+    assert list(failed) == [paths[-1]]
+    assert len(list((tmp_path / "cache").rglob("*.npy"))) == len(paths) - 1
+    monkeypatch.setattr(pipeline.Preprocess, "decode", lambda self, p: (_ for _ in ()).throw(AssertionError(p)))
+    second, _ = decode_all(paths[:-1], PRE, cache="disk", cache_dir=str(tmp_path / "cache"))
+    for a, b, c in zip(in_memory, first, second):
+        assert torch.equal(a, b) and torch.equal(b, c)
+
+
+def test_auto_cache_goes_to_disk_when_memory_is_short(tmp_path, monkeypatch):
+    monkeypatch.setenv("POSETUNE_CACHE_MEMORY_GB", "0.000001")
+    write_shapes(tmp_path / "d", 2)
+    paths = [str(p) for p in sorted((tmp_path / "d").rglob("*.jpg"))]
+    images, _ = decode_all(paths, PRE, cache="auto", cache_dir=str(tmp_path / "c"))
+    assert len(list((tmp_path / "c").rglob("*.npy"))) == len(paths)
+    assert all(img.shape[0] == 3 for img in images)

@@ -64,6 +64,8 @@ def train(
     mixup: Optional[float] = typer.Option(None, help="Mixup alpha (e.g. 0.2); 0 = off."),
     cutmix: Optional[float] = typer.Option(None, help="CutMix alpha (e.g. 1.0); 0 = off."),
     resume: Optional[str] = typer.Option(None, help="Continue the run folder RUN from its last checkpoint."),
+    cache: Optional[str] = typer.Option(None, help="Decoded pixels: auto (default) | memory | disk (memory-mapped, reused)."),
+    cache_dir: Optional[str] = typer.Option(None, help="Folder of the disk cache (default ~/.cache/posetune/decoded)."),
     nproc: int = typer.Option(1, help="Processes to train with on this machine (runs torchrun; DDP, one per GPU)."),
     config: Optional[Path] = typer.Option(None, help="YAML file with the same options; flags override it."),
     json_out: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
@@ -83,7 +85,7 @@ def train(
                    pretrained=False if no_pretrained else None, label_level=label_level,
                    freeze_epochs=freeze_epochs, unfreeze_every=unfreeze_every, ema=ema_decay if ema else None,
                    balance=balance,
-                   mixup=mixup, cutmix=cutmix)
+                   mixup=mixup, cutmix=cutmix, cache=cache, cache_dir=cache_dir)
     if nproc > 1 and "WORLD_SIZE" not in os.environ:
         from posetune.distributed import launch
 

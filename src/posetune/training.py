@@ -47,6 +47,8 @@ class TrainOptions:
     balance: str = "none"  # none | weights | sampler
     mixup: float = 0.0
     cutmix: float = 0.0
+    cache: str = "auto"  # decoded pixels: auto | memory | disk (memory-mapped, reused by later runs)
+    cache_dir: str | None = None  # default ~/.cache/posetune/decoded (or $POSETUNE_CACHE)
 
     @classmethod
     def from_sources(cls, config: str | Path | None = None, **overrides) -> TrainOptions:
@@ -251,7 +253,8 @@ def prepare(opts: TrainOptions, reporter: Reporter, write_config: bool = True, d
 
     # Decode every image once; unreadable files are skipped here, never mid-epoch.
     paths = [s.path for s in index.samples]
-    images, failed = decode_all(paths, preprocess, progress=reporter.start("decode images", len(paths)))
+    images, failed = decode_all(paths, preprocess, progress=reporter.start("decode images", len(paths)),
+                                cache=opts.cache, cache_dir=opts.cache_dir)
     reporter.stop()
     index.drop(failed)
     for path, reason in failed.items():

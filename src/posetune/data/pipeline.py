@@ -61,30 +61,76 @@ class Preprocess:
 
 
 class TrainAugment:
-    """Light augmentation for when the base trains: random resized crop, flip, colour jitter."""
+    """Light augmentation for when the base trains: random resized crop and flip per image here; the colour
+    jitter (``batch_color``) runs on whole batches in the training step, where it is a few vectorised ops."""
 
     def __init__(self, size: int, scale: tuple[float, float] = (0.5, 1.0)):
         self.transform = v2.Compose([
             v2.RandomResizedCrop(size, scale=scale, antialias=True),
             v2.RandomHorizontalFlip(),
-            v2.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2),
         ])
+        self.batch_color = BatchColorJitter(brightness=0.2, contrast=0.2, saturation=0.2)
 
     def __call__(self, img: torch.Tensor) -> torch.Tensor:
         return self.transform(img)
 
 
+class BatchColorJitter:
+    """Brightness, contrast and saturation jitter of a float batch in [0, 1], a random factor per image
+    (the maths of torchvision's ColorJitter). Per image on uint8 it cost ~1.2 ms at 128 px on a CPU, as
+    much as 15% of a small model's training step; on the batch it is a few vectorised ops."""
+
+    def __init__(self, brightness: float = 0.2, contrast: float = 0.2, saturation: float = 0.2):
+        self.brightness, self.contrast, self.saturation = brightness, contrast, saturation
+
+    def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        n = x.shape[0]
+
+        def factor(strength: float) -> torch.Tensor:
+            f = 1 - strength + 2 * strength * torch.rand(n, 1, 1, 1, generator=generator)
+            return f.to(x.device)
+
+        def gray(t: torch.Tensor) -> torch.Tensor:
+            return (0.299 * t[:, 0:1] + 0.587 * t[:, 1:2] + 0.114 * t[:, 2:3])
+
+        if self.brightness:
+            x = (x * factor(self.brightness)).clamp_(0, 1)
+        if self.contrast:
+            mean = gray(x).mean(dim=(1, 2, 3), keepdim=True)
+            x = torch.lerp(mean.expand_as(x), x, factor(self.contrast)).clamp_(0, 1)
+        if self.saturation:
+            x = torch.lerp(gray(x).expand_as(x), x, factor(self.saturation)).clamp_(0, 1)
+        return x
+
+
 def decode_all(paths: Sequence[str], preprocess: Preprocess, progress: Callable[[int], None] | None = None,
-               workers: int | None = None) -> tuple[list[torch.Tensor | None], dict[str, str]]:
+               workers: int | None = None, cache: str = "auto",
+               cache_dir: str | None = None) -> tuple[list[torch.Tensor | None], dict[str, str]]:
     """Decode every path once, in threads (Pillow releases the GIL while decoding).
 
+    ``cache``: 'memory' keeps the uint8 pixels in RAM; 'disk' memory-maps them from .npy files under
+    ``cache_dir`` (reused by later runs); 'auto' picks memory when they fit in the budget.
     Returns the decoded images (None where a file failed) and {path: reason} for the failures.
     """
+    from posetune.data.cache import DiskCache, default_cache_dir, fits_in_memory
+
     workers = workers or min(8, os.cpu_count() or 1)
     failed: dict[str, str] = {}
+    if cache not in ("auto", "memory", "disk"):
+        from posetune.errors import UsageError
+
+        raise UsageError(f"--cache must be auto, memory or disk, not '{cache}'")
+    use_disk = cache == "disk" or (cache == "auto" and not fits_in_memory(len(paths), preprocess.short_side))
+    disk = DiskCache(cache_dir or default_cache_dir(), f"{preprocess.short_side}|{preprocess.interpolation}") \
+        if use_disk else None
 
     def one(path: str):
         try:
+            if disk is not None:
+                pixels = disk.get(path)
+                if pixels is None:
+                    pixels = disk.put(path, preprocess.decode(path).permute(1, 2, 0).numpy())
+                return torch.from_numpy(pixels).permute(2, 0, 1)
             return preprocess.decode(path)
         except ImageError as exc:
             failed[path] = str(exc)
