@@ -22,6 +22,9 @@ class Reporter:
         """Begin a progress bar; returns ``advance(n)``."""
         return lambda n=1: None
 
+    def set_extra(self, text: str) -> None:
+        """Live figures beside the progress bar (e.g. running loss and accuracy)."""
+
     def stop(self) -> None: ...
 
     def epoch(self, row: dict) -> None: ...

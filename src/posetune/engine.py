@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import math
 import time
 from dataclasses import dataclass, field
@@ -56,8 +57,12 @@ class Normalizer:
         self.std = torch.tensor(preprocess.std, device=device).view(1, 3, 1, 1)
         self.memory_format = torch.channels_last if device.type == "cuda" else torch.contiguous_format
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.to(self.device, non_blocking=True).float().div_(255.0).sub_(self.mean).div_(self.std)
+    def __call__(self, x: torch.Tensor, color: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+        """``color``: a batch augmentation of the [0, 1] pixels, applied before mean/std (training only)."""
+        x = x.to(self.device, non_blocking=True).float().div_(255.0)
+        if color is not None:
+            x = color(x)
+        x = x.sub_(self.mean).div_(self.std)
         return x.contiguous(memory_format=self.memory_format)
 
 
@@ -147,6 +152,7 @@ def drive_epochs(settings: Settings, train_epoch: Callable[[int, LoopState], dic
             result.stopped_early_by_signal = True
             break
         state.step_in_epoch, state.partial_stats = 0, {}
+        row["train_seconds"] = round(time.perf_counter() - t0, 3)  # without validation: the steady-state rate
         row.update(evaluate())
         row["seconds"] = round(time.perf_counter() - t0, 3)
         acc = max(row.get("val_accuracy", 0.0), row.get("ema_val_accuracy", -1.0))
@@ -175,7 +181,7 @@ def epoch_generator(seed: int, epoch: int) -> torch.Generator:
 
 
 def fit(model: torch.nn.Module, stages: list[Stage], plan: Plan, train_loader, val_loader, preprocess: Preprocess,
-        settings: Settings, device: torch.device, on_step: Callable[[int], None] | None = None,
+        settings: Settings, device: torch.device, on_step: Callable[[int, float, float], None] | None = None,
         on_epoch: Callable[[dict], None] | None = None, class_weights: torch.Tensor | None = None,
         resume: dict | None = None, checkpoint_path=None, stop_flag: Callable[[], bool] | None = None,
         on_warning: Callable[[str], None] | None = None, dist=None) -> FitResult:
@@ -199,6 +205,7 @@ def fit(model: torch.nn.Module, stages: list[Stage], plan: Plan, train_loader, v
     scheduler = cosine_with_warmup(optimizer, steps_per_epoch * settings.epochs,
                                    int(steps_per_epoch * settings.warmup_epochs))
     prepare = Normalizer(preprocess, device)
+    batch_color = getattr(getattr(_base_dataset(train_loader), "augment", None), "batch_color", None)
     weight = class_weights.to(device) if class_weights is not None else None
     n_classes = model.get_classifier().out_features
     mixer = (Mixup(mixup_alpha=settings.mixup, cutmix_alpha=settings.cutmix, label_smoothing=settings.label_smoothing,
@@ -246,7 +253,11 @@ def fit(model: torch.nn.Module, stages: list[Stage], plan: Plan, train_loader, v
                 continue  # resuming mid-epoch: these batches were trained before the stop
             if stop_flag is not None and dist.any(stop_flag()):  # every rank stops at the same step
                 raise StopRequested(step, stats)
-            x, y = prepare(x), y.to(device, non_blocking=True)
+            color = None
+            if batch_color is not None:  # its draws depend on (seed, epoch, step) only, as a resumed run needs
+                gen = torch.Generator().manual_seed((settings.seed * 100_003 + epoch) * 1_000_003 + step)
+                color = functools.partial(batch_color, generator=gen)
+            x, y = prepare(x, color), y.to(device, non_blocking=True)
             target = None
             if mixer is not None and len(y) % 2 == 0:
                 x, target = mixer(x, y)
@@ -267,7 +278,7 @@ def fit(model: torch.nn.Module, stages: list[Stage], plan: Plan, train_loader, v
             stats["correct"] += (logits.argmax(1) == y).sum().item()
             stats["seen"] += len(y)
             if on_step:
-                on_step(len(y))
+                on_step(len(y), stats["loss"] / stats["seen"], stats["correct"] / stats["seen"])
         loss_sum, correct, seen = dist.sum([stats["loss"], stats["correct"], stats["seen"]])
         row = {"train_loss": loss_sum / max(1, seen), "train_accuracy": correct / max(1, seen),
                "lr": scheduler.get_last_lr()[-1], "images": int(seen), "frozen": "+".join(frozen) if frozen else "-"}
@@ -306,6 +317,14 @@ def fit(model: torch.nn.Module, stages: list[Stage], plan: Plan, train_loader, v
                 on_warning(f"could not save the checkpoint after epoch {state.epoch} ({exc}); the previous one is kept")
 
     return drive_epochs(settings, train_epoch, evaluate, snapshot, on_epoch, state, best_state, save)
+
+
+def _base_dataset(loader):
+    """The dataset under a loader, through any Subset wrappers."""
+    ds = getattr(loader, "dataset", None)
+    while hasattr(ds, "dataset"):
+        ds = ds.dataset
+    return ds
 
 
 def save_checkpoint(path, payload: dict) -> None:

@@ -360,7 +360,8 @@ def _train_ranked(opts: TrainOptions, reporter: Reporter, resume: bool, dist) ->
             try:
                 result = fit(model, stages, plan, make_loader(train_ds, opts.batch_size, True, device, opts.seed, sampler),
                              loader(Subset(val_ds, dist.shard(len(val_ds)))), preprocess, settings, device,
-                             on_step=lambda n: advance(n), on_epoch=on_epoch, class_weights=class_weights,
+                             on_step=lambda n, loss, acc: (advance(n), reporter.set_extra(f"loss {loss:.3f} acc {acc:.3f}")),
+                             on_epoch=on_epoch, class_weights=class_weights,
                              resume=state, checkpoint_path=checkpoint, stop_flag=stop, on_warning=reporter.warn,
                              dist=dist)
             except torch.cuda.OutOfMemoryError as exc:
