@@ -1,0 +1,119 @@
+"""Render benchmarks/README.md from benchmarks/results/*.json (called by run.py and bench_fmnist.py)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+BEGIN, END = "<!-- tables:begin -->", "<!-- tables:end -->"
+
+INTRO = """# Benchmarks
+
+`make bench-quick` (a few minutes on 2 cores) and `make bench` (every case, plus Fashion-MNIST-1k, long) run
+`benchmarks/run.py`. Every headline figure is a ratio of two measurements taken one right after the other in
+the same run (these CPUs are shared and noisy); the absolute figures are beside it here and in full in
+`benchmarks/results/*.json`. Sections: `python benchmarks/run.py --quick --only predict,onnx`.
+
+What each ratio compares:
+
+- **train_efficiency**: `posetune train` images/s over its steady-state epochs (epoch 1 and per-epoch
+  validation excluded; `train_seconds` column of metrics.csv) / the bare model's forward + backward + AdamW step
+  images/s on an in-memory tensor of the same shape, same frozen stages. Minimum over the cases.
+- **vs_plain_loop**: the loop from the torchvision fine-tuning tutorial (ImageFolder, PIL decode + transforms
+  every epoch, DataLoader with one worker per core, train + val phase per epoch) / posetune (decode-once +
+  the same epochs), same model, strategy (full), batch, image size, optimizer, on 1024-1280 px JPEGs.
+- **decoded_cache_speedup**: the same training step fed by decoding (PIL open + resize) every epoch / by
+  posetune's decoded-image cache (issue 3).
+- **linear_cache_speedup**: the linear strategy trained with engine.fit (frozen base forward every epoch) /
+  posetune's cached-feature training, 10 epochs (issue 2).
+- **predict_efficiency**: `posetune predict RUN FOLDER` images/s (wall of a folder minus wall of one image, so
+  start-up and model load are excluded) / bare inference images/s on in-memory tensors, same model and size.
+- **mallopt_speedup**: bare training step rate with `runtime.tune_allocator()` / with `POSETUNE_NO_MALLOPT=1`.
+"""
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.3g}" if abs(v) < 100 else f"{v:.0f}"
+    if isinstance(v, list):
+        return ", ".join(_fmt(x) for x in v)
+    return str(v)
+
+
+def _load(name: str) -> dict | None:
+    path = RESULTS / f"{name}.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def summary_table() -> list[str]:
+    s = _load("summary")
+    if not s:
+        return ["_No summary yet: run `make bench-quick`._"]
+    m = s.get("machine", {})
+    lines = [f"## Summary ({s.get('mode')} run, {m.get('cpus')} CPUs, load average {m.get('load_average_before')} -> "
+             f"{m.get('load_average_after')}, {s.get('wall_seconds')} s; data: {s.get('data')})", "",
+             "| key | value | target | measured as |", "|---|---|---|---|"]
+    te, pl, dc, lc, pr, ox, ma = (_load(f"bench_{n}") or {} for n in
+                                  ("train_efficiency", "plain_loop", "decoded_cache", "linear_cache", "predict", "onnx",
+                                   "mallopt"))
+    how = {
+        "train_efficiency": "; ".join(f"{c['backbone']} {c['strategy']} {c['size']}px: {c['posetune_steady_images_per_s']} / "
+                                      f"{max(c['bare_images_per_s'])} img/s" for c in te.get("cases", [])),
+        "vs_plain_loop": (f"{sum(pl['plain_epoch_seconds']):.1f} s / {sum(pl['posetune_epoch_seconds']) + (pl.get('posetune_decode_once_seconds') or 0):.1f} s "
+                          f"for {pl['epochs']} epochs at {pl['size']}px (steady epoch {pl['vs_plain_loop_steady_epoch']}x); "
+                          f"test acc plain {pl['plain_test_accuracy']:.3f} vs posetune {pl['posetune_test_accuracy']:.3f}") if pl else "",
+        "decoded_cache_speedup": (f"epoch {_fmt(dc['epoch_seconds_decode_every_epoch'])} s vs {_fmt(dc['epoch_seconds_with_cache'])} s "
+                                  f"({dc['images']} images, {dc['size']}px); decode once {dc['decode_once_seconds']} s; "
+                                  f"10 epochs incl. decode {dc['decoded_cache_speedup_10_epochs_incl_decode']}x") if dc else "",
+        "linear_cache_speedup": (f"{lc['per_epoch_forward_train_seconds']} s vs {lc['cached_train_seconds']} s; test acc "
+                                 f"{lc['per_epoch_forward_test_accuracy']:.3f} vs {lc['cached_test_accuracy']:.3f}") if lc else "",
+        "predict_efficiency": (f"{pr['posetune_predict_images_per_s']} / {pr['bare_inference_images_per_s']} img/s "
+                               f"({pr['images']} images, {pr['image_sizes']})") if pr else "",
+        "onnx_speedup_b1": (f"{ox['torch_eager']['batch1_ms_p50']} ms / {ox['onnxruntime']['batch1_ms_p50']} ms") if ox else "",
+        "mallopt_speedup": (f"{_fmt(ma['images_per_s_tuned'])} vs {_fmt(ma['images_per_s_untuned'])} img/s; minor faults "
+                            f"{_fmt(ma['minor_faults_tuned'])} vs {_fmt(ma['minor_faults_untuned'])}") if ma else "",
+        "help_seconds": "median of 3 `posetune --help`",
+        "predict_one_seconds": "`posetune predict RUN one.jpg --json`, model load included",
+    }
+    for key, target in s.get("targets", {}).items():
+        if key in s:
+            lines.append(f"| {key} | {_fmt(s[key])} | {target} | {how.get(key, '')} |")
+    return lines
+
+
+def fmnist_table() -> list[str]:
+    f = _load("fmnist1k")
+    if not f:
+        return []
+    p = f["protocol"]
+    lines = ["", f"## Fashion-MNIST-1k ({p['train_per_class']} train images per class, {p['test']} test images, "
+             f"{p['image_size']} px, {p['backbone']}, batch {p['batch_size']}, {p.get('cpus')} CPUs)", "",
+             "posetune holds out 15% of TRAIN for validation (best epoch), so it trains on 850 images; the plain "
+             "loop trained on all 1000. Train time = posetune's `train_seconds` (feature extraction, epochs and "
+             "per-epoch validation; not the 10,000-image test evaluation).", "",
+             "| strategy | seeds | test accuracy | train s | plain loop acc | plain loop s | matches plain loop |",
+             "|---|---|---|---|---|---|---|"]
+    for name, r in f["strategies"].items():
+        acc = f"{r['test_accuracy_mean']:.3f}" + (f" ± {r['test_accuracy_std']:.3f}" if r["seeds"] > 1 else "")
+        ref_acc = r["reference_accuracy"] if r["reference_accuracy"] is not None else "-"
+        ref_s = r["reference_train_seconds"] if r["reference_train_seconds"] is not None else "-"
+        match = {True: "yes", False: "no", None: "-"}[r["matches_reference"]]
+        lines.append(f"| {name} | {r['seeds']} | {acc} | {r['train_seconds_mean']:.0f} | {ref_acc} | {ref_s} | {match} |")
+    best = f["strategies"][f["best"]]
+    lines += ["", f"Best: **{f['best']}**, {best['test_accuracy_mean']:.3f} in {best['train_seconds_mean']:.0f} s "
+              f"(targets: >= 0.88, < 294 s)."]
+    return lines
+
+
+def write_readme() -> Path:
+    path = HERE / "README.md"
+    text = path.read_text() if path.is_file() else INTRO
+    if BEGIN not in text:
+        text = text.rstrip() + f"\n\n{BEGIN}\n{END}\n"
+    head, rest = text.split(BEGIN, 1)
+    tail = rest.split(END, 1)[1]
+    body = "\n".join(summary_table() + fmnist_table())
+    path.write_text(f"{head}{BEGIN}\n{body}\n{END}{tail}")
+    return path
