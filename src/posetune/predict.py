@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
@@ -42,10 +43,17 @@ def _decode_any(item, preprocess):
     return "<image>", torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1), None
 
 
-def _decoded_stream(items: list, preprocess, workers: int = 4) -> Iterator[tuple]:
-    # Decoding in threads overlaps JPEG work (which releases the GIL) with the model.
+def _decoded_stream(items: list, preprocess, workers: int = 4, ahead: int = 64) -> Iterator[tuple]:
+    # Decoding in threads overlaps JPEG work (which releases the GIL) with the model. At most ``ahead``
+    # images are decoded ahead of the model (pool.map would decode a whole folder into memory first).
     with ThreadPoolExecutor(workers) as pool:
-        yield from pool.map(lambda it: _decode_any(it, preprocess), items)
+        pending: deque = deque()
+        for item in items:
+            pending.append(pool.submit(_decode_any, item, preprocess))
+            if len(pending) > ahead:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
 
 
 def predict_batches(classifier, images: Iterable, top_k: int = 3, batch_size: int = 32,
