@@ -665,7 +665,9 @@ def train_cell(cell: Cell, opts: CompareOptions, key: dict, reporter: Reporter) 
     result = train(opts.data, reporter=_CellReporter(reporter, cell.name), backbone=cell.backbone,
                    strategy=cell.strategy, epochs=opts.epochs, seed=cell.seed, out=str(cell.path),
                    image_size=opts.image_size, batch_size=opts.batch_size, device=opts.device,
-                   val_fraction=opts.val_fraction, label_level=opts.label_level)
+                   val_fraction=opts.val_fraction, label_level=opts.label_level,
+                   # decode each image once per decode size for the whole sweep, not once per cell
+                   cache="disk", cache_dir=str(Path(opts.out) / "decoded-cache"))
     wall = time.perf_counter() - t
     val = result.metrics.get("val", {})
     summary = {"status": "ok", "key": key, "backbone": cell.backbone, "strategy": cell.strategy, "seed": cell.seed,
