@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -27,6 +26,7 @@ from PIL import Image
 
 from posetune.data.images import ImageError, load_image, resize_short_side, to_rgb
 from posetune.errors import UsageError
+from posetune.preprocessing import PreprocessConfig
 from posetune.run import Prediction
 
 ONNX_FILE = "model.onnx"
@@ -34,23 +34,8 @@ METADATA_KEY = "posetune"  # metadata_props key holding the JSON written by `pos
 
 
 @dataclass(frozen=True)
-class ImageTransform:
+class ImageTransform(PreprocessConfig):
     """numpy twin of ``Preprocess``'s eval path, built from the same ``preprocessing`` dict of model.json."""
-
-    size: int
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    interpolation: str = "bicubic"
-    crop_pct: float = 0.875
-
-    @classmethod
-    def from_config(cls, cfg: dict) -> ImageTransform:
-        return cls(size=int(cfg["input_size"][-1]), mean=tuple(cfg["mean"]), std=tuple(cfg["std"]),
-                   interpolation=cfg.get("interpolation", "bicubic"), crop_pct=float(cfg.get("crop_pct", 0.875)))
-
-    @property
-    def short_side(self) -> int:
-        return int(math.floor(self.size / self.crop_pct))
 
     def pixels(self, item) -> np.ndarray:
         """A path, PIL image or HxWx3 uint8 array -> HxWx3 uint8, short side resized (raises ImageError)."""

@@ -7,7 +7,6 @@ epoch augments from those uint8 pixels.
 
 from __future__ import annotations
 
-import math
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -19,31 +18,12 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
 from posetune.data.images import ImageError, load_image, resize_short_side
+from posetune.preprocessing import PreprocessConfig
 
 
 @dataclass(frozen=True)
-class Preprocess:
-    """The model's preprocessing (from its pretrained config; saved in model.json)."""
-
-    size: int
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    interpolation: str = "bicubic"
-    crop_pct: float = 0.875
-
-    @classmethod
-    def from_config(cls, cfg: dict) -> Preprocess:
-        return cls(size=int(cfg["input_size"][-1]), mean=tuple(cfg["mean"]), std=tuple(cfg["std"]),
-                   interpolation=cfg.get("interpolation", "bicubic"), crop_pct=float(cfg.get("crop_pct", 0.875)))
-
-    def to_config(self) -> dict:
-        return {"input_size": [3, self.size, self.size], "mean": list(self.mean), "std": list(self.std),
-                "interpolation": self.interpolation, "crop_pct": self.crop_pct}
-
-    @property
-    def short_side(self) -> int:
-        """Resize target before the center crop, as timm's eval transform does."""
-        return int(math.floor(self.size / self.crop_pct))
+class Preprocess(PreprocessConfig):
+    """The model's preprocessing (from its pretrained config; saved in model.json), on torch tensors."""
 
     def decode(self, path: str) -> torch.Tensor:
         """One file -> uint8 CHW tensor resized to ``short_side`` (raises ImageError)."""
