@@ -99,7 +99,7 @@ def suggest_lr(lrs: list[float], smoothed: list[float]) -> float | None:
 
 
 def plot_lr_find(lrs: list[float], smoothed: list[float], suggestion: float | None, out: Path) -> Path:
-    from posetune.report import _pyplot
+    from posetune.report import _pyplot, save_figure
 
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 3.6))
@@ -115,7 +115,4 @@ def plot_lr_find(lrs: list[float], smoothed: list[float], suggestion: float | No
     if finite:
         ax.set_ylim(min(finite) * 0.95, min(max(finite), 3 * min(finite)) * 1.05)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out)

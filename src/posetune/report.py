@@ -16,6 +16,17 @@ def _pyplot():
     return plt
 
 
+def save_figure(fig, out: str | Path) -> Path:
+    """Lay out, write the PNG and free the figure (pyplot keeps every open figure alive)."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    out = Path(out)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
 def plot_confusion(metrics: dict, out: str | Path) -> Path:
     """Confusion matrix with counts, rows = true class, normalised colours."""
     import numpy as np
@@ -38,11 +49,7 @@ def plot_confusion(metrics: dict, out: str | Path) -> Path:
     ax.set_ylabel("true")
     acc = metrics.get("accuracy")
     ax.set_title(f"{metrics.get('split', '')} accuracy {acc:.3f}" if acc is not None else "confusion matrix")
-    fig.tight_layout()
-    out = Path(out)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out)
 
 
 def plot_history(history: list[dict], out: str | Path) -> Path:
@@ -63,11 +70,7 @@ def plot_history(history: list[dict], out: str | Path) -> Path:
         ax.grid(alpha=0.3)
     ax1.set_title("loss")
     ax2.set_title("accuracy")
-    fig.tight_layout()
-    out = Path(out)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out)
 
 
 def write_run_report(run_path: str | Path, meta: dict, plan_rows: list[dict], history: list[dict],
@@ -139,11 +142,7 @@ def plot_accuracy_vs_latency(rows: list[dict], out: str | Path) -> Path:
     ax.set_title("accuracy vs latency (up and left is better)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    out = Path(out)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out)
 
 
 def plot_strategy_bars(rows: list[dict], out: str | Path) -> Path:
@@ -169,8 +168,4 @@ def plot_strategy_bars(rows: list[dict], out: str | Path) -> Path:
     ax.set_title("test accuracy per backbone and strategy")
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=8, loc="upper center", ncol=max(1, len(strategies)), frameon=False)
-    fig.tight_layout()
-    out = Path(out)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out)
