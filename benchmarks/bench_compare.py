@@ -29,7 +29,7 @@ def forward_seconds(specs: list[str], data: Path, size: int, device) -> dict[str
     from posetune.comparison import EXTRACT_BATCH
     from posetune.data.layouts import discover
     from posetune.data.pipeline import DecodedDataset, Preprocess, decode_all, make_loader
-    from posetune.engine import extract_features
+    from posetune.features import extract_features
 
     index = discover(data, seed=0)
     result = {}

@@ -25,15 +25,16 @@ import time
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 from posetune.console import Reporter
 from posetune.errors import UsageError
 
+if TYPE_CHECKING:  # torch-heavy; imported inside the functions that run
+    from posetune.features import Knn, Probe
+
 DEFAULT_BACKBONES = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
 DEFAULT_STRATEGIES = ("linear", "partial", "full")
-PROBE_C_GRID = (0.01, 0.1, 1.0, 10.0)  # inverse L2 strength; strongest first so warm starts converge fast
-KNN_K_GRID = (1, 5, 10, 20)
 EXTRACT_BATCH = 32  # stage-1 batch: its throughput is the leaderboard's images/s at batch 32
 TRAIN_COST_PER_FORWARD = 3.0  # forward + backward ~ 3 forwards per image (refined by finished cells)
 BOOTSTRAP_SAMPLES = 2000
@@ -299,7 +300,7 @@ def probe_backbone(spec_str: str, spec, cell: Cell, preprocess, decoder, decoded
 
     from posetune.backbones import create_backbone
     from posetune.data.pipeline import DecodedDataset, make_loader
-    from posetune.engine import extract_features
+    from posetune.features import extract_features, fit_knn, fit_probe
 
     t_build = time.perf_counter()
     model, info = create_backbone(spec, num_classes=len(index.classes))
@@ -373,92 +374,6 @@ def _resizer(decoder, preprocess) -> Callable:
                                                                                        "nearest") else None
     return lambda img: F.resize(img, preprocess.short_side, interpolation=mode or InterpolationMode.BICUBIC,
                                 antialias=True)
-
-
-@dataclass
-class Probe:
-    """L-BFGS logistic regression on standardised features; C chosen on val."""
-
-    model: object  # sklearn LogisticRegression
-    mean: object  # np.ndarray, feature means on train
-    scale: object  # np.ndarray, feature stds on train
-    C: float
-    grid: list[dict]
-
-    def logits(self, feats) -> object:
-        return self.model.decision_function((feats.numpy() - self.mean) / self.scale)
-
-    def fold_into(self, head) -> None:
-        """Write the probe into a Linear head: W' = W / s, b' = b - W' m, so the saved model needs no scaler."""
-        import numpy as np
-        import torch
-
-        w, b = self.model.coef_ / self.scale, self.model.intercept_
-        b = b - w @ self.mean
-        if w.shape[0] == 1:  # binary: sklearn keeps one row; softmax([0, z]) == sigmoid(z)
-            w, b = np.vstack([np.zeros_like(w), w]), np.concatenate([[0.0], b])
-        with torch.no_grad():
-            head.weight.copy_(torch.as_tensor(w, dtype=head.weight.dtype))
-            head.bias.copy_(torch.as_tensor(b, dtype=head.bias.dtype))
-
-
-def fit_probe(train_x, train_y, val_x, val_y, grid: Sequence[float] = PROBE_C_GRID) -> Probe:
-    """Logistic regression for each C of the grid (warm-started, strong to weak); keep the best on val."""
-    import warnings
-
-    import numpy as np
-    from sklearn.exceptions import ConvergenceWarning
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.metrics import log_loss
-
-    x, y = train_x.numpy().astype(np.float64), train_y.numpy()
-    mean, scale = x.mean(0), x.std(0) + 1e-6
-    xs = (x - mean) / scale
-    vx = (val_x.numpy() - mean) / scale if len(val_y) else None
-    vy = val_y.numpy()
-    clf = LogisticRegression(max_iter=150, warm_start=True, tol=1e-3)  # a ranking probe, not a final fit
-    best, rows = None, []
-    for c in grid:
-        clf.set_params(C=c)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ConvergenceWarning)  # a capped L-BFGS run is still a fine probe
-            clf.fit(xs, y)
-        if vx is None:
-            score = (0.0, 0.0)
-        else:
-            proba = clf.predict_proba(vx)
-            score = (float((clf.classes_[proba.argmax(1)] == vy).mean()),
-                     -float(log_loss(vy, proba, labels=clf.classes_)))
-        rows.append({"C": c, "val_accuracy": score[0], "val_loss": -score[1]})
-        if best is None or score > best[0]:
-            best = (score, c, (clf.coef_.copy(), clf.intercept_.copy()))
-    _, c, (coef, intercept) = best
-    clf.set_params(C=c)
-    clf.coef_, clf.intercept_ = coef, intercept
-    return Probe(model=clf, mean=mean, scale=scale, C=c, grid=rows)
-
-
-@dataclass
-class Knn:
-    model: object
-    k: int
-    val_accuracy: float | None
-
-
-def fit_knn(train_x, train_y, val_x, val_y, grid: Sequence[int] = KNN_K_GRID) -> Knn:
-    """Cosine k-NN (L2-normalised features), k chosen on val."""
-    import torch.nn.functional as nnf
-    from sklearn.neighbors import KNeighborsClassifier
-
-    x, vx = nnf.normalize(train_x, dim=1).numpy(), nnf.normalize(val_x, dim=1).numpy()
-    y, vy = train_y.numpy(), val_y.numpy()
-    best = None
-    for k in [k for k in grid if k <= len(y)] or [1]:
-        knn = KNeighborsClassifier(n_neighbors=k).fit(x, y)
-        acc = float((knn.predict(vx) == vy).mean()) if len(vy) else None
-        if best is None or (acc or 0.0) > (best.val_accuracy or 0.0):
-            best = Knn(knn, k, acc)
-    return best
 
 
 def _knn_accuracy(knn: Knn, split: tuple) -> float | None:

@@ -305,8 +305,9 @@ def _train_ranked(opts: TrainOptions, reporter: Reporter, resume: bool, dist) ->
 
     from posetune import strategies
     from posetune.data.pipeline import make_loader
-    from posetune.engine import extract_features, fit, fit_head_on_features, load_checkpoint, predict_logits
+    from posetune.engine import fit, load_checkpoint, predict_logits
     from posetune.evaluation import compute_metrics
+    from posetune.features import extract_features, fit_head_on_features
     from posetune.report import plot_confusion, plot_history, write_run_report
     from posetune.run import write_csv
 
