@@ -30,7 +30,19 @@ What each ratio compares:
   posetune's cached-feature training, 10 epochs (issue 2).
 - **predict_efficiency**: `posetune predict RUN FOLDER` images/s (wall of a folder minus wall of one image, so
   start-up and model load are excluded) / bare inference images/s on in-memory tensors, same model and size.
-- **mallopt_speedup**: bare training step rate with `runtime.tune_allocator()` / with `POSETUNE_NO_MALLOPT=1`.
+- **predict_efficiency_small_images**: the same, on the photos resized to 320x240 (typical dataset images).
+- **batch_jitter_speedup**: training epoch from the decoded cache with colour jitter per image (before) / on the
+  batch (after), interleaved in one process.
+- **mallopt_speedup** (before/after of `runtime.tune_allocator()`): bare training step rate with `runtime.tune_allocator()` / with `POSETUNE_NO_MALLOPT=1`.
+
+Reproduce: `make bench-quick` (or `.venv/bin/python benchmarks/run.py --quick`), `make bench`;
+one section: `.venv/bin/python benchmarks/run.py --quick --only linear_cache`; Fashion-MNIST-1k alone:
+`PYTHONPATH=src .venv/bin/python benchmarks/bench_fmnist.py --seeds 1`. Scratch files go to
+`$TMPDIR/posetune-bench` and `$TMPDIR/posetune-fmnist1k`.
+
+Noise: on a shared 2-core machine another process with its own 2 compute threads slows a torch step
+10-30x (OpenMP threads wait on each other), not 2x; compare only the ratios, and check
+`load_average_1min` in each results file before trusting an absolute figure.
 """
 
 
@@ -69,8 +81,12 @@ def summary_table() -> list[str]:
                                   f"10 epochs incl. decode {dc['decoded_cache_speedup_10_epochs_incl_decode']}x") if dc else "",
         "linear_cache_speedup": (f"{lc['per_epoch_forward_train_seconds']} s vs {lc['cached_train_seconds']} s; test acc "
                                  f"{lc['per_epoch_forward_test_accuracy']:.3f} vs {lc['cached_test_accuracy']:.3f}") if lc else "",
-        "predict_efficiency": (f"{pr['posetune_predict_images_per_s']} / {pr['bare_inference_images_per_s']} img/s "
-                               f"({pr['images']} images, {pr['image_sizes']})") if pr else "",
+        "predict_efficiency": (f"{pr['posetune_predict_images_per_s']} / {_fmt(pr['bare_inference_images_per_s'])} img/s, "
+                               f"{pr['images']} JPEGs of 1024-1280 px; decoding them alone runs at "
+                               f"{pr.get('decode_only_images_per_s')} img/s, which caps the ratio at about "
+                               f"{pr.get('ceiling_with_decode')} on shared cores") if pr else "",
+        "predict_efficiency_small_images": (f"{pr.get('posetune_predict_images_per_s_small_images')} img/s on the same "
+                                            "photos at 320x240") if pr else "",
         "onnx_speedup_b1": (f"{ox['torch_eager']['batch1_ms_p50']} ms / {ox['onnxruntime']['batch1_ms_p50']} ms") if ox else "",
         "mallopt_speedup": (f"{_fmt(ma['images_per_s_tuned'])} vs {_fmt(ma['images_per_s_untuned'])} img/s; minor faults "
                             f"{_fmt(ma['minor_faults_tuned'])} vs {_fmt(ma['minor_faults_untuned'])}") if ma else "",
