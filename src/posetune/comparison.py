@@ -534,7 +534,7 @@ def run_stage2(opts: CompareOptions, cells: list[Cell], probes: dict[str, dict],
                 reason = (f"estimated {estimate:.0f} s ({basis}) but {max(left, 0):.0f} s of the "
                           f"{budget_s / 60:g}-minute budget left")
                 skipped.append({"cell": cell.name, "backbone": cell.backbone, "strategy": cell.strategy,
-                                "seed": cell.seed, "estimated_seconds": round(estimate, 1), "reason": reason})
+                                "seed": cell.seed, "estimated_seconds": round(estimate, 3), "reason": reason})
                 reporter.warn(f"{cell.name}: skipped, {reason}")
                 continue
         reporter.info(f"{cell.name}: training ({epochs} epochs, ~{estimate:.0f} s estimated)")
