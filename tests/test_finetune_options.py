@@ -42,7 +42,8 @@ def test_gradual_unfreezes_from_the_top_with_lower_lrs():
     {"strategy": "partial", "balance": "sampler", "mixup": 0.2, "cutmix": 1.0},
     {"strategy": "full", "ema": 0.9, "bn": "train", "layer_decay": 0.75},
     {"strategy": "lp-ft", "freeze_stages": 1},
-], ids=["weights", "sampler-mixup-cutmix", "ema-bn-layer-decay", "lp-ft-partial"])
+    {"strategy": "linear", "crop_pct": 1.0},
+], ids=["weights", "sampler-mixup-cutmix", "ema-bn-layer-decay", "lp-ft-partial", "linear-crop-pct"])
 def test_options_train_and_save(options, shapes_kaggle, tmp_path):
     result = posetune.train(shapes_kaggle, epochs=2, out=str(tmp_path / "run"), **{**TINY, **options})
     assert len(result.history) == 2 and result.metrics["test"]["n"] == 12
@@ -51,6 +52,8 @@ def test_options_train_and_save(options, shapes_kaggle, tmp_path):
         assert f"{key}: {value}" in saved
     if "ema" in options:
         assert "ema_val_accuracy" in result.history[0]
+    if "crop_pct" in options:  # travels with the run folder, so predict / export / serve use it too
+        assert posetune.load(tmp_path / "run").preprocess.crop_pct == options["crop_pct"]
 
 
 def test_bad_option_values_are_clear(shapes_kaggle, tmp_path):
@@ -60,6 +63,8 @@ def test_bad_option_values_are_clear(shapes_kaggle, tmp_path):
         posetune.train(shapes_kaggle, balance="oversample", out=str(tmp_path / "a"), **TINY)
     with pytest.raises(UsageError, match="--bn"):
         posetune.train(shapes_kaggle, bn="sometimes", out=str(tmp_path / "b"), **TINY)
+    with pytest.raises(UsageError, match="--crop-pct"):
+        posetune.train(shapes_kaggle, crop_pct=2.0, out=str(tmp_path / "c"), **TINY)
 
 
 def test_lr_find_cli_suggests_an_lr_and_plots(shapes_kaggle, tmp_path):

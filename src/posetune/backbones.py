@@ -172,13 +172,17 @@ def module_stage_map(model, stages: list[Stage]) -> dict[str, str]:
     return result
 
 
-def data_config(model, image_size: int | None = None) -> dict:
-    """Preprocessing from the model's pretrained config (timm), with an optional size override."""
+def data_config(model, image_size: int | None = None, crop_pct: float | None = None) -> dict:
+    """Preprocessing from the model's pretrained config (timm), with optional size / crop overrides."""
     from timm.data import resolve_data_config
 
     cfg = resolve_data_config({}, model=model)
     if image_size:
         cfg["input_size"] = (3, image_size, image_size)
+    if crop_pct is not None:
+        if not 0.3 <= crop_pct <= 1.0:
+            raise UsageError(f"--crop-pct must be between 0.3 and 1.0, not {crop_pct}")
+        cfg["crop_pct"] = crop_pct
     return {
         "input_size": list(cfg["input_size"]),
         "interpolation": cfg.get("interpolation", "bilinear"),

@@ -47,6 +47,7 @@ def train(
     bn: Optional[str] = typer.Option(None, help="BatchNorm statistics in trainable stages: frozen (default) | train."),
     batch_size: Optional[int] = typer.Option(None, help="Default 32."),
     image_size: Optional[int] = typer.Option(None, help="Default: the backbone's pretrained input size."),
+    crop_pct: Optional[float] = typer.Option(None, help="Resize to size/crop_pct, then centre-crop (1.0: keep the whole image)."),
     val_fraction: Optional[float] = typer.Option(None, help="Held out of train when DATA has no val split (default 0.15)."),
     patience: Optional[int] = typer.Option(None, help="Stop after this many epochs without a better val score (0: never)."),
     label_smoothing: Optional[float] = typer.Option(None, help="Default 0.1."),
@@ -80,7 +81,7 @@ def train(
     reporter = _reporter(json_out)
     options = dict(backbone=backbone, strategy=strategy, freeze_stages=freeze_stages, epochs=epochs, lr=lr,
                    base_lr_ratio=base_lr_ratio, layer_decay=layer_decay, bn=bn, batch_size=batch_size,
-                   image_size=image_size, val_fraction=val_fraction, patience=patience,
+                   image_size=image_size, crop_pct=crop_pct, val_fraction=val_fraction, patience=patience,
                    label_smoothing=label_smoothing, out=out, seed=seed, device=device, weights=weights,
                    pretrained=False if no_pretrained else None, label_level=label_level,
                    freeze_epochs=freeze_epochs, unfreeze_every=unfreeze_every, ema=ema_decay if ema else None,

@@ -31,6 +31,7 @@ class TrainOptions:
     bn: str = "frozen"
     batch_size: int = 32
     image_size: int | None = None
+    crop_pct: float | None = None  # eval centre crop / resize ratio; 1.0 keeps the whole image (default: backbone's)
     val_fraction: float = 0.15
     patience: int = 5
     weight_decay: float = 0.05
@@ -238,7 +239,7 @@ def prepare(opts: TrainOptions, reporter: Reporter, write_config: bool = True, d
         raise UsageError(f"--balance must be none, weights or sampler, not '{opts.balance}'")
     strategies.apply_freeze(model, stages, plan.frozen)
     epochs = opts.epochs or strategy.epochs
-    preprocess = Preprocess.from_config(backbones.data_config(model, opts.image_size))
+    preprocess = Preprocess.from_config(backbones.data_config(model, opts.image_size, opts.crop_pct))
     out = RunDir(opts.out or default_run_dir(opts))
     if dist is not None:
         dist.barrier()  # every rank has picked the same folder name before rank 0 creates it
