@@ -349,19 +349,27 @@ def _val_row(logits: torch.Tensor, labels: torch.Tensor) -> dict:
 
 
 @torch.inference_mode()
-def predict_logits(model: torch.nn.Module, loader, device: torch.device, preprocess: Preprocess,
-                   on_step: Callable[[int], None] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits and labels for every batch of ``loader`` (eval mode)."""
-    model.eval()
+def run_batches(forward: Callable[[torch.Tensor], torch.Tensor], loader, device: torch.device,
+                preprocess: Preprocess, width: int, on_step: Callable[[int], None] | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``forward`` over every normalised batch of ``loader``: (outputs on the CPU, labels); ``width``
+    sizes the empty result of an empty loader."""
     prepare = Normalizer(preprocess, device)
     outs, labels = [], []
     for x, y in loader:
         x = prepare(x)
         with autocast(device):
-            outs.append(model(x).float().cpu())
+            outs.append(forward(x).float().cpu())
         labels.append(torch.as_tensor(y))
         if on_step:
             on_step(len(x))
     if not outs:
-        return torch.zeros(0, 0), torch.zeros(0, dtype=torch.long)
+        return torch.zeros(0, width), torch.zeros(0, dtype=torch.long)
     return torch.cat(outs), torch.cat(labels)
+
+
+def predict_logits(model: torch.nn.Module, loader, device: torch.device, preprocess: Preprocess,
+                   on_step: Callable[[int], None] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits and labels for every batch of ``loader`` (eval mode)."""
+    model.eval()
+    return run_batches(model, loader, device, preprocess, 0, on_step)

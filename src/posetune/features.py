@@ -19,36 +19,23 @@ from posetune.data.pipeline import Preprocess
 from posetune.engine import (
     FitResult,
     LoopState,
-    Normalizer,
     Settings,
     _val_row,
-    autocast,
     cosine_with_warmup,
     drive_epochs,
+    run_batches,
 )
 
 PROBE_C_GRID = (0.01, 0.1, 1.0, 10.0)  # inverse L2 strength; strongest first so warm starts converge fast
 KNN_K_GRID = (1, 5, 10, 20)
 
 
-@torch.inference_mode()
 def extract_features(model: torch.nn.Module, loader, device: torch.device, preprocess: Preprocess,
                      on_step: Callable[[int], None] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Pooled pre-logits features (the classifier's input) for every image of ``loader``."""
     model.eval()
-    prepare = Normalizer(preprocess, device)
-    feats, labels = [], []
-    for x, y in loader:
-        x = prepare(x)
-        with autocast(device):
-            f = model.forward_head(model.forward_features(x), pre_logits=True)
-        feats.append(f.float().cpu())
-        labels.append(torch.as_tensor(y))
-        if on_step:
-            on_step(len(x))
-    if not feats:
-        return torch.zeros(0, model.num_features), torch.zeros(0, dtype=torch.long)
-    return torch.cat(feats), torch.cat(labels)
+    return run_batches(lambda x: model.forward_head(model.forward_features(x), pre_logits=True), loader, device,
+                       preprocess, model.num_features, on_step)
 
 
 def fit_head_on_features(head: torch.nn.Linear, train_feats: torch.Tensor, train_labels: torch.Tensor,

@@ -26,6 +26,7 @@ from PIL import Image
 
 from posetune.data.images import ImageError, load_image, resize_short_side, to_rgb
 from posetune.errors import UsageError
+from posetune.predict import batched_predictions
 from posetune.preprocessing import PreprocessConfig
 from posetune.run import Prediction
 
@@ -162,33 +163,12 @@ class OnnxClassifier:
                 on_step: Callable[[int], None] | None = None) -> list[Prediction]:
         """Predict paths, PIL images or uint8 arrays. Unreadable files get a Prediction with ``error`` set."""
         items = list(images)
-        top_k = max(1, min(top_k, len(self.classes)))
-        results: list[Prediction | None] = [None] * len(items)
-        pending: list[tuple[int, str, np.ndarray]] = []
 
-        def flush() -> None:
-            if not pending:
-                return
-            probs = softmax(self.logits(self.preprocess.normalize(np.stack([a for _, _, a in pending]))))
-            for (i, name, _), p in zip(pending, probs):
-                order = np.argsort(-p, kind="stable")[:top_k]
-                ranked = [(self.classes[j], round(float(p[j]), 6)) for j in order]
-                results[i] = Prediction(name, ranked[0][0], ranked[0][1], ranked)
-            if on_step:
-                on_step(len(pending))
-            pending.clear()
+        def probabilities(arrays: list) -> np.ndarray:
+            return softmax(self.logits(self.preprocess.normalize(np.stack(arrays))))
 
-        for i, (name, arr, error) in enumerate(self._decoded(items)):
-            if error is not None:
-                results[i] = Prediction(name, "", 0.0, [], error=error)
-                if on_step:
-                    on_step(1)
-                continue
-            pending.append((i, name, arr))
-            if len(pending) >= batch_size:
-                flush()
-        flush()
-        return results  # type: ignore[return-value]
+        return batched_predictions(self._decoded(items), len(items), probabilities, self.classes, top_k,
+                                   batch_size, on_step)
 
     def _decoded(self, items: list):
         def one(item):

@@ -56,42 +56,57 @@ def _decoded_stream(items: list, preprocess, workers: int = 4, ahead: int = 64) 
             yield pending.popleft().result()
 
 
+def batched_predictions(decoded: Iterable[tuple[str, object, str | None]], n: int,
+                        probabilities: Callable[[list], np.ndarray], classes: list[str], top_k: int = 3,
+                        batch_size: int = 32, on_step: Callable[[int], None] | None = None) -> list[Prediction]:
+    """The batching both engines share: (name, pixels, error) in input order -> one Prediction each.
+
+    ``probabilities(list_of_pixels)`` returns a (len, classes) array for one batch; unreadable items keep
+    their error and never stop the rest. Torch-free, so the ONNX engine uses it too.
+    """
+    top_k = max(1, min(top_k, len(classes)))
+    results: list[Prediction | None] = [None] * n
+    pending: list[tuple[int, str, object]] = []
+
+    def flush() -> None:
+        if not pending:
+            return
+        for (i, name, _), p in zip(pending, probabilities([px for _, _, px in pending])):
+            order = np.argsort(-p, kind="stable")[:top_k]
+            ranked = [(classes[j], round(float(p[j]), 6)) for j in order]
+            results[i] = Prediction(name, ranked[0][0], ranked[0][1], ranked)
+        if on_step:
+            on_step(len(pending))
+        pending.clear()
+
+    for i, (name, pixels, error) in enumerate(decoded):
+        if error is not None:
+            results[i] = Prediction(name, "", 0.0, [], error=error)
+            if on_step:
+                on_step(1)
+            continue
+        pending.append((i, name, pixels))
+        if len(pending) >= batch_size:
+            flush()
+    flush()
+    return results  # type: ignore[return-value]
+
+
 def predict_batches(classifier, images: Iterable, top_k: int = 3, batch_size: int = 32,
                     on_step: Callable[[int], None] | None = None, tta: bool = False) -> list[Prediction]:
     """Top-k predictions per image; ``tta`` averages the probabilities of flipped and corner crops."""
     import torch
 
     items = list(images)
-    top_k = max(1, min(top_k, len(classifier.classes)))
-    results: list[Prediction | None] = [None] * len(items)
-    pending: list[tuple[int, str, torch.Tensor]] = []
+    pre, n_classes = classifier.preprocess, len(classifier.classes)
 
-    def flush():
-        if not pending:
-            return
-        pre = classifier.preprocess
+    def probabilities(tensors: list) -> np.ndarray:
         if tta:
-            views = [v for _, _, t in pending for v in pre.tta_views(t)]
-            probs = classifier.logits(torch.stack(views)).softmax(1).view(len(pending), -1, len(classifier.classes))
-            probs = probs.mean(1)
+            views = [v for t in tensors for v in pre.tta_views(t)]
+            probs = classifier.logits(torch.stack(views)).softmax(1).view(len(tensors), -1, n_classes).mean(1)
         else:
-            probs = classifier.logits(torch.stack([pre.eval_crop(t) for _, _, t in pending])).softmax(1)
-        values, indices = probs.topk(top_k, dim=1)
-        for (i, name, _), v, ix in zip(pending, values.tolist(), indices.tolist()):
-            ranked = [(classifier.classes[j], round(float(p), 6)) for j, p in zip(ix, v)]
-            results[i] = Prediction(name, ranked[0][0], ranked[0][1], ranked)
-        if on_step:
-            on_step(len(pending))
-        pending.clear()
+            probs = classifier.logits(torch.stack([pre.eval_crop(t) for t in tensors])).softmax(1)
+        return probs.numpy()
 
-    for i, (name, tensor, error) in enumerate(_decoded_stream(items, classifier.preprocess)):
-        if error is not None:
-            results[i] = Prediction(name, "", 0.0, [], error=error)
-            if on_step:
-                on_step(1)
-            continue
-        pending.append((i, name, tensor))
-        if len(pending) >= batch_size:
-            flush()
-    flush()
-    return results  # type: ignore[return-value]
+    return batched_predictions(_decoded_stream(items, pre), len(items), probabilities, classifier.classes,
+                               top_k, batch_size, on_step)
