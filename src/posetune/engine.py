@@ -174,9 +174,9 @@ def drive_epochs(settings: Settings, train_epoch: Callable[[int, LoopState], dic
     return result
 
 
-def epoch_generator(seed: int, epoch: int) -> torch.Generator:
+def epoch_seed(seed: int, epoch: int) -> int:
     """Data order and augmentation for an epoch depend on (seed, epoch) only: a resumed run replays them."""
-    return torch.Generator().manual_seed(seed * 100_003 + epoch)
+    return seed * 100_003 + epoch
 
 
 def fit(model: torch.nn.Module, stages: list[Stage], plan: Plan, train_loader, val_loader, preprocess: Preprocess,
@@ -235,15 +235,16 @@ def fit(model: torch.nn.Module, stages: list[Stage], plan: Plan, train_loader, v
         frozen = plan.frozen_at(epoch)
         apply_freeze(model, stages, frozen)
         set_train_mode(model, stages, frozen, plan.bn)
-        torch.manual_seed(settings.seed * 100_003 + epoch)  # augmentation, dropout, mixup draws
+        seed = epoch_seed(settings.seed, epoch)
+        torch.manual_seed(seed)  # augmentation, dropout, mixup draws
         loader_gen = getattr(train_loader, "generator", None)
         if loader_gen is not None:
-            loader_gen.manual_seed(settings.seed * 100_003 + epoch)
+            loader_gen.manual_seed(seed)
         sampler = getattr(train_loader, "sampler", None)
         if hasattr(sampler, "set_epoch"):  # DistributedSampler: the shard order depends on (seed, epoch)
             sampler.set_epoch(epoch)
         elif getattr(sampler, "generator", None) is not None:
-            sampler.generator.manual_seed(settings.seed * 100_003 + epoch)
+            sampler.generator.manual_seed(seed)
         module = forward_module(frozen)
         stats = dict(state.partial_stats) or {"loss": 0.0, "correct": 0, "seen": 0}
         skip = state.step_in_epoch
@@ -254,7 +255,7 @@ def fit(model: torch.nn.Module, stages: list[Stage], plan: Plan, train_loader, v
                 raise StopRequested(step, stats)
             color = None
             if batch_color is not None:  # its draws depend on (seed, epoch, step) only, as a resumed run needs
-                gen = torch.Generator().manual_seed((settings.seed * 100_003 + epoch) * 1_000_003 + step)
+                gen = torch.Generator().manual_seed(seed * 1_000_003 + step)
                 color = functools.partial(batch_color, generator=gen)
             x, y = prepare(x, color), y.to(device, non_blocking=True)
             target = None

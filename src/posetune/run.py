@@ -99,11 +99,6 @@ class RunDir:
     def meta(self) -> dict:
         return self.read_json("model.json")
 
-    def update_meta(self, **changes) -> None:
-        meta = self.meta()
-        meta.update(changes)
-        self.write_json("model.json", meta)
-
 
 @dataclass
 class Prediction:
