@@ -58,3 +58,4 @@ def test_tune_allocator_is_idempotent():
     if os.environ.get("POSETUNE_NO_MALLOPT"):
         pytest.skip("POSETUNE_NO_MALLOPT is set")
     assert tune_allocator() is tune_allocator()
+

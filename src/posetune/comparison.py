@@ -300,13 +300,12 @@ def probe_backbone(spec_str: str, spec, cell: Cell, preprocess, decoder, decoded
 
     from posetune.backbones import create_backbone
     from posetune.data.pipeline import DecodedDataset, make_loader
+    from posetune.engine import place
     from posetune.features import extract_features, fit_knn, fit_probe
 
     t_build = time.perf_counter()
     model, info = create_backbone(spec, num_classes=len(index.classes))
-    model.to(device).eval()
-    if device.type == "cuda":
-        model.to(memory_format=torch.channels_last)
+    place(model, device).eval()
     resize = _resizer(decoder, preprocess)
     feats: dict[str, tuple] = {}
     counts = {s: len(index.split(s)) for s in ("train", "val", "test")}
@@ -470,9 +469,7 @@ def measure_costs(model, arch: str, num_classes: int, size: int, device) -> dict
         meta_model = build_model(arch, num_classes).eval()
     with FlopCounterMode(display=False) as counter:
         meta_model(torch.empty(1, 3, size, size, device="meta"))
-    x = torch.randn(1, 3, size, size, device=device)
-    if device.type == "cuda":
-        x = x.contiguous(memory_format=torch.channels_last)
+    x = torch.randn(1, 3, size, size, device=device).contiguous(memory_format=torch.channels_last)
     times = []
     with torch.inference_mode(), autocast(device):
         for i in range(8):

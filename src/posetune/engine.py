@@ -47,6 +47,14 @@ def autocast(device: torch.device):
     return torch.autocast("cpu", enabled=False)
 
 
+def place(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """``model`` on ``device`` in channels_last (NHWC) memory format, on CPU as well as CUDA: oneDNN's NHWC
+    convolutions trained efficientnet_lite0 1.4-1.8x and resnet18 1.15-1.3x faster on a 2-core CPU, and ran
+    batch inference 1.3-1.4x faster (benchmarks/README.md). Inputs follow via Normalizer; saved weights are
+    made contiguous again (RunDir.save_model)."""
+    return model.to(device=device, memory_format=torch.channels_last)
+
+
 class Normalizer:
     """uint8 batch on the host -> normalised float batch on the device (normalising there is cheap)."""
 
@@ -54,7 +62,6 @@ class Normalizer:
         self.device = device
         self.mean = torch.tensor(preprocess.mean, device=device).view(1, 3, 1, 1)
         self.std = torch.tensor(preprocess.std, device=device).view(1, 3, 1, 1)
-        self.memory_format = torch.channels_last if device.type == "cuda" else torch.contiguous_format
 
     def __call__(self, x: torch.Tensor, color: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
         """``color``: a batch augmentation of the [0, 1] pixels, applied before mean/std (training only)."""
@@ -62,7 +69,7 @@ class Normalizer:
         if color is not None:
             x = color(x)
         x = x.sub_(self.mean).div_(self.std)
-        return x.contiguous(memory_format=self.memory_format)
+        return x.contiguous(memory_format=torch.channels_last)  # the layout place() gives the model
 
 
 @dataclass

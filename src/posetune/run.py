@@ -122,7 +122,7 @@ class Classifier:
 
         from posetune.backbones import build_model
         from posetune.data.pipeline import Preprocess
-        from posetune.engine import resolve_device
+        from posetune.engine import place, resolve_device
 
         self.run = run.require()
         self.meta = run.meta()
@@ -134,7 +134,7 @@ class Classifier:
             model.load_state_dict(load_file(str(run.model_file)))
         except RuntimeError as exc:
             raise UsageError(f"{run.model_file} does not match {self.meta['arch']}: {exc}") from exc
-        self.model = model.to(self.device).eval()
+        self.model = place(model, self.device).eval()
         self._torch = torch
 
     def logits(self, batch_uint8) -> torch.Tensor:  # noqa: F821

@@ -201,10 +201,7 @@ def prepare(opts: TrainOptions, reporter: Reporter, write_config: bool = True, d
     from posetune.data.check import exact_duplicates
     from posetune.data.layouts import discover
     from posetune.data.pipeline import DecodedDataset, Preprocess, TrainAugment, decode_all
-    from posetune.engine import (
-        Settings,
-        resolve_device,
-    )
+    from posetune.engine import Settings, place, resolve_device
     from posetune.run import RunDir
     from posetune.runtime import tune_allocator
 
@@ -270,9 +267,7 @@ def prepare(opts: TrainOptions, reporter: Reporter, write_config: bool = True, d
     train_ds, val_ds, test_ds = dataset("train", True), dataset("val", False), dataset("test", False)
     if len(train_ds) == 0:
         raise UsageError(f"no readable training images in {opts.data}; see the skipped files above")
-    model.to(device)
-    if device.type == "cuda":
-        model.to(memory_format=torch.channels_last)
+    place(model, device)
     settings = Settings(epochs=epochs, batch_size=opts.batch_size, patience=opts.patience,
                         weight_decay=opts.weight_decay, label_smoothing=opts.label_smoothing, seed=opts.seed,
                         ema_decay=opts.ema, mixup=opts.mixup, cutmix=opts.cutmix)
