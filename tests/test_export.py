@@ -139,11 +139,38 @@ def test_cli_predict_engine_onnx(onnx_run: Path, shapes_kaggle: Path, monkeypatc
     folder = shapes_kaggle / "TEST" / "circle"
     code, out, _ = cli(monkeypatch, capsys, "predict", onnx_run, folder, "--engine", "onnx", "--json")
     onnx_rows = json.loads(out)
-    code_t, out_t, _ = cli(monkeypatch, capsys, "predict", onnx_run, folder, "--json")
+    code_t, out_t, err_t = cli(monkeypatch, capsys, "predict", onnx_run, folder, "--engine", "torch", "--json")
     assert code == code_t == 0
     assert [r["prediction"] for r in onnx_rows] == [r["prediction"] for r in json.loads(out_t)]
     code, _, err = cli(monkeypatch, capsys, "predict", onnx_run, folder, "--engine", "tensorrt")
-    assert code == 2 and "--engine must be one of torch, onnx" in err
+    assert code == 2 and "--engine must be one of auto, torch, onnx" in err
+
+
+def test_auto_engine_uses_a_matching_onnx_export_only(tiny_run: Path, onnx_run: Path, shapes_kaggle: Path,
+                                                      tmp_path: Path, monkeypatch, capsys) -> None:
+    from posetune.run import choose_engine
+
+    assert choose_engine(onnx_run, "auto", "cpu")[0] == "onnx"
+    assert choose_engine(onnx_run, "auto", "cpu", tta=True)[0] == "torch"
+    assert choose_engine(onnx_run, "auto", "cuda")[0] == "torch"
+    engine, why = choose_engine(tiny_run, "auto", "cpu")
+    assert engine == "torch" and "posetune export" in why
+    stale = tmp_path / "stale"
+    shutil.copytree(onnx_run, stale)
+    sidecar = json.loads((stale / "model.onnx.json").read_text())
+    sidecar["source_sha256"] = "0" * 64  # as if the run was retrained after the export
+    (stale / "model.onnx.json").write_text(json.dumps(sidecar))
+    engine, why = choose_engine(stale, "auto", "cpu")
+    assert engine == "torch" and "stale" in why
+    assert posetune.load(stale, engine="auto", device="cpu").engine == "torch"
+    # Corrupt weights are a one-line error naming the file, not a deserialiser traceback.
+    with open(stale / "model.safetensors", "ab") as fh:
+        fh.write(b" ")
+    with pytest.raises(UsageError, match="model.safetensors"):
+        posetune.load(stale, engine="torch", device="cpu")
+    # The CLI's default is auto, and it says which engine it picked.
+    code, out, err = cli(monkeypatch, capsys, "predict", onnx_run, shapes_kaggle / "TEST" / "circle", "--json")
+    assert code == 0 and "engine: onnx" in err and json.loads(out)
 
 
 def test_onnx_engine_refuses_missing_or_stale_exports(tiny_run: Path, onnx_run: Path, tmp_path: Path) -> None:

@@ -46,7 +46,8 @@ def lr_find(data, **options) -> dict:
 def load(run, device: str = "auto", engine: str = "torch"):
     """Load a run folder for prediction: ``posetune.load(RUN).predict(images)``.
 
-    ``engine="onnx"`` predicts with RUN/model.onnx (`posetune export`) through ONNX Runtime, without torch.
+    ``engine="onnx"`` predicts with RUN/model.onnx (`posetune export`) through ONNX Runtime, without torch;
+    ``"auto"`` (the CLI's default) picks it when it matches the run's weights, else torch.
     """
     from posetune.run import load as _load
 

@@ -147,19 +147,22 @@ def predict(
     batch_size: int = typer.Option(32),
     csv: Optional[Path] = typer.Option(None, "--csv", help="Write path,prediction,probability,top-k columns here."),
     device: str = typer.Option("auto"),
-    engine: str = typer.Option("torch", help="torch (model.safetensors) | onnx (RUN/model.onnx, no torch needed)."),
+    engine: str = typer.Option("auto", help="auto: onnx when RUN/model.onnx matches the weights, else torch | torch "
+                                            "(model.safetensors) | onnx (RUN/model.onnx, no torch needed)."),
     tta: bool = typer.Option(False, "--tta", help="Average flipped and multi-crop views (torch engine)."),
     json_out: bool = typer.Option(False, "--json", help="Print predictions as JSON on stdout."),
 ):
     """Predict the class of images (files or folders), in batches; unreadable files are reported, not fatal."""
     from posetune.predict import collect_paths
-    from posetune.run import load, write_csv
+    from posetune.run import choose_engine, load, write_csv
     from posetune.runtime import tune_allocator
 
-    if tta and engine != "torch":
+    if tta and engine == "onnx":
         raise typer.BadParameter("--tta needs --engine torch", param_hint="--tta")
     tune_allocator()
     reporter = _reporter(json_out)
+    engine, why = choose_engine(run, engine, device, tta)
+    reporter.info(f"engine: {engine} ({why})")
     clf = load(run, device=device, engine=engine)
     files = collect_paths(paths)
     advance = reporter.start("predict", len(files))
@@ -383,7 +386,8 @@ def serve(
     run: str = typer.Argument(..., help="Run folder written by `posetune train` (for --engine onnx: after `posetune export`)."),
     host: str = typer.Option("127.0.0.1", help="Address to bind; 0.0.0.0 exposes the server to your network."),
     port: int = typer.Option(8000),
-    engine: str = typer.Option("torch", help="torch | onnx (RUN/model.onnx through ONNX Runtime)."),
+    engine: str = typer.Option("auto", help="auto: onnx when RUN/model.onnx matches the weights, else torch | torch | "
+                                            "onnx (RUN/model.onnx through ONNX Runtime)."),
     max_bytes: str = typer.Option("10MB", help="Largest upload accepted (413 beyond it)."),
     max_pixels: int = typer.Option(50_000_000, help="Largest image in pixels (decompression-bomb guard)."),
     max_queue: int = typer.Option(16, help="Requests in progress at once; more get 503 with Retry-After."),
@@ -394,11 +398,14 @@ def serve(
     GET /info, GET /health, docs at /docs."""
     import uvicorn
 
+    from posetune.run import choose_engine
     from posetune.runtime import tune_allocator
     from posetune.serve.app import create_app, parse_size
 
     tune_allocator()
     reporter = _reporter(False)
+    engine, why = choose_engine(run, engine, device)
+    reporter.info(f"engine: {engine} ({why})")
     app_ = create_app(run, engine=engine, max_bytes=parse_size(max_bytes), max_pixels=max_pixels, max_queue=max_queue,
                       top_k=top_k, device=device)
     if host not in ("127.0.0.1", "localhost", "::1"):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -43,10 +44,11 @@ def _decode_any(item, preprocess):
     return "<image>", torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1), None
 
 
-def _decoded_stream(items: list, preprocess, workers: int = 4, ahead: int = 64) -> Iterator[tuple]:
+def _decoded_stream(items: list, preprocess, workers: int | None = None, ahead: int = 64) -> Iterator[tuple]:
     # Decoding in threads overlaps JPEG work (which releases the GIL) with the model. At most ``ahead``
     # images are decoded ahead of the model (pool.map would decode a whole folder into memory first).
-    with ThreadPoolExecutor(workers) as pool:
+    # One thread per core (at most 4): more only preempt the model's own threads.
+    with ThreadPoolExecutor(workers or min(4, os.cpu_count() or 1)) as pool:
         pending: deque = deque()
         for item in items:
             pending.append(pool.submit(_decode_any, item, preprocess))

@@ -141,12 +141,16 @@ def run_info(clf, run: str | Path) -> dict:
 def create_app(run: str | Path, engine: str = "torch", max_bytes: int = DEFAULT_MAX_BYTES, top_k: int = 5,
                max_pixels: int = DEFAULT_MAX_PIXELS, max_queue: int = 16, device: str = "auto",
                read_timeout: float = 30.0, classifier=None) -> FastAPI:
-    """The FastAPI app serving RUN with ``engine`` ('torch' or 'onnx'); the model loads here, not per request."""
+    """The FastAPI app serving RUN with ``engine`` ('auto', 'torch' or 'onnx'); the model loads here, not per request."""
     from posetune import __version__
     from posetune.run import load
 
     if max_bytes <= 0 or max_pixels <= 0 or max_queue <= 0 or top_k <= 0:
         raise UsageError("max_bytes, max_pixels, max_queue and top_k must be positive")
+    if classifier is None:
+        from posetune.run import choose_engine
+
+        engine, _ = choose_engine(run, engine, device)
     clf = classifier or load(run, device=device, engine=engine)
     info = {**run_info(clf, run), "engine": engine, "top_k": min(top_k, len(clf.classes)), "max_bytes": max_bytes,
             "max_pixels": max_pixels, "max_queue": max_queue, "posetune_version": __version__}
