@@ -36,6 +36,15 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path):
     assert proc.returncode == 2 and "not a posetune run folder" in proc.stderr
 
 
+def test_quick_exit_keeps_exit_codes_and_output(tiny_run, tmp_path):
+    """predict/evaluate leave through os._exit after flushing (no teardown): codes and output survive."""
+    proc = posetune("predict", tiny_run, tmp_path / "missing.jpg")
+    assert proc.returncode == 2 and "no such file or folder" in proc.stderr
+    image = next((tiny_run.parent).rglob("*.png"), None) or next(tiny_run.glob("*.png"))
+    proc = posetune("predict", tiny_run, image, "--json", check=True)
+    assert len(json.loads(proc.stdout)) == 1
+
+
 def test_evaluate_json(tiny_run, shapes_kaggle):
     proc = posetune("evaluate", tiny_run, shapes_kaggle, "--json", check=True)
     out = json.loads(proc.stdout)

@@ -1,4 +1,4 @@
-from posetune.cli import main
+from posetune.cli import console_entry
 
 if __name__ == "__main__":
-    main()
+    console_entry()

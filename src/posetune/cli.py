@@ -446,3 +446,21 @@ def main() -> None:
         if isinstance(exc, click.exceptions.Abort):
             sys.exit(1)
         raise
+
+
+# Commands that only read a run and print. Once their output is flushed, the interpreter's teardown of
+# torch, timm and torch._dynamo (~1 s of a 3.5 s `posetune predict RUN one.jpg` here) buys nothing.
+_QUICK_EXIT = {"predict", "evaluate", "backbones"}
+
+
+def console_entry() -> None:
+    """The `posetune` script: :func:`main`, then read-only commands leave without the slow teardown."""
+    try:
+        main()
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        if len(sys.argv) > 1 and sys.argv[1] in _QUICK_EXIT and "torch" in sys.modules:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+        raise

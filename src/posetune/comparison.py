@@ -302,10 +302,13 @@ def probe_backbone(spec_str: str, spec, cell: Cell, preprocess, decoder, decoded
     from posetune.data.pipeline import DecodedDataset, make_loader
     from posetune.engine import place
     from posetune.features import extract_features, fit_knn, fit_probe
+    from posetune.fusion import fold_batchnorm
 
     t_build = time.perf_counter()
     model, info = create_backbone(spec, num_classes=len(index.classes))
     place(model, device).eval()
+    # Features and latency come from a BN-folded copy: the same outputs, and the speed `posetune predict` gets.
+    net, _ = fold_batchnorm(model, (3, preprocess.size, preprocess.size))
     resize = _resizer(decoder, preprocess)
     feats: dict[str, tuple] = {}
     counts = {s: len(index.split(s)) for s in ("train", "val", "test")}
@@ -315,7 +318,7 @@ def probe_backbone(spec_str: str, spec, cell: Cell, preprocess, decoder, decoded
         samples = index.split(split)
         ds = DecodedDataset([resize(decoded[s.path]) for s in samples], [s.label for s in samples], preprocess)
         t = time.perf_counter()
-        feats[split] = extract_features(model, make_loader(ds, EXTRACT_BATCH, False, device), device, preprocess,
+        feats[split] = extract_features(net, make_loader(ds, EXTRACT_BATCH, False, device), device, preprocess,
                                         advance)
         forward_s[split] = time.perf_counter() - t
     reporter.stop()
@@ -331,7 +334,8 @@ def probe_backbone(spec_str: str, spec, cell: Cell, preprocess, decoder, decoded
     metrics, val_loss = _probe_metrics(probe, knn, feats, index.classes)
 
     t_prof = time.perf_counter()
-    costs = measure_costs(model, spec.arch, len(index.classes), preprocess.size, device)
+    costs = measure_costs(net, spec.arch, len(index.classes), preprocess.size, device)
+    del net
     profile_s = time.perf_counter() - t_prof
 
     head = model.get_classifier()
@@ -457,8 +461,8 @@ def _save_probe_run(cell: Cell, model, spec, info: dict, preprocess, index, opts
 
 
 def measure_costs(model, arch: str, num_classes: int, size: int, device) -> dict:
-    """Parameters (M), GMACs at ``size`` (FLOPs / 2, counted on the meta device: no compute) and the
-    batch-1 latency on ``device`` (median of timed runs after a warm-up)."""
+    """Parameters (M) and GMACs at ``size`` of ``arch`` (FLOPs / 2, counted on the meta device: no compute),
+    and the batch-1 latency of ``model`` on ``device`` (median of timed runs after a warm-up)."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -482,7 +486,7 @@ def measure_costs(model, arch: str, num_classes: int, size: int, device) -> dict
             if sum(times) > 0.3 and len(times) >= 3:
                 break
     times.sort()
-    return {"params_m": round(sum(p.numel() for p in model.parameters()) / 1e6, 3),
+    return {"params_m": round(sum(p.numel() for p in meta_model.parameters()) / 1e6, 3),  # as built, before folding
             "gmacs": round(counter.get_total_flops() / 2e9, 4),
             "latency_ms": round(1000 * times[len(times) // 2], 3)}
 

@@ -304,6 +304,7 @@ def _train_ranked(opts: TrainOptions, reporter: Reporter, resume: bool, dist) ->
     from posetune.engine import fit, load_checkpoint, predict_logits
     from posetune.evaluation import compute_metrics
     from posetune.features import extract_features, fit_head_on_features
+    from posetune.fusion import fold_batchnorm
     from posetune.report import plot_confusion, plot_history, write_run_report
     from posetune.run import write_csv
 
@@ -319,11 +320,14 @@ def _train_ranked(opts: TrainOptions, reporter: Reporter, resume: bool, dist) ->
         # trains on the cached features (the linear strategy, and LP-FT's probe phase).
         augment, train_ds.augment = train_ds.augment, None
         advance = reporter.start("extract features", len(train_ds) + len(val_ds))
+        # Extraction is inference on a frozen base: a BN-folded copy gives the same features, faster.
+        net, _ = fold_batchnorm(model, (3, preprocess.size, preprocess.size))
         # Under torchrun each rank extracts its shard; the gathered features are the same on every rank.
         f_train, y_train = (dist.unshard(t) for t in extract_features(
-            model, loader(Subset(train_ds, dist.shard(len(train_ds)))), device, preprocess, advance))
+            net, loader(Subset(train_ds, dist.shard(len(train_ds)))), device, preprocess, advance))
         f_val, y_val = (dist.unshard(t) for t in extract_features(
-            model, loader(Subset(val_ds, dist.shard(len(val_ds)))), device, preprocess, advance))
+            net, loader(Subset(val_ds, dist.shard(len(val_ds)))), device, preprocess, advance))
+        del net
         reporter.stop()
         train_ds.augment = augment
         head = model.get_classifier().to("cpu")
