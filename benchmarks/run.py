@@ -447,6 +447,7 @@ def bench_train_efficiency(ctx: dict) -> dict:
         bare = max(bare1["images_per_s"], bare2["images_per_s"])  # the compute limit: the better of the two
         rows.append({"backbone": backbone, "strategy": strategy, "size": size, "batch": 32,
                      "bare_images_per_s": [bare1["images_per_s"], bare2["images_per_s"]],
+                     "bare_images_per_s_by_layout": [bare1["images_per_s_by_layout"], bare2["images_per_s_by_layout"]],
                      "posetune_steady_images_per_s": tr["steady_images_per_s"],
                      "posetune_first_epoch_images_per_s": tr["first_epoch_images_per_s"],
                      "posetune_meta_train_images_per_s": tr["meta_train_images_per_s"],
