@@ -162,7 +162,7 @@ def predict(
     tune_allocator()
     reporter = _reporter(json_out)
     engine, why = choose_engine(run, engine, device, tta)
-    reporter.info(f"engine: {engine} ({why})")
+    reporter.info(f"engine: {engine} - {why}")
     clf = load(run, device=device, engine=engine)
     files = collect_paths(paths)
     advance = reporter.start("predict", len(files))
@@ -405,7 +405,7 @@ def serve(
     tune_allocator()
     reporter = _reporter(False)
     engine, why = choose_engine(run, engine, device)
-    reporter.info(f"engine: {engine} ({why})")
+    reporter.info(f"engine: {engine} - {why}")
     app_ = create_app(run, engine=engine, max_bytes=parse_size(max_bytes), max_pixels=max_pixels, max_queue=max_queue,
                       top_k=top_k, device=device)
     if host not in ("127.0.0.1", "localhost", "::1"):

@@ -195,20 +195,20 @@ def choose_engine(run: str | Path, engine: str = "auto", device: str = "auto", t
     path = Path(run)
     onnx, sidecar, weights = path / ONNX_FILE, path / f"{ONNX_FILE}.json", path / "model.safetensors"
     if not (path.is_dir() and onnx.is_file() and sidecar.is_file() and weights.is_file()):
-        return "torch", f"no {ONNX_FILE} (`posetune export {run}` makes CPU prediction start ~10x sooner)"
+        return "torch", f"no {ONNX_FILE} in {run}; `posetune export {run}` makes CPU prediction start ~10x sooner"
     if tta:
         return "torch", "--tta needs the torch engine"
     if device not in ("auto", "cpu") or (device == "auto" and _nvidia_gpu_visible()):
         return "torch", "a GPU is available to torch"
     if importlib.util.find_spec("onnxruntime") is None:
-        return "torch", "onnxruntime is not installed (pip install 'posetune[onnx]')"
+        return "torch", "onnxruntime is not installed; pip install 'posetune[onnx]' for the faster engine"
     try:
         meta = json.loads(sidecar.read_text())
     except (OSError, ValueError):
         return "torch", f"{sidecar} is unreadable"
     if not meta.get("ok") or meta.get("source_sha256") != file_sha256(weights):
-        return "torch", f"{ONNX_FILE} is stale or failed its parity check (re-run `posetune export {run}`)"
-    return "onnx", f"{onnx} matches the weights (--engine torch to use PyTorch)"
+        return "torch", f"{ONNX_FILE} is stale or failed its parity check; re-run `posetune export {run}`"
+    return "onnx", f"{onnx} matches the weights; --engine torch to use PyTorch"
 
 
 def load(run: str | Path, device: str = "auto", engine: str = "torch"):
