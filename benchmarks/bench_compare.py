@@ -33,7 +33,7 @@ def forward_seconds(specs: list[str], data: Path, size: int, device, fold: bool 
     from posetune.data.pipeline import DecodedDataset, Preprocess, decode_all, make_loader
     from posetune.engine import place
     from posetune.features import extract_features
-    from posetune.fusion import fold_batchnorm
+    from posetune.fusion import optimize_for_inference
 
     index = discover(data, seed=0)
     result = {}
@@ -42,7 +42,7 @@ def forward_seconds(specs: list[str], data: Path, size: int, device, fold: bool 
         place(model, device).eval()
         preprocess = Preprocess.from_config(data_config(model, size))
         if fold:
-            model, _ = fold_batchnorm(model, (3, preprocess.size, preprocess.size))
+            model = place(optimize_for_inference(model, (3, preprocess.size, preprocess.size))[0], device)
         images, _ = decode_all([s.path for s in index.samples], preprocess)
         ds = DecodedDataset(images, [s.label for s in index.samples], preprocess)
         t = time.perf_counter()

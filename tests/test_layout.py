@@ -1,6 +1,9 @@
-"""Memory layout: models run channels_last (NHWC) on every device; run folders store contiguous weights."""
+"""Speed without changing results: channels_last everywhere (run folders still store contiguous weights)
+and the inference-only rewrites of fusion.py (BatchNorm folding, static 'SAME' padding)."""
 
 from __future__ import annotations
+
+import pytest
 
 
 def test_models_run_channels_last_and_save_contiguous(tiny_run, tmp_path):
@@ -12,7 +15,7 @@ def test_models_run_channels_last_and_save_contiguous(tiny_run, tmp_path):
     from posetune.backbones import build_model
     from posetune.run import Classifier, RunDir
 
-    clf = Classifier(RunDir(tiny_run), device="cpu", fold_bn=False)
+    clf = Classifier(RunDir(tiny_run), device="cpu", optimize=False)
     convs = [m for m in clf.model.modules() if isinstance(m, torch.nn.Conv2d)]
     assert convs and all(c.weight.is_contiguous(memory_format=torch.channels_last) for c in convs)
     run = RunDir(tmp_path / "copy")
@@ -82,7 +85,25 @@ def test_classifier_folds_for_prediction_but_export_uses_the_trained_graph(tiny_
     from posetune.run import Classifier, RunDir
 
     fast = posetune.load(tiny_run, device="cpu", engine="torch")
-    exact = Classifier(RunDir(tiny_run), device="cpu", fold_bn=False)
-    assert fast.folded_batchnorms > 0 and exact.folded_batchnorms == 0
+    exact = Classifier(RunDir(tiny_run), device="cpu", optimize=False)
+    assert fast.inference_changes["batchnorms_folded"] > 0 and not exact.inference_changes
     batch = torch.randint(0, 256, (2, 3, fast.preprocess.size, fast.preprocess.size), dtype=torch.uint8)
     assert torch.allclose(fast.logits(batch), exact.logits(batch), atol=1e-4)
+
+
+@pytest.mark.parametrize("size", [64, 65])
+def test_static_same_padding_matches_tf_same_at_even_and_odd_sizes(size):
+    import timm
+    import torch
+    from timm.layers import Conv2dSame
+
+    from posetune.fusion import optimize_for_inference
+
+    model = _perturb_bn(timm.create_model("tf_efficientnet_lite0", num_classes=3))
+    same = sum(isinstance(m, Conv2dSame) for m in model.modules())
+    fast, changes = optimize_for_inference(model, (3, size, size))
+    assert changes["same_pads_made_static"] == same > 0
+    assert not any(isinstance(m, Conv2dSame) for m in fast.modules())
+    x = torch.randn(2, 3, size, size)
+    with torch.inference_mode():
+        assert torch.allclose(model(x), fast(x), atol=1e-4)

@@ -324,13 +324,14 @@ def probe_backbone(spec_str: str, spec, cell: Cell, preprocess, decoder, decoded
     from posetune.data.pipeline import DecodedDataset, make_loader
     from posetune.engine import place
     from posetune.features import extract_features, fit_knn, fit_probe
-    from posetune.fusion import fold_batchnorm
+    from posetune.fusion import optimize_for_inference
 
     t_build = time.perf_counter()
     model, info = create_backbone(spec, num_classes=len(index.classes))
     place(model, device).eval()
-    # Features and latency come from a BN-folded copy: the same outputs, and the speed `posetune predict` gets.
-    net, _ = fold_batchnorm(model, (3, preprocess.size, preprocess.size))
+    # Features and latency come from an inference-optimised copy (BN folded, static padding): the same
+    # outputs, and the speed `posetune predict` gets.
+    net = place(optimize_for_inference(model, (3, preprocess.size, preprocess.size))[0], device)
     resize = _resizer(decoder, preprocess)
     feats: dict[str, tuple] = {}
     counts = {s: len(index.split(s)) for s in ("train", "val", "test")}

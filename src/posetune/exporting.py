@@ -57,7 +57,7 @@ def export(run: str | Path, format: str = "onnx", opset: int | None = None, dyna
     if opset is not None and not 9 <= opset <= 23:
         raise UsageError(f"--opset must be between 9 and 23, not {opset}")
     rundir = RunDir(run).require()
-    clf = Classifier(rundir, device="cpu", fold_bn=False)  # the reference is the model exactly as trained
+    clf = Classifier(rundir, device="cpu", optimize=False)  # the reference is the model exactly as trained
     out = Path(out) if out else rundir / FORMATS[format]
     size = clf.preprocess.size
     batch = 2 if dynamic_batch else 1  # a sample batch of 1 would let the exporter specialise the axis

@@ -116,13 +116,14 @@ class Prediction:
 class Classifier:
     """A trained run loaded for inference (torch engine).
 
-    ``fold_bn``: fold each BatchNorm into the conv before it (fusion.py; same outputs, ~1.25x faster on a
-    CPU). Export turns it off so that its parity check compares against the weights exactly as trained.
+    ``optimize``: fold each BatchNorm into the conv before it and make 'SAME' padding static (fusion.py;
+    same outputs, ~1.25-1.4x faster on a CPU), so ``.model`` expects inputs of the run's size only. Export
+    turns it off so that its parity check compares against the weights exactly as trained.
     """
 
     engine = "torch"
 
-    def __init__(self, run: RunDir, device: str = "auto", fold_bn: bool = True):
+    def __init__(self, run: RunDir, device: str = "auto", optimize: bool = True):
         import torch
         from safetensors.torch import load_file
 
@@ -145,11 +146,12 @@ class Classifier:
         except RuntimeError as exc:
             raise UsageError(f"{run.model_file} does not match {self.meta['arch']}: {exc}") from exc
         self.model = place(model, self.device).eval()
-        self.folded_batchnorms = 0
-        if fold_bn:
-            from posetune.fusion import fold_batchnorm
+        self.inference_changes: dict[str, int] = {}
+        if optimize:
+            from posetune.fusion import optimize_for_inference
 
-            self.model, self.folded_batchnorms = fold_batchnorm(self.model, (3, self.preprocess.size, self.preprocess.size))
+            size = self.preprocess.size
+            self.model, self.inference_changes = optimize_for_inference(self.model, (3, size, size))
             place(self.model, self.device)
         self._torch = torch
 
