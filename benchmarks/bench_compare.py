@@ -23,9 +23,9 @@ from pathlib import Path
 BACKBONES = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2", "resnet18@random")
 
 
-def forward_seconds(specs: list[str], data: Path, size: int, device, fold: bool = False) -> dict[str, float]:
+def forward_seconds(specs: list[str], data: Path, size: int, device, optimize: bool = False) -> dict[str, float]:
     """Per backbone: seconds of extract_features over every image (decode and model build not timed), with
-    the plain eager model in channels_last (the faster layout here), or with ``fold`` its BN-folded copy
+    the plain eager model in channels_last (the faster layout here), or with ``optimize`` its inference copy
     (what stage 1 runs)."""
     from posetune.backbones import create_backbone, data_config
     from posetune.comparison import EXTRACT_BATCH
@@ -41,7 +41,7 @@ def forward_seconds(specs: list[str], data: Path, size: int, device, fold: bool 
         model, _ = create_backbone(spec, num_classes=len(index.classes))
         place(model, device).eval()
         preprocess = Preprocess.from_config(data_config(model, size))
-        if fold:
+        if optimize:
             model = place(optimize_for_inference(model, (3, preprocess.size, preprocess.size))[0], device)
         images, _ = decode_all([s.path for s in index.samples], preprocess)
         ds = DecodedDataset(images, [s.label for s in index.samples], preprocess)
@@ -73,16 +73,16 @@ def main() -> None:
         forward_seconds(specs, data, args.size, device)  # warm-up: allocator, oneDNN kernels, weight files
         # Alternate the two measurements and keep the faster of each: a shared machine's other jobs
         # slow one pass or the other, never both the same way.
-        runs, forwards, folded = [], [], []
+        runs, forwards, optimized = [], [], []
         for i in range(args.repeats):
             t = time.perf_counter()
             runs.append((compare(data, backbones=specs, strategies="linear", top_k=0, image_size=args.size,
                                  out=str(Path(tmp) / f"cmp{i}")), time.perf_counter() - t, Path(tmp) / f"cmp{i}"))
             forwards.append(forward_seconds(specs, data, args.size, device))
-            folded.append(forward_seconds(specs, data, args.size, device, fold=True))
+            optimized.append(forward_seconds(specs, data, args.size, device, optimize=True))
         result, compare_wall, out = min(runs, key=lambda r: r[0].seconds["stage1"])
         forward = {s: min(f[s] for f in forwards) for s in specs}
-        forward_folded = {s: min(f[s] for f in folded) for s in specs}
+        forward_optimized = {s: min(f[s] for f in optimized) for s in specs}
         breakdown: dict[str, float] = {}
         for f in (out / "cells").glob("*-linear-s0/cell.json"):
             for phase, sec in json.loads(f.read_text()).get("stage1_seconds", {}).items():
@@ -96,10 +96,10 @@ def main() -> None:
         "forward_seconds_total": round(total_forward, 3),
         "stage1_seconds": result.seconds["stage1"],
         "stage1_ratio": round(result.seconds["stage1"] / total_forward, 3),
-        # Against the very forward passes stage 1 runs (BN folded): its overhead alone.
-        "forward_seconds_folded": {k: round(v, 3) for k, v in forward_folded.items()},
-        "forward_seconds_folded_total": round(sum(forward_folded.values()), 3),
-        "stage1_overhead_ratio": round(result.seconds["stage1"] / sum(forward_folded.values()), 3),
+        # Against the very forward passes stage 1 runs (fusion.optimize_for_inference): its overhead alone.
+        "forward_seconds_optimized": {k: round(v, 3) for k, v in forward_optimized.items()},
+        "forward_seconds_optimized_total": round(sum(forward_optimized.values()), 3),
+        "stage1_overhead_ratio": round(result.seconds["stage1"] / sum(forward_optimized.values()), 3),
         "profile_seconds": result.seconds["profile"],
         "stage1_with_profile_ratio": round((result.seconds["stage1"] + result.seconds["profile"]) / total_forward, 3),
         "decode_seconds": result.seconds.get("decode"),
