@@ -43,6 +43,16 @@ def _replacement(bn: nn.BatchNorm2d) -> nn.Module | None:
     return None  # an unknown subclass may do more than normalise: leave it alone
 
 
+def _traced_pass(model: nn.Module, sample: torch.Tensor, hooks: list) -> None:
+    """One forward pass of ``sample`` with ``hooks`` registered; they are removed whatever happens."""
+    try:
+        with torch.inference_mode():
+            model(sample)
+    finally:
+        for h in hooks:
+            h.remove()
+
+
 def _conv_bn_pairs(model: nn.Module, sample: torch.Tensor) -> list[tuple[str, str]]:
     """(conv name, bn name) where the BN's input is exactly the conv's output tensor."""
     names = {m: n for n, m in model.named_modules()}
@@ -65,12 +75,7 @@ def _conv_bn_pairs(model: nn.Module, sample: torch.Tensor) -> list[tuple[str, st
             hooks.append(m.register_forward_hook(on_conv))
         elif isinstance(m, nn.BatchNorm2d):
             hooks.append(m.register_forward_pre_hook(on_bn))
-    try:
-        with torch.inference_mode():
-            model(sample)
-    finally:
-        for h in hooks:
-            h.remove()
+    _traced_pass(model, sample, hooks)
     counts: dict[str, int] = {}
     for conv, _ in pairs:  # a conv module called twice (shared weights) feeding two BNs cannot be folded
         counts[conv] = counts.get(conv, 0) + 1
@@ -100,13 +105,7 @@ def _conv_input_sizes(model: nn.Module, sample: torch.Tensor, kind: type) -> dic
     def record(module, inputs):
         sizes[names[module]] = tuple(inputs[0].shape[-2:])
 
-    hooks = [m.register_forward_pre_hook(record) for m in model.modules() if isinstance(m, kind)]
-    try:
-        with torch.inference_mode():
-            model(sample)
-    finally:
-        for h in hooks:
-            h.remove()
+    _traced_pass(model, sample, [m.register_forward_pre_hook(record) for m in model.modules() if isinstance(m, kind)])
     return sizes
 
 
