@@ -107,3 +107,5 @@ def test_static_same_padding_matches_tf_same_at_even_and_odd_sizes(size):
     x = torch.randn(2, 3, size, size)
     with torch.inference_mode():
         assert torch.allclose(model(x), fast(x), atol=1e-4)
+        with pytest.raises(ValueError, match="optimised for"):  # another size would be silently wrong
+            fast(torch.randn(1, 3, size + 1, size + 1))

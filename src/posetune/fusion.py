@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import math
+from functools import partial
 
 import torch
 import torch.nn.functional as nnf
@@ -169,4 +170,12 @@ def optimize_for_inference(model: nn.Module, input_size: tuple[int, int, int], a
         ok = torch.allclose(model(sample), optimized(sample), atol=atol, rtol=1e-3)
     if not ok:
         return model, unchanged
+    if made_static:  # static padding is right for this input size only: refuse others instead of erring silently
+        optimized.register_forward_pre_hook(partial(_require_size, tuple(input_size[-2:])))
     return optimized, {"batchnorms_folded": len(pairs), "same_pads_made_static": made_static}
+
+
+def _require_size(size: tuple[int, int], _module, inputs) -> None:
+    if tuple(inputs[0].shape[-2:]) != size:
+        raise ValueError(f"this model was optimised for {size[0]}x{size[1]} inputs (static padding), not "
+                         f"{inputs[0].shape[-2]}x{inputs[0].shape[-1]}; load the run with optimize=False for other sizes")
