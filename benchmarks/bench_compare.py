@@ -42,7 +42,7 @@ def forward_seconds(specs: list[str], data: Path, size: int, device, optimize: b
         place(model, device).eval()
         preprocess = Preprocess.from_config(data_config(model, size))
         if optimize:
-            model = place(optimize_for_inference(model, (3, preprocess.size, preprocess.size))[0], device)
+            model, _ = optimize_for_inference(model, (3, preprocess.size, preprocess.size))
         images, _ = decode_all([s.path for s in index.samples], preprocess)
         ds = DecodedDataset(images, [s.label for s in index.samples], preprocess)
         t = time.perf_counter()

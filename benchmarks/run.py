@@ -208,10 +208,9 @@ def worker_bare_infer(spec: dict) -> dict:
                 model(x)
         rates[layout] = round(b * steps / (time.perf_counter() - t0), 2)
     # What posetune's torch engine runs (fusion.optimize_for_inference, channels_last): not the bare figure.
-    from posetune.engine import place
     from posetune.fusion import optimize_for_inference
 
-    folded = place(optimize_for_inference(model, (3, s, s))[0], torch.device("cpu"))
+    folded, _ = optimize_for_inference(model, (3, s, s))
     with torch.inference_mode():
         folded(x)
         t0 = time.perf_counter()

@@ -46,12 +46,12 @@ def test_fold_batchnorm_keeps_outputs_and_removes_every_norm():
     import timm
     import torch
 
-    from posetune.fusion import fold_batchnorm
+    from posetune.fusion import optimize_for_inference
 
     model = _perturb_bn(timm.create_model("test_efficientnet", num_classes=3))
     norms = sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
-    folded, n = fold_batchnorm(model, (3, 64, 64))
-    assert n == norms > 0
+    folded, changes = optimize_for_inference(model, (3, 64, 64), static_padding=False)
+    assert changes["batchnorms_folded"] == norms > 0
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
     x = torch.randn(4, 3, 64, 64)
     with torch.inference_mode():
@@ -62,7 +62,7 @@ def test_fold_batchnorm_keeps_outputs_and_removes_every_norm():
 def test_fold_batchnorm_refuses_a_conv_whose_output_is_also_used_elsewhere():
     import torch
 
-    from posetune.fusion import fold_batchnorm
+    from posetune.fusion import optimize_for_inference
 
     class Skip(torch.nn.Module):  # bn(conv(x)) + conv(x): folding the BN would change the second use
         def __init__(self):
@@ -74,8 +74,8 @@ def test_fold_batchnorm_refuses_a_conv_whose_output_is_also_used_elsewhere():
             return self.bn(y) + y
 
     model = _perturb_bn(Skip())
-    folded, n = fold_batchnorm(model, (3, 16, 16))
-    assert n == 0 and folded is model
+    folded, changes = optimize_for_inference(model, (3, 16, 16))
+    assert changes["batchnorms_folded"] == 0 and folded is model
 
 
 def test_classifier_folds_for_prediction_but_export_uses_the_trained_graph(tiny_run):

@@ -331,7 +331,7 @@ def probe_backbone(spec_str: str, spec, cell: Cell, preprocess, decoder, decoded
     place(model, device).eval()
     # Features and latency come from an inference-optimised copy (BN folded, static padding): the same
     # outputs, and the speed `posetune predict` gets.
-    net = place(optimize_for_inference(model, (3, preprocess.size, preprocess.size))[0], device)
+    net, _ = optimize_for_inference(model, (3, preprocess.size, preprocess.size))
     resize = _resizer(decoder, preprocess)
     feats: dict[str, tuple] = {}
     counts = {s: len(index.split(s)) for s in ("train", "val", "test")}

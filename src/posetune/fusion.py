@@ -88,16 +88,6 @@ def _set(model: nn.Module, name: str, module: nn.Module) -> None:
     setattr(model.get_submodule(parent) if parent else model, leaf, module)
 
 
-def fold_batchnorm(model: nn.Module, input_size: tuple[int, int, int], atol: float = 1e-4) -> tuple[nn.Module, int]:
-    """An eval-mode copy of ``model`` with conv->BN pairs folded, and how many were folded.
-
-    Returns ``model`` itself (and 0) when nothing folds or the folded copy's outputs differ by more than
-    ``atol`` on a random input.
-    """
-    folded, changes = optimize_for_inference(model, input_size, atol, static_padding=False)
-    return folded, changes["batchnorms_folded"]
-
-
 def _conv_input_sizes(model: nn.Module, sample: torch.Tensor, kind: type) -> dict[str, tuple[int, int]]:
     """Spatial input size of every ``kind`` module, from one traced pass."""
     names = {m: n for n, m in model.named_modules()}
@@ -127,13 +117,15 @@ def _static_same_conv(conv: nn.Conv2d, size: tuple[int, int]) -> nn.Conv2d | Non
         static.weight.copy_(weight)
         if conv.bias is not None:
             static.bias.copy_(conv.bias)
-    return static
+    channels_last = conv.weight.is_contiguous(memory_format=torch.channels_last)
+    return static.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
 
 
 def optimize_for_inference(model: nn.Module, input_size: tuple[int, int, int], atol: float = 1e-4,
                            static_padding: bool = True) -> tuple[nn.Module, dict[str, int]]:
     """An eval-mode copy of ``model`` for inputs of exactly ``input_size`` (C, H, W): conv->BN pairs folded
     and, with ``static_padding``, timm's dynamic 'SAME' convs made static. Returns (model, what changed).
+    The copy keeps the model's device and memory layout.
 
     Returns ``model`` itself (nothing changed) when there is nothing to do or the copy's outputs differ by
     more than ``atol`` on a random input.

@@ -129,7 +129,7 @@ class Classifier:
 
         from posetune.backbones import build_model
         from posetune.data.pipeline import Preprocess
-        from posetune.engine import place, resolve_device
+        from posetune.engine import Normalizer, place, resolve_device
 
         self.run = run.require()
         self.meta = run.meta()
@@ -152,14 +152,14 @@ class Classifier:
 
             size = self.preprocess.size
             self.model, self.inference_changes = optimize_for_inference(self.model, (3, size, size))
-            place(self.model, self.device)
+        self._normalize = Normalizer(self.preprocess, self.device)
         self._torch = torch
 
     def logits(self, batch_uint8) -> torch.Tensor:  # noqa: F821
-        from posetune.engine import Normalizer, autocast
+        from posetune.engine import autocast
 
         with self._torch.inference_mode(), autocast(self.device):
-            return self.model(Normalizer(self.preprocess, self.device)(batch_uint8)).float().cpu()
+            return self.model(self._normalize(batch_uint8)).float().cpu()
 
     def predict(self, images: Iterable, top_k: int = 3, batch_size: int = 32,
                 on_step: Callable[[int], None] | None = None, tta: bool = False) -> list[Prediction]:

@@ -301,7 +301,7 @@ def _train_ranked(opts: TrainOptions, reporter: Reporter, resume: bool, dist) ->
 
     from posetune import strategies
     from posetune.data.pipeline import make_loader
-    from posetune.engine import fit, load_checkpoint, place, predict_logits
+    from posetune.engine import fit, load_checkpoint, predict_logits
     from posetune.evaluation import compute_metrics
     from posetune.features import extract_features, fit_head_on_features
     from posetune.fusion import optimize_for_inference
@@ -321,7 +321,7 @@ def _train_ranked(opts: TrainOptions, reporter: Reporter, resume: bool, dist) ->
         augment, train_ds.augment = train_ds.augment, None
         advance = reporter.start("extract features", len(train_ds) + len(val_ds))
         # Extraction is inference on a frozen base: an optimised copy gives the same features, faster.
-        net = place(optimize_for_inference(model, (3, preprocess.size, preprocess.size))[0], device)
+        net, _ = optimize_for_inference(model, (3, preprocess.size, preprocess.size))
         # Under torchrun each rank extracts its shard; the gathered features are the same on every rank.
         f_train, y_train = (dist.unshard(t) for t in extract_features(
             net, loader(Subset(train_ds, dist.shard(len(train_ds)))), device, preprocess, advance))

@@ -147,11 +147,8 @@ def create_app(run: str | Path, engine: str = "torch", max_bytes: int = DEFAULT_
 
     if max_bytes <= 0 or max_pixels <= 0 or max_queue <= 0 or top_k <= 0:
         raise UsageError("max_bytes, max_pixels, max_queue and top_k must be positive")
-    if classifier is None:
-        from posetune.run import choose_engine
-
-        engine, _ = choose_engine(run, engine, device)
     clf = classifier or load(run, device=device, engine=engine)
+    engine = clf.engine  # what 'auto' resolved to
     info = {**run_info(clf, run), "engine": engine, "top_k": min(top_k, len(clf.classes)), "max_bytes": max_bytes,
             "max_pixels": max_pixels, "max_queue": max_queue, "posetune_version": __version__}
     page = resources.files("posetune.serve").joinpath("static/index.html").read_text(encoding="utf-8")
