@@ -210,12 +210,12 @@ def worker_bare_infer(spec: dict) -> dict:
     # What posetune's torch engine runs (fusion.optimize_for_inference, channels_last): not the bare figure.
     from posetune.fusion import optimize_for_inference
 
-    folded, _ = optimize_for_inference(model, (3, s, s))
+    optimized, _ = optimize_for_inference(model, (3, s, s))
     with torch.inference_mode():
-        folded(x)
+        optimized(x)
         t0 = time.perf_counter()
         for _ in range(steps):
-            folded(x)
+            optimized(x)
     return {"images_per_s": max(rates.values()), "images_per_s_by_layout": rates,
             "images_per_s_optimized": round(b * steps / (time.perf_counter() - t0), 2)}
 
