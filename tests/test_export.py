@@ -58,7 +58,7 @@ def test_torchscript_export_and_dynamic_batch_onnx(tiny_run: Path, tmp_path: Pat
 
     result = posetune.export(tiny_run, format="onnx", dynamic_batch=True, out=tmp_path / "dyn.onnx", n_random=3)
     assert result["input_shape"][0] == "batch" and result["ok"]
-    from posetune.onnx_engine import OnnxClassifier
+    from posetune.predict.onnx_engine import OnnxClassifier
 
     clf = OnnxClassifier(tmp_path / "dyn.onnx")
     assert clf.fixed_batch is None
@@ -88,8 +88,8 @@ def test_numpy_preprocessing_matches_torch_preprocess(shape, crop_pct) -> None:
 
     from posetune.data.images import resize_short_side
     from posetune.data.pipeline import Preprocess
-    from posetune.engine import Normalizer
-    from posetune.onnx_engine import ImageTransform
+    from posetune.devices import Normalizer
+    from posetune.predict.onnx_engine import ImageTransform
 
     cfg = {"input_size": [3, 64, 64], "mean": [0.5, 0.4, 0.3], "std": [0.2, 0.25, 0.3],
            "interpolation": "bilinear", "crop_pct": crop_pct}
@@ -148,7 +148,7 @@ def test_cli_predict_engine_onnx(onnx_run: Path, shapes_kaggle: Path, monkeypatc
 
 def test_auto_engine_uses_a_matching_onnx_export_only(tiny_run: Path, onnx_run: Path, shapes_kaggle: Path,
                                                       tmp_path: Path, monkeypatch, capsys) -> None:
-    from posetune.run import choose_engine
+    from posetune.predict import choose_engine
 
     assert choose_engine(onnx_run, "auto", "cpu")[0] == "onnx"
     assert choose_engine(onnx_run, "auto", "cpu", tta=True)[0] == "torch"

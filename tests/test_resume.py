@@ -13,7 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from posetune.run import atomic_write_bytes
+from posetune.io import atomic_write_bytes
 
 # gradual + EMA: the resumed run must also restore which stages are frozen and the EMA weights.
 ARGS = ["--backbone", "test_efficientnet", "--no-pretrained", "--image-size", "64", "--batch-size", "8",

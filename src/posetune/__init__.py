@@ -13,7 +13,7 @@ Heavy imports (torch, timm) happen inside the functions, so ``import posetune`` 
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from posetune.version import __version__
 
 # Implementation modules are named apart from these functions (training.py, evaluation.py, ...):
 # importing a submodule binds its name on the package and would shadow a function of that name.
@@ -49,7 +49,7 @@ def load(run, device: str = "auto", engine: str = "torch"):
     ``engine="onnx"`` predicts with RUN/model.onnx (`posetune export`) through ONNX Runtime, without torch;
     ``"auto"`` (the CLI's default) picks it when it matches the run's weights, else torch.
     """
-    from posetune.run import load as _load
+    from posetune.predict import load as _load
 
     return _load(run, device=device, engine=engine)
 

@@ -153,8 +153,8 @@ def predict(
     json_out: bool = typer.Option(False, "--json", help="Print predictions as JSON on stdout."),
 ):
     """Predict the class of images (files or folders), in batches; unreadable files are reported, not fatal."""
-    from posetune.predict import collect_paths
-    from posetune.run import choose_engine, load, write_csv
+    from posetune.io import write_csv
+    from posetune.predict import choose_engine, collect_paths, load
     from posetune.runtime import tune_allocator
 
     if tta and engine == "onnx":
@@ -398,7 +398,7 @@ def serve(
     GET /info, GET /health, docs at /docs."""
     import uvicorn
 
-    from posetune.run import choose_engine
+    from posetune.predict import choose_engine
     from posetune.runtime import tune_allocator
     from posetune.serve.app import create_app, parse_size
 

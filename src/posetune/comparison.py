@@ -22,19 +22,18 @@ import json
 import re
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Sequence
 
 from posetune.console import Reporter
 from posetune.errors import UsageError
+from posetune.options import CompareOptions
 
 if TYPE_CHECKING:  # torch-heavy; imported inside the functions that run
     from posetune.features import Knn, Probe
 
-DEFAULT_BACKBONES = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
-DEFAULT_STRATEGIES = ("linear", "partial", "full")
 EXTRACT_BATCH = 32  # stage-1 batch: its throughput is the leaderboard's images/s at batch 32
 TRAIN_COST_PER_FORWARD = 3.0  # forward + backward ~ 3 forwards per image (refined by finished cells)
 BOOTSTRAP_SAMPLES = 2000
@@ -44,48 +43,6 @@ LEADERBOARD_COLUMNS = (
     "test_accuracy", "test_accuracy_err", "test_macro_f1", "test_macro_f1_err", "err_kind", "knn_val_accuracy",
     "knn_test_accuracy", "train_seconds", "latency_ms", "images_per_s", "seeds", "pareto", "status", "run", "error",
 )
-
-
-@dataclass
-class CompareOptions:
-    """Every option of `posetune compare` (same names as the flags)."""
-
-    data: str = ""
-    backbones: list[str] = field(default_factory=lambda: list(DEFAULT_BACKBONES))
-    strategies: list[str] = field(default_factory=lambda: list(DEFAULT_STRATEGIES))
-    seeds: int = 1
-    epochs: int | None = None
-    top_k: int = 2
-    budget_minutes: float | None = None
-    out: str | None = None
-    image_size: int | None = None
-    batch_size: int = 32
-    device: str = "auto"
-    val_fraction: float = 0.15
-    label_level: int = 6
-
-    def validate(self) -> list:
-        """Check every option and backbone spec before any work; returns the parsed specs."""
-        from posetune.backbones import parse_spec
-        from posetune.strategies import get_strategy
-
-        if not self.data:
-            raise UsageError("no DATA given: pass a folder of class folders, split folders or a CSV manifest")
-        self.backbones = list(dict.fromkeys(_split_list(self.backbones)))
-        self.strategies = list(dict.fromkeys(_split_list(self.strategies)))
-        if not self.backbones:
-            raise UsageError("--backbones is empty; give e.g. efficientnet_lite0,efficientnet_lite2,resnet18@random")
-        if not self.strategies:
-            raise UsageError("--strategies is empty; give some of linear,partial,full")
-        for name in self.strategies:
-            get_strategy(name)
-        for key, low in (("seeds", 1), ("top_k", 0), ("epochs", 1), ("batch_size", 1), ("image_size", 32)):
-            value = getattr(self, key)
-            if value is not None and value < low:
-                raise UsageError(f"--{key.replace('_', '-')} must be at least {low}, not {value}")
-        if self.budget_minutes is not None and self.budget_minutes <= 0:
-            raise UsageError(f"--budget-minutes must be positive, not {self.budget_minutes}")
-        return [parse_spec(b) for b in self.backbones]  # unknown names fail here, with close names
 
 
 @dataclass
@@ -129,15 +86,9 @@ class Cell:
         return saved if saved.get("status") == "ok" and saved.get("key") == key else None
 
     def save(self, result: dict) -> None:
-        from posetune.run import atomic_write_text
+        from posetune.io import write_json
 
-        self.path.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(self.path / CELL_FILE, json.dumps(result, indent=2, default=str) + "\n")
-
-
-def _split_list(value: str | Sequence[str]) -> list[str]:
-    items = value.split(",") if isinstance(value, str) else [x for v in value for x in str(v).split(",")]
-    return [x.strip() for x in items if x.strip()]
+        write_json(self.path / CELL_FILE, result)
 
 
 def cell_slug(spec: str) -> str:
@@ -169,7 +120,7 @@ def compare(data: str | Path | None = None, reporter: Reporter | None = None, ve
 
 def _compare(opts: CompareOptions, reporter: Reporter) -> CompareResult:
     from posetune.data.layouts import discover
-    from posetune.engine import resolve_device
+    from posetune.devices import resolve_device
     from posetune.runtime import tune_allocator
 
     t_start = time.perf_counter()
@@ -219,9 +170,9 @@ def _probe_score(p: dict) -> tuple:
 
 
 def _write_json(path: Path, obj) -> None:
-    from posetune.run import atomic_write_text
+    from posetune.io import write_json
 
-    atomic_write_text(path, json.dumps(obj, indent=2, default=str) + "\n")
+    write_json(path, obj)
 
 
 # ---------------------------------------------------------------- stage 1: features, probes, costs
@@ -298,9 +249,9 @@ def _warm_imports() -> None:
             import sklearn.metrics  # noqa: F401
             import sklearn.neighbors  # noqa: F401
 
-            from posetune.report import _pyplot
+            from posetune.report import pyplot
 
-            _pyplot()
+            pyplot()
         except Exception:  # noqa: BLE001, S110 - only a head start: the real imports report any problem
             pass
 
@@ -322,9 +273,9 @@ def probe_backbone(spec_str: str, spec, cell: Cell, preprocess, decoder, decoded
 
     from posetune.backbones import create_backbone
     from posetune.data.pipeline import DecodedDataset, make_loader
-    from posetune.engine import place
+    from posetune.devices import place
     from posetune.features import extract_features, fit_knn, fit_probe
-    from posetune.fusion import optimize_for_inference
+    from posetune.inference import optimize_for_inference
 
     t_build = time.perf_counter()
     model, info = create_backbone(spec, num_classes=len(index.classes))
@@ -441,45 +392,33 @@ def _softmax_logits(decision):
 def _save_probe_run(cell: Cell, model, spec, info: dict, preprocess, index, opts: CompareOptions, device, probe: Probe,
                     metrics: dict, train_seconds: float, val_loss: float | None, counts: dict) -> None:
     """A normal run folder for the linear cell, so predict / evaluate / export / serve work on it."""
-    import yaml
-
     from posetune import backbones, strategies
-    from posetune.report import plot_confusion, write_run_report
-    from posetune.run import RunDir, atomic_write_text, write_csv
-    from posetune.training import TrainOptions
+    from posetune.options import TrainOptions
+    from posetune.run import RunDir, RunMeta
 
     if cell.path.exists():
         shutil.rmtree(cell.path)  # a half-written folder from an interrupted run
-    run = RunDir(cell.path)
-    run.path.mkdir(parents=True)
+    run = RunDir(cell.path).create()
     stages = backbones.model_stages(model)
     plan = strategies.make_plan("linear", stages)
     history = [{"epoch": 1, "val_loss": val_loss, "val_accuracy": metrics["val"]["accuracy"],
                 "seconds": round(train_seconds, 3), "best": True, "C": probe.C}]
-    meta = {
-        "backbone": spec.name, "arch": spec.arch, "weight_source": spec.weight_source, "classes": index.classes,
-        "preprocessing": preprocess.to_config(), "strategy": "linear", "frozen_stages": plan.frozen,
-        "stage_lrs": {}, "best_epoch": 1, "epochs_run": 1, "train_seconds": round(train_seconds, 2),
-        "train_images_per_s": round(counts["train"] / max(train_seconds, 1e-9), 2), "data": str(opts.data),
-        "layout": index.layout, "device": str(device),
-        "head": {"fit": "L-BFGS logistic regression on cached features (posetune compare stage 1)", "C": probe.C,
-                 "grid": probe.grid},
-        "metrics": {s: {k: m.get(k) for k in ("accuracy", "balanced_accuracy", "macro_f1", "n")}
-                    for s, m in metrics.items()},
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
-    }
+    meta = RunMeta(
+        backbone=spec.name, arch=spec.arch, weight_source=spec.weight_source, classes=index.classes,
+        preprocessing=preprocess.to_config(), strategy="linear", frozen_stages=plan.frozen, stage_lrs={},
+        best_epoch=1, epochs_run=1, train_seconds=round(train_seconds, 2),
+        train_images_per_s=round(counts["train"] / max(train_seconds, 1e-9), 2), data=str(opts.data),
+        layout=index.layout, device=str(device), metrics=RunMeta.summarize(metrics),
+        head={"fit": "L-BFGS logistic regression on cached features (posetune compare stage 1)", "C": probe.C,
+              "grid": probe.grid})
     model.to("cpu")
     run.save_model(model, meta)
     config = TrainOptions(data=str(opts.data), backbone=cell.backbone, strategy="linear", epochs=1,
                           batch_size=opts.batch_size, image_size=opts.image_size, val_fraction=opts.val_fraction,
                           device=opts.device, label_level=opts.label_level)
-    atomic_write_text(run / "config.yaml", yaml.safe_dump(dataclasses.asdict(config), sort_keys=False))
-    write_csv(run / "metrics.csv", [{k: r.get(k) for k in ("epoch", "C", "val_loss", "val_accuracy", "seconds")}
-                                    for r in history])
-    write_csv(run / "skipped.csv", [{"path": p, "reason": r} for p, r in index.skipped], header=["path", "reason"])
-    run.write_json("metrics.json", metrics)
-    plots = [plot_confusion(metrics["test"], run / "confusion_test.png")] if metrics.get("test") else []
-    write_run_report(run.path, meta, plan.table(stages), history, metrics.get("test"), index.skipped, plots)
+    run.write_config(dataclasses.asdict(config))
+    run.write_results(meta, history, metrics, index.skipped, plan.table(stages),
+                      history_columns=("epoch", "C", "val_loss", "val_accuracy", "seconds"))
     model.to(device)
 
 
@@ -490,7 +429,7 @@ def measure_costs(model, arch: str, num_classes: int, size: int, device) -> dict
     from torch.utils.flop_counter import FlopCounterMode
 
     from posetune.backbones import build_model
-    from posetune.engine import autocast
+    from posetune.devices import autocast
 
     with torch.device("meta"):
         meta_model = build_model(arch, num_classes).eval()
@@ -771,8 +710,8 @@ def display_rows(rows: list[dict]) -> list[dict]:
 
 def write_outputs(out: Path, rows: list[dict], skipped: list[dict]) -> list[Path]:
     """leaderboard.csv (numbers), leaderboard.md (the table people read) and the two plots."""
+    from posetune.io import atomic_write_text, write_csv
     from posetune.report import plot_accuracy_vs_latency, plot_strategy_bars
-    from posetune.run import atomic_write_text, write_csv
 
     write_csv(out / "leaderboard.csv", rows, header=list(LEADERBOARD_COLUMNS))
     plots = []

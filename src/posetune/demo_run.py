@@ -16,8 +16,7 @@ DEMO_TRAIN = {"backbone": "efficientnet_lite0", "strategy": "partial", "image_si
 def run_demo(out: str | Path = "demo", reporter: Reporter | None = None) -> dict:
     from posetune.data.synth import render_dataset
     from posetune.evaluation import evaluate
-    from posetune.predict import collect_paths
-    from posetune.run import load
+    from posetune.predict import collect_paths, load
     from posetune.training import train
 
     reporter = reporter or Reporter()

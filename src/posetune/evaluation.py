@@ -56,8 +56,7 @@ def evaluate(run: str | Path, data: str | Path, split: str = "test", batch_size:
     """
     from posetune.data.layouts import discover
     from posetune.errors import UsageError
-    from posetune.predict import predict_batches
-    from posetune.run import load
+    from posetune.predict import load
 
     clf = load(run, device=device)
     index = discover(data, val_fraction=0.0, label_level=label_level)
@@ -69,7 +68,7 @@ def evaluate(run: str | Path, data: str | Path, split: str = "test", batch_size:
         raise UsageError(f"classes in {data} that the model does not know: {', '.join(unknown)}")
     paths = [s.path for s in samples]
     on_step = progress.start("evaluate", len(paths)) if progress else None
-    preds = predict_batches(clf, paths, top_k=1, batch_size=batch_size, on_step=on_step)
+    preds = clf.predict(paths, top_k=1, batch_size=batch_size, on_step=on_step)
     ok = [(s, p) for s, p in zip(samples, preds) if p.error is None]
     y_true = [clf.classes.index(index.classes[s.label]) for s, _ in ok]
     y_pred = [clf.classes.index(p.label) for _, p in ok]
@@ -77,13 +76,13 @@ def evaluate(run: str | Path, data: str | Path, split: str = "test", batch_size:
     metrics["split"] = split
     if tta:
         on_step = progress.start("evaluate with TTA", len(paths)) if progress else None
-        tta_preds = [p for p in predict_batches(clf, paths, top_k=1, batch_size=max(1, batch_size // 10),
+        tta_preds = [p for p in clf.predict(paths, top_k=1, batch_size=max(1, batch_size // 10),
                                                 on_step=on_step, tta=True) if p.error is None]
         tta_metrics = compute_metrics(y_true, [clf.classes.index(p.label) for p in tta_preds], clf.classes)
         metrics["tta"] = {k: tta_metrics[k] for k in ("accuracy", "balanced_accuracy", "macro_f1", "n")}
     metrics["skipped"] = [{"path": p.path, "reason": p.error} for p in preds if p.error]
     if plot and metrics["n"]:
-        from posetune.report import plot_confusion
+        from posetune.run import RunDir
 
-        metrics["confusion_png"] = str(plot_confusion(metrics, Path(run) / f"confusion_{split}.png"))
+        metrics["confusion_png"] = str(RunDir(run).write_confusion(metrics, split))
     return metrics

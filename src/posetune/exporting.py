@@ -23,11 +23,14 @@ import tempfile
 import time
 import warnings
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
 from posetune.errors import CheckFailed, UsageError
+
+if TYPE_CHECKING:
+    from posetune.run import RunMeta
 
 FORMATS = {"onnx": "model.onnx", "torchscript": "model.torchscript.pt"}
 DEFAULT_OPSET = 18
@@ -46,9 +49,11 @@ def export(run: str | Path, format: str = "onnx", opset: int | None = None, dyna
     """
     import torch
 
-    from posetune import __version__
-    from posetune.onnx_engine import METADATA_KEY, file_sha256
-    from posetune.run import Classifier, RunDir, atomic_write_text
+    from posetune.io import atomic_write_text, file_sha256
+    from posetune.predict.onnx_engine import METADATA_KEY
+    from posetune.predict.torch_engine import Classifier
+    from posetune.run import RunDir
+    from posetune.version import __version__
 
     if format not in FORMATS:
         raise UsageError(f"--format must be one of {', '.join(FORMATS)}, not '{format}'")
@@ -64,7 +69,7 @@ def export(run: str | Path, format: str = "onnx", opset: int | None = None, dyna
     sample = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(0))
     meta = {
         "format_version": 1, "posetune_version": __version__, "format": format,
-        "backbone": clf.meta.get("backbone"), "arch": clf.meta["arch"], "strategy": clf.meta.get("strategy"),
+        "backbone": clf.meta.backbone, "arch": clf.meta.arch, "strategy": clf.meta.strategy,
         "classes": clf.classes, "preprocessing": clf.preprocess.to_config(),
         "input_name": INPUT_NAME, "output_name": OUTPUT_NAME,
         "input_shape": ["batch" if dynamic_batch else 1, 3, size, size],
@@ -76,7 +81,7 @@ def export(run: str | Path, format: str = "onnx", opset: int | None = None, dyna
         meta["opset"] = opset or DEFAULT_OPSET
         meta["exporter"] = _write_onnx(clf.model, sample, out, meta["opset"], dynamic_batch,
                                        {METADATA_KEY: json.dumps(meta)})
-        from posetune.onnx_engine import OnnxClassifier
+        from posetune.predict.onnx_engine import OnnxClassifier
 
         deployed = OnnxClassifier(out)
         run_exported = lambda x: deployed.session.run(None, {INPUT_NAME: x})[0]  # noqa: E731
@@ -164,7 +169,7 @@ def _write_onnx(model, sample, out: Path, opset: int, dynamic_batch: bool, props
         proto = onnx.load(str(tmp_file))
     onnx.helper.set_model_props(proto, props)
     onnx.checker.check_model(proto)
-    from posetune.run import atomic_write_bytes
+    from posetune.io import atomic_write_bytes
 
     atomic_write_bytes(out, proto.SerializeToString())
     return exporter
@@ -173,7 +178,7 @@ def _write_onnx(model, sample, out: Path, opset: int, dynamic_batch: bool, props
 def _write_torchscript(model, sample, out: Path, meta_json: str) -> None:
     import torch
 
-    from posetune.run import atomic_write_bytes
+    from posetune.io import atomic_write_bytes
 
     with torch.no_grad(), warnings.catch_warnings():
         # TracerWarnings name the shape-derived Python ints ('same' padding) that the fixed size makes constant.
@@ -207,7 +212,6 @@ def _image_parity(clf, deployed, run_exported, paths: list[str], dynamic_batch: 
     import torch
 
     from posetune.data.images import ImageError
-    from posetune.engine import Normalizer
 
     tensors, names = [], []
     for p in paths:
@@ -218,8 +222,9 @@ def _image_parity(clf, deployed, run_exported, paths: list[str], dynamic_batch: 
             continue
     if not tensors:
         return compare(np.zeros((0, len(clf.classes)), np.float32), np.zeros((0, len(clf.classes)), np.float32))
-    torch_inputs = Normalizer(clf.preprocess, torch.device("cpu"))(torch.stack(tensors)).numpy()
-    reference = clf.logits(torch.stack(tensors)).numpy()
+    batch = clf.normalize(torch.stack(tensors))
+    torch_inputs = batch.contiguous().numpy()
+    reference = clf.logits(batch).numpy()
     if deployed is not None:
         inputs = deployed.preprocess(names)
         result = compare(reference, deployed.logits(inputs), names)
@@ -229,23 +234,23 @@ def _image_parity(clf, deployed, run_exported, paths: list[str], dynamic_batch: 
 
 
 @contextlib.contextmanager
-def _parity_images(meta: dict, images: Sequence[str | Path] | None, n: int):
+def _parity_images(meta: RunMeta, images: Sequence[str | Path] | None, n: int):
     """Up to ``n`` image paths spread over the given ones, the run's data, or rendered synthetic poses."""
     from posetune.predict import collect_paths
 
     paths: list[str] = []
     if images:
         paths = collect_paths(list(images))
-    elif meta.get("data") and Path(meta["data"]).is_dir():
-        paths = collect_paths([meta["data"]])
+    elif meta.data and Path(meta.data).is_dir():
+        paths = collect_paths([meta.data])
     if paths:
         step = max(1, len(paths) // n)
         yield paths[::step][:n]
         return
     from posetune.data.synth import KAGGLE_POSES, POSES, render_pose
 
-    size = max(96, int(meta["preprocessing"]["input_size"][-1] * 1.5))  # larger than the crop: the resize runs
-    poses = [c for c in meta["classes"] if c in POSES] or list(KAGGLE_POSES)
+    size = max(96, int(meta.preprocessing["input_size"][-1] * 1.5))  # larger than the crop: the resize runs
+    poses = [c for c in meta.classes if c in POSES] or list(KAGGLE_POSES)
     with tempfile.TemporaryDirectory() as tmp:
         rng = np.random.default_rng(0)
         for i in range(n):

@@ -20,9 +20,11 @@ def lr_find(data: str | Path, start_lr: float = 1e-7, end_lr: float = 1.0, steps
     """Run the range test with the options of `posetune train`; returns lrs, losses, suggestion, plot path."""
     import torch.nn.functional as nnf
 
-    from posetune.engine import Normalizer, autocast, make_optimizer
+    from posetune.devices import Normalizer, autocast
+    from posetune.options import TrainOptions
     from posetune.strategies import apply_freeze, param_groups, set_train_mode
-    from posetune.training import TrainOptions, prepare
+    from posetune.training.loop import make_optimizer
+    from posetune.training.prepare import prepare
 
     if not 0 < start_lr < end_lr:
         raise UsageError(f"need 0 < --start-lr < --end-lr (got {start_lr}, {end_lr})")
@@ -99,9 +101,9 @@ def suggest_lr(lrs: list[float], smoothed: list[float]) -> float | None:
 
 
 def plot_lr_find(lrs: list[float], smoothed: list[float], suggestion: float | None, out: Path) -> Path:
-    from posetune.report import _pyplot, save_figure
+    from posetune.report import pyplot, save_figure
 
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 3.6))
     ax.plot(lrs, smoothed)
     ax.set_xscale("log")

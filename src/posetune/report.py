@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from posetune.run import atomic_write_text
+from posetune.io import atomic_write_text
 
 
-def _pyplot():
+def pyplot():
     import matplotlib
 
     matplotlib.use("Agg")  # files only; never needs a display
@@ -31,7 +31,7 @@ def plot_confusion(metrics: dict, out: str | Path) -> Path:
     """Confusion matrix with counts, rows = true class, normalised colours."""
     import numpy as np
 
-    plt = _pyplot()
+    plt = pyplot()
     cm = np.asarray(metrics["confusion_matrix"], dtype=float)
     classes = metrics["classes"]
     norm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
@@ -54,7 +54,7 @@ def plot_confusion(metrics: dict, out: str | Path) -> Path:
 
 def plot_history(history: list[dict], out: str | Path) -> Path:
     """Loss and accuracy per epoch, train and val, with the best epoch marked."""
-    plt = _pyplot()
+    plt = pyplot()
     epochs = [r["epoch"] for r in history]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.4))
     for key, style in (("train_loss", "-"), ("val_loss", "--")):
@@ -110,7 +110,7 @@ def write_run_report(run_path: str | Path, meta: dict, plan_rows: list[dict], hi
 def plot_accuracy_vs_latency(rows: list[dict], out: str | Path) -> Path:
     """Leaderboard rows: test accuracy against batch-1 latency, one marker per strategy, error bars
     where known, and the Pareto front (rows with ``pareto`` set) joined by a step line."""
-    plt = _pyplot()
+    plt = pyplot()
     pts = [r for r in rows if r.get("test_accuracy") is not None and r.get("latency_ms") is not None]
     strategies = sorted({r["strategy"] for r in pts})
     markers = dict(zip(strategies, "os^Dvp<>"))
@@ -149,7 +149,7 @@ def plot_strategy_bars(rows: list[dict], out: str | Path) -> Path:
     """Grouped bars: test accuracy per backbone (groups) and strategy (bars), with error bars."""
     import numpy as np
 
-    plt = _pyplot()
+    plt = pyplot()
     pts = [r for r in rows if r.get("test_accuracy") is not None]
     backbones = list(dict.fromkeys(r["backbone"] for r in pts))
     strategies = list(dict.fromkeys(r["strategy"] for r in pts))

@@ -1,9 +1,11 @@
-"""Fine-tuning strategies: which stages freeze, parameter groups with their LRs, BN policy.
+"""Fine-tuning strategies as registered objects: which stages freeze in which epoch, the LR of each
+stage, the BN policy, and the phases a run goes through.
 
-A strategy is one registry entry with the same small interface, so adding one is one entry:
+A strategy is one :class:`Strategy` object in :data:`STRATEGIES`; `train`, `lr-find` and `compare`
+ask the object and never test a strategy's name, so adding a strategy is one :func:`register` call:
 
 >>> plan = make_plan("partial", stages, freeze_stages=2)        # doctest: +SKIP
->>> groups = param_groups(model, stages, plan, lr=1e-3)         # doctest: +SKIP
+>>> groups = param_groups(model, stages, plan)                  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -16,47 +18,120 @@ from posetune.backbones import Stage, module_stage_map
 from posetune.errors import UsageError
 
 BN_TYPES = (torch.nn.modules.batchnorm._BatchNorm,)
+PROBE_LR = 3e-3  # a head on cached features: the linear strategy's head LR
+PROBE_EPOCHS = 30
+
+
+@dataclass(frozen=True)
+class HeadPhase:
+    """Fit the head alone on pooled features of the frozen base, computed once (no epoch re-runs the base).
+    ``lr``/``epochs`` None: the run's head LR and epochs; else fixed (LP-FT's probe), mixup and cutmix off."""
+
+    lr: float | None = None
+    epochs: int | None = None
+    title: str = "a linear head on cached features"
+
+
+@dataclass(frozen=True)
+class FineTunePhase:
+    """The epoch loop over augmented images: the stages the plan leaves trainable, at the plan's LRs."""
+
+    title: str = "fine-tune"
 
 
 @dataclass(frozen=True)
 class Strategy:
+    """One way to fine-tune. Subclasses override :meth:`frozen` (stages frozen at the start) and may set
+    ``phases`` and :meth:`unfreeze_schedule` (stage -> first epoch it trains)."""
+
     name: str
     summary: str
     lr: float  # head LR default
     epochs: int
-    cached_features: bool = False  # the base never changes: train the head on cached features
-    probe_first: bool = False  # LP-FT: fit the head on cached features before fine-tuning
-    gradual: bool = False  # unfreeze stages one by one from the top
+    phases: tuple = (FineTunePhase(),)
+    default_layer_decay: float | None = None
+
+    @property
+    def trains_base(self) -> bool:
+        """False when only the head ever trains: the run is a head on cached features (compare's probe cell)."""
+        return any(isinstance(p, FineTunePhase) for p in self.phases)
 
     def frozen(self, stages: list[Stage], freeze_stages: int | None) -> list[str]:
-        """Stages frozen at the start of training."""
-        body = [s.name for s in stages if s.name != "head"]
-        if self.name == "linear" or self.gradual:
-            return body
-        if self.name == "partial" or (self.probe_first and freeze_stages is not None):
-            k = default_freeze_stages(stages) if freeze_stages is None else freeze_stages
-            n_stages = len(body) - 1
-            if not 0 <= k <= n_stages:
-                raise UsageError(f"--freeze-stages {k} is out of range: this backbone has stages 0..{n_stages}")
-            return body[: 1 + k]  # the stem and the first k stages
         return []
 
+    def unfreeze_schedule(self, frozen: list[str], freeze_stages: int | None, freeze_epochs: int,
+                          unfreeze_every: int) -> dict[str, int]:
+        return {}
 
-STRATEGIES: dict[str, Strategy] = {
-    s.name: s for s in (
-        Strategy("linear", "freeze the whole base, train only the head (on cached features)", 3e-3, 30,
-                 cached_features=True),
-        Strategy("partial", "freeze the stem and the first K stages, train the rest and the head", 1e-3, 10),
-        Strategy("full", "train every layer (pretrained layers at a lower LR)", 1e-3, 10),
-        Strategy("lp-ft", "linear probe on cached features first, then fine-tune from that head at a lower LR "
-                 "(Kumar et al. 2022)", 3e-4, 10, probe_first=True),
-        Strategy("gradual", "head first with the base frozen, then unfreeze stages one by one from the top, "
-                 "each at a lower LR (ULMFiT / fastai fine_tune)", 1e-3, 10, gradual=True),
-    )
-}
 
-PROBE_LR = 3e-3  # LP-FT's probe phase: the linear strategy's head LR
-PROBE_EPOCHS = 30
+def body(stages: list[Stage]) -> list[str]:
+    return [s.name for s in stages if s.name != "head"]
+
+
+def lower_stages(stages: list[Stage], freeze_stages: int | None) -> list[str]:
+    """The stem and the first K stages (K = ``freeze_stages``, default about half)."""
+    names = body(stages)
+    k = default_freeze_stages(stages) if freeze_stages is None else freeze_stages
+    n_stages = len(names) - 1
+    if not 0 <= k <= n_stages:
+        raise UsageError(f"--freeze-stages {k} is out of range: this backbone has stages 0..{n_stages}")
+    return names[: 1 + k]
+
+
+@dataclass(frozen=True)
+class Linear(Strategy):
+    phases: tuple = (HeadPhase(),)
+
+    def frozen(self, stages, freeze_stages):
+        return body(stages)
+
+
+@dataclass(frozen=True)
+class Partial(Strategy):
+    def frozen(self, stages, freeze_stages):
+        return lower_stages(stages, freeze_stages)
+
+
+@dataclass(frozen=True)
+class LinearProbeThenFineTune(Strategy):
+    phases: tuple = (HeadPhase(lr=PROBE_LR, epochs=PROBE_EPOCHS), FineTunePhase())
+
+    def frozen(self, stages, freeze_stages):
+        return [] if freeze_stages is None else lower_stages(stages, freeze_stages)
+
+
+@dataclass(frozen=True)
+class Gradual(Strategy):
+    default_layer_decay: float | None = 0.7
+
+    def frozen(self, stages, freeze_stages):
+        return body(stages)
+
+    def unfreeze_schedule(self, frozen, freeze_stages, freeze_epochs, unfreeze_every):
+        floor = 1 + (freeze_stages if freeze_stages is not None else -1)  # stages below stay frozen
+        candidates = [s for s in reversed(frozen) if frozen.index(s) >= floor]
+        return {s: freeze_epochs + 1 + i * unfreeze_every for i, s in enumerate(candidates)}
+
+
+STRATEGIES: dict[str, Strategy] = {}
+
+
+def register(strategy: Strategy) -> Strategy:
+    """Add a strategy to every command that takes ``--strategy`` (train, lr-find, compare)."""
+    STRATEGIES[strategy.name] = strategy
+    return strategy
+
+
+for _s in (
+    Linear("linear", "freeze the whole base, train only the head (on cached features)", 3e-3, 30),
+    Partial("partial", "freeze the stem and the first K stages, train the rest and the head", 1e-3, 10),
+    Strategy("full", "train every layer (pretrained layers at a lower LR)", 1e-3, 10),
+    LinearProbeThenFineTune("lp-ft", "linear probe on cached features first, then fine-tune from that head at a "
+                            "lower LR (Kumar et al. 2022)", 3e-4, 10),
+    Gradual("gradual", "head first with the base frozen, then unfreeze stages one by one from the top, each at a "
+            "lower LR (ULMFiT / fastai fine_tune)", 1e-3, 10),
+):
+    register(_s)
 
 
 def get_strategy(name: str) -> Strategy:
@@ -98,8 +173,9 @@ class Plan:
 def make_plan(strategy: str, stages: list[Stage], lr: float | None = None, freeze_stages: int | None = None,
               base_lr_ratio: float = 0.1, layer_decay: float | None = None, bn: str = "frozen",
               freeze_epochs: int = 1, unfreeze_every: int = 1) -> Plan:
-    """Freeze list + per-stage LR. Pretrained stages get ``lr * base_lr_ratio`` (10x lower by default);
-    with ``layer_decay`` D the LR also shrinks by D per stage from the head down to the stem.
+    """Freeze list, unfreeze schedule and per-stage LR from the strategy object. Pretrained stages get
+    ``lr * base_lr_ratio`` (10x lower by default); with ``layer_decay`` D the LR also shrinks by D per stage
+    from the head down to the stem.
 
     ``gradual``: the head trains alone for ``freeze_epochs``, then one more stage from the top every
     ``unfreeze_every`` epochs (down to stage K+1 when ``freeze_stages`` K is given), each deeper stage
@@ -111,13 +187,9 @@ def make_plan(strategy: str, stages: list[Stage], lr: float | None = None, freez
     if layer_decay is not None and not 0 < layer_decay <= 1:
         raise UsageError(f"--layer-decay must be in (0, 1], not {layer_decay}")
     head_lr = lr if lr is not None else strat.lr
+    layer_decay = layer_decay or strat.default_layer_decay
     frozen = strat.frozen(stages, freeze_stages)
-    unfreeze: dict[str, int] = {}
-    if strat.gradual:
-        layer_decay = layer_decay or 0.7
-        floor = 1 + (freeze_stages if freeze_stages is not None else -1)  # stages below stay frozen
-        candidates = [s for s in reversed(frozen) if frozen.index(s) >= floor]
-        unfreeze = {s: freeze_epochs + 1 + i * unfreeze_every for i, s in enumerate(candidates)}
+    unfreeze = strat.unfreeze_schedule(frozen, freeze_stages, freeze_epochs, unfreeze_every)
     lrs = {}
     trainable = [s.name for s in stages if s.name not in frozen or s.name in unfreeze]
     for depth, name in enumerate(reversed(trainable)):

@@ -8,9 +8,9 @@ differ between splits. Problems make the exit code 1.
 
 from __future__ import annotations
 
-import hashlib
 from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -18,22 +18,15 @@ from PIL import Image
 
 from posetune.data.images import ImageError, extension_mismatch, load_image
 from posetune.data.layouts import DataIndex, discover
+from posetune.io import file_digest
 
 NEAR_DUPLICATE_BITS = 6  # max Hamming distance between 64-bit pHashes to call two images near-duplicates
-
-
-def file_digest(path: str) -> str:
-    h = hashlib.blake2b(digest_size=16)
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def exact_duplicates(index: DataIndex) -> list[dict]:
     """Groups of byte-identical files: [{"paths": [...], "splits": [...], "cross_split": bool}]."""
     with ThreadPoolExecutor(8) as pool:
-        digests = list(pool.map(file_digest, [s.path for s in index.samples]))
+        digests = list(pool.map(partial(file_digest, algorithm="blake2b"), [s.path for s in index.samples]))
     groups: dict[str, list] = defaultdict(list)
     for s, d in zip(index.samples, digests):
         groups[d].append(s)

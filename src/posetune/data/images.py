@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Callable, Iterable, Iterator, TypeVar
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -15,6 +19,10 @@ _MAGIC = {
 }
 _EXT_KIND = {".jpg": "jpeg", ".jpeg": "jpeg", ".png": "png", ".gif": "gif", ".bmp": "bmp",
              ".tif": "tiff", ".tiff": "tiff", ".webp": "webp"}
+
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 
 class ImageError(Exception):
@@ -108,3 +116,20 @@ def resize_short_side(img: Image.Image, short_side: int, interpolation: str = "b
     resample = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR, "nearest": Image.NEAREST,
                 "lanczos": Image.LANCZOS}.get(interpolation, Image.BICUBIC)
     return img.resize(size, resample, reducing_gap=3.0 if scale < 0.5 else None)
+
+
+def map_threaded(fn: Callable[[T], R], items: Iterable[T], workers: int | None = None, ahead: int = 64) -> Iterator[R]:
+    """``fn`` over ``items`` in threads, results in input order, at most ``ahead`` items in flight.
+
+    Pillow releases the GIL while decoding, so threads overlap JPEG work with each other and with the
+    model; the bound keeps memory flat on big folders (``pool.map`` would decode everything ahead).
+    One thread per core by default (at most 8): more only preempt the model's own threads.
+    """
+    with ThreadPoolExecutor(workers or min(8, os.cpu_count() or 1)) as pool:
+        pending: deque = deque()
+        for item in items:
+            pending.append(pool.submit(fn, item))
+            if len(pending) > ahead:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()

@@ -8,27 +8,24 @@ epoch augments from those uint8 pixels.
 from __future__ import annotations
 
 import os
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
-import numpy as np
 import torch
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
-from posetune.data.images import ImageError, load_image, resize_short_side
-from posetune.preprocessing import PreprocessConfig
+from posetune.data.images import ImageError, map_threaded
+from posetune.data.preprocessing import PreprocessConfig
 
 
 @dataclass(frozen=True)
 class Preprocess(PreprocessConfig):
     """The model's preprocessing (from its pretrained config; saved in model.json), on torch tensors."""
 
-    def decode(self, path: str) -> torch.Tensor:
-        """One file -> uint8 CHW tensor resized to ``short_side`` (raises ImageError)."""
-        img = resize_short_side(load_image(path, min_side=self.short_side), self.short_side, self.interpolation)
-        return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1).contiguous()
+    def decode(self, item) -> torch.Tensor:
+        """A path, PIL image or array -> uint8 CHW tensor resized to ``short_side`` (raises ImageError)."""
+        return torch.from_numpy(self.pixels(item).copy()).permute(2, 0, 1).contiguous()
 
     def eval_crop(self, img: torch.Tensor) -> torch.Tensor:
         return F.center_crop(img, [self.size, self.size])
@@ -94,7 +91,6 @@ def decode_all(paths: Sequence[str], preprocess: Preprocess, progress: Callable[
     """
     from posetune.data.cache import DiskCache, default_cache_dir, fits_in_memory
 
-    workers = workers or min(8, os.cpu_count() or 1)
     failed: dict[str, str] = {}
     if cache not in ("auto", "memory", "disk"):
         from posetune.errors import UsageError
@@ -109,7 +105,7 @@ def decode_all(paths: Sequence[str], preprocess: Preprocess, progress: Callable[
             if disk is not None:
                 pixels = disk.get(path)
                 if pixels is None:
-                    pixels = disk.put(path, preprocess.decode(path).permute(1, 2, 0).numpy())
+                    pixels = disk.put(path, preprocess.pixels(path))
                 return torch.from_numpy(pixels).permute(2, 0, 1)
             return preprocess.decode(path)
         except ImageError as exc:
@@ -117,11 +113,10 @@ def decode_all(paths: Sequence[str], preprocess: Preprocess, progress: Callable[
             return None
 
     images: list[torch.Tensor | None] = []
-    with ThreadPoolExecutor(workers) as pool:
-        for img in pool.map(one, paths):
-            images.append(img)
-            if progress:
-                progress(1)
+    for img in map_threaded(one, paths, workers):
+        images.append(img)
+        if progress:
+            progress(1)
     return images, failed
 
 

@@ -128,7 +128,7 @@ async def _limited(stream: AsyncIterator[bytes], limit: int) -> AsyncIterator[by
 
 def run_info(clf, run: str | Path) -> dict:
     """What /info shows: the run's model.json where there is one, else the export's metadata."""
-    meta = dict(getattr(clf, "meta", {}))
+    meta = clf.meta.to_json() if hasattr(clf.meta, "to_json") else dict(clf.meta)
     model_json = Path(run) / "model.json" if Path(run).is_dir() else Path(run).parent / "model.json"
     if model_json.is_file():
         meta = {**meta, **json.loads(model_json.read_text())}
@@ -142,8 +142,8 @@ def create_app(run: str | Path, engine: str = "torch", max_bytes: int = DEFAULT_
                max_pixels: int = DEFAULT_MAX_PIXELS, max_queue: int = 16, device: str = "auto",
                read_timeout: float = 30.0, classifier=None) -> FastAPI:
     """The FastAPI app serving RUN with ``engine`` ('auto', 'torch' or 'onnx'); the model loads here, not per request."""
-    from posetune import __version__
-    from posetune.run import load
+    from posetune.predict import load
+    from posetune.version import __version__
 
     if max_bytes <= 0 or max_pixels <= 0 or max_queue <= 0 or top_k <= 0:
         raise UsageError("max_bytes, max_pixels, max_queue and top_k must be positive")

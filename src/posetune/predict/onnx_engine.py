@@ -3,7 +3,7 @@
 Nothing here imports torch, timm or torchvision, at module level or later, so a deployment can
 install ``posetune[onnx]`` (onnxruntime, pillow, numpy) and predict with a file written by
 ``posetune export RUN --format onnx``. The preprocessing is the same as the torch engine's
-(``posetune.data.pipeline.Preprocess``): resize the short side to floor(size / crop_pct) with the
+(``posetune.data.pipeline.Preprocess``; both decode through ``PreprocessConfig.pixels``): resize the short side to floor(size / crop_pct) with the
 run's interpolation, center crop to size x size, scale to 0..1, subtract mean, divide by std.
 
 >>> clf = OnnxClassifier("runs/yoga")                 # doctest: +SKIP  (runs/yoga/model.onnx)
@@ -13,22 +13,18 @@ run's interpolation, center crop to size x size, scale to 0..1, subtract mean, d
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
 import numpy as np
-from PIL import Image
 
-from posetune.data.images import ImageError, load_image, resize_short_side, to_rgb
+from posetune.data.preprocessing import PreprocessConfig
+from posetune.devices import check_device_name
 from posetune.errors import UsageError
-from posetune.predict import batched_predictions
-from posetune.preprocessing import PreprocessConfig
-from posetune.run import Prediction
+from posetune.io import file_sha256
+from posetune.predict.prediction import Prediction, batched_predictions, decoded
 
 ONNX_FILE = "model.onnx"
 METADATA_KEY = "posetune"  # metadata_props key holding the JSON written by `posetune export`
@@ -37,16 +33,6 @@ METADATA_KEY = "posetune"  # metadata_props key holding the JSON written by `pos
 @dataclass(frozen=True)
 class ImageTransform(PreprocessConfig):
     """numpy twin of ``Preprocess``'s eval path, built from the same ``preprocessing`` dict of model.json."""
-
-    def pixels(self, item) -> np.ndarray:
-        """A path, PIL image or HxWx3 uint8 array -> HxWx3 uint8, short side resized (raises ImageError)."""
-        if isinstance(item, (str, Path)):
-            img = load_image(item, min_side=self.short_side)
-        elif isinstance(item, Image.Image):
-            img = to_rgb(item)
-        else:
-            img = to_rgb(Image.fromarray(np.asarray(item, dtype=np.uint8)))
-        return np.asarray(resize_short_side(img, self.short_side, self.interpolation), dtype=np.uint8)
 
     def crop(self, arr: np.ndarray) -> np.ndarray:
         """Center crop to size x size, zero-padding a smaller image, with torchvision's rounding."""
@@ -68,14 +54,6 @@ class ImageTransform(PreprocessConfig):
 
     def __call__(self, items: Sequence) -> np.ndarray:
         return self.normalize(np.stack([self.crop(self.pixels(it)) for it in items]))
-
-
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def resolve_onnx(run: str | Path) -> tuple[Path, Path | None]:
@@ -100,6 +78,7 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 def _providers(device: str) -> list[str]:
     import onnxruntime as ort
 
+    check_device_name(device)
     available = ort.get_available_providers()
     if device in ("auto", "cuda") and "CUDAExecutionProvider" in available:
         return ["CUDAExecutionProvider", "CPUExecutionProvider"]
@@ -133,6 +112,7 @@ class OnnxClassifier:
         self.meta: dict = json.loads(raw)
         self.classes: list[str] = list(self.meta["classes"])
         self.preprocess = ImageTransform.from_config(self.meta["preprocessing"])
+        self.normalize = self.preprocess.normalize  # uint8 NHWC -> normalised float32 NCHW
         self.input = self.session.get_inputs()[0]
         batch = self.input.shape[0]
         self.fixed_batch: int | None = batch if isinstance(batch, int) else None
@@ -165,24 +145,8 @@ class OnnxClassifier:
         items = list(images)
 
         def probabilities(arrays: list) -> np.ndarray:
-            return softmax(self.logits(self.preprocess.normalize(np.stack(arrays))))
+            return softmax(self.logits(self.normalize(np.stack(arrays))))
 
-        return batched_predictions(self._decoded(items), len(items), probabilities, self.classes, top_k,
-                                   batch_size, on_step)
-
-    def _decoded(self, items: list):
-        def one(item):
-            name = str(item) if isinstance(item, (str, Path)) else "<image>"
-            try:
-                return name, self.preprocess.crop(self.preprocess.pixels(item)), None
-            except ImageError as exc:
-                return name, None, str(exc)
-
-        if len(items) <= 1:  # a server request: no thread pool per call
-            yield from map(one, items)
-            return
-        # Pillow releases the GIL while decoding: threads overlap JPEG work with inference. Windows of
-        # 64 keep memory bounded on big folders (pool.map would decode everything ahead).
-        with ThreadPoolExecutor(min(4, os.cpu_count() or 1)) as pool:
-            for start in range(0, len(items), 64):
-                yield from pool.map(one, items[start:start + 64])
+        pre = self.preprocess
+        return batched_predictions(decoded(items, lambda item: pre.crop(pre.pixels(item))), len(items),
+                                   probabilities, self.classes, top_k, batch_size, on_step)

@@ -1,0 +1,97 @@
+"""What every engine returns, and the batching loop they share: items -> decoded pixels -> Predictions.
+
+Torch-free: the ONNX engine uses it in deployments without torch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Iterator, Sequence
+
+import numpy as np
+
+from posetune.data.images import ImageError, is_image_path, map_threaded
+from posetune.errors import UsageError
+
+
+@dataclass
+class Prediction:
+    path: str
+    label: str
+    probability: float
+    top_k: list[tuple[str, float]] = field(default_factory=list)
+    error: str | None = None
+
+    def as_dict(self) -> dict:
+        return {"path": self.path, "prediction": self.label, "probability": self.probability,
+                "top_k": [{"label": c, "probability": p} for c, p in self.top_k], "error": self.error}
+
+
+def collect_paths(paths: Sequence[str | Path]) -> list[str]:
+    """Files as given; folders expanded to the images inside them (recursively, sorted)."""
+    found: list[str] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            found.extend(str(f) for f in sorted(p.rglob("*")) if f.is_file() and is_image_path(f)
+                         and not any(part.startswith(".") for part in f.relative_to(p).parts))
+        elif p.exists():
+            found.append(str(p))
+        else:
+            raise UsageError(f"no such file or folder: {p}")
+    return found
+
+
+def item_name(item) -> str:
+    return str(item) if isinstance(item, (str, Path)) else "<image>"
+
+
+def decoded(items: list, decode: Callable[[object], object]) -> Iterator[tuple[str, object, str | None]]:
+    """(name, ``decode(item)``, None), or (name, None, reason) for an unreadable item, in input order.
+
+    One item (a server request) decodes in line; more decode in threads, a bounded window ahead."""
+    def one(item):
+        try:
+            return item_name(item), decode(item), None
+        except ImageError as exc:
+            return item_name(item), None, str(exc)
+
+    if len(items) <= 1:
+        return map(one, items)
+    return map_threaded(one, items)
+
+
+def batched_predictions(decoded: Iterable[tuple[str, object, str | None]], n: int,
+                        probabilities: Callable[[list], np.ndarray], classes: list[str], top_k: int = 3,
+                        batch_size: int = 32, on_step: Callable[[int], None] | None = None) -> list[Prediction]:
+    """The batching both engines share: (name, pixels, error) in input order -> one Prediction each.
+
+    ``probabilities(list_of_pixels)`` returns a (len, classes) array for one batch; unreadable items keep
+    their error and never stop the rest.
+    """
+    top_k = max(1, min(top_k, len(classes)))
+    results: list[Prediction | None] = [None] * n
+    pending: list[tuple[int, str, object]] = []
+
+    def flush() -> None:
+        if not pending:
+            return
+        for (i, name, _), p in zip(pending, probabilities([px for _, _, px in pending])):
+            order = np.argsort(-p, kind="stable")[:top_k]
+            ranked = [(classes[j], round(float(p[j]), 6)) for j in order]
+            results[i] = Prediction(name, ranked[0][0], ranked[0][1], ranked)
+        if on_step:
+            on_step(len(pending))
+        pending.clear()
+
+    for i, (name, pixels, error) in enumerate(decoded):
+        if error is not None:
+            results[i] = Prediction(name, "", 0.0, [], error=error)
+            if on_step:
+                on_step(1)
+            continue
+        pending.append((i, name, pixels))
+        if len(pending) >= batch_size:
+            flush()
+    flush()
+    return results  # type: ignore[return-value]

@@ -1,0 +1,213 @@
+"""`posetune train`: DATA -> prepared run -> the strategy's phases -> metrics -> the run folder.
+
+A strategy is a list of phases (``strategies.HeadPhase``: the head on cached features;
+``strategies.FineTunePhase``: the epoch loop); this module runs them in order and never asks a
+strategy's name.
+
+>>> result = train("DATASET", strategy="partial", epochs=5, out="runs/yoga")  # doctest: +SKIP
+>>> result.metrics["test"]["accuracy"]                                        # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from posetune.console import Reporter
+from posetune.errors import UsageError
+from posetune.options import TrainOptions
+from posetune.training.checkpoint import CHECKPOINT, Interrupted, StopSignals, load_checkpoint, save_checkpoint
+from posetune.training.prepare import Prepared, prepare
+
+
+@dataclass
+class TrainResult:
+    run: Path
+    metrics: dict = field(default_factory=dict)  # {"val": {...}, "test": {...}}
+    history: list[dict] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    train_seconds: float = 0.0
+
+
+def train(data: str | Path | None = None, reporter: Reporter | None = None, config: str | Path | None = None,
+          verbose: bool = False, resume: str | Path | None = None, **options) -> TrainResult:
+    """Fine-tune a backbone on DATA and write a self-contained run folder. Options as `posetune train`.
+
+    ``resume=RUN`` continues RUN from its last checkpoint with the options saved in RUN/config.yaml.
+    """
+    from posetune.console import RichReporter
+
+    reporter = reporter or (RichReporter() if verbose else Reporter())
+    if resume is not None:
+        saved = Path(resume) / "config.yaml"
+        if not (Path(resume) / CHECKPOINT).is_file() or not saved.is_file():
+            raise UsageError(f"{resume} has no checkpoint to resume from ({CHECKPOINT} and config.yaml are needed)")
+        opts = TrainOptions.from_sources(saved, out=str(resume))
+        return _train(opts, reporter, resume=True)
+    opts = TrainOptions.from_sources(config, data=str(data) if data is not None else None, **options)
+    if not opts.data:
+        raise UsageError("no DATA given: pass a folder of class folders, split folders or a CSV manifest")
+    if not Path(opts.data).exists():  # before the slow imports: a typo should fail at once
+        raise UsageError(f"DATA not found: {opts.data} (give a folder of class folders, split folders, or a CSV)")
+    return _train(opts, reporter)
+
+
+def _train(opts: TrainOptions, reporter: Reporter, resume: bool = False) -> TrainResult:
+    from posetune.devices import training_backend
+    from posetune.distributed import init_from_env, shutdown
+
+    dist = init_from_env(training_backend(opts.device))
+    try:
+        return _train_ranked(opts, reporter if dist.is_main else Reporter(), resume, dist)
+    finally:
+        shutdown()
+
+
+def _train_ranked(opts: TrainOptions, reporter: Reporter, resume: bool, dist) -> TrainResult:
+    """The training run as one rank of ``dist`` sees it (rank 0 alone writes the run folder)."""
+    from posetune.strategies import FineTunePhase, HeadPhase
+
+    p = prepare(opts, reporter, write_config=dist.is_main, dist=dist)
+    checkpoint = load_checkpoint(p.out / CHECKPOINT) if resume else None
+    t0 = time.perf_counter()
+    history: list[dict] = []
+    best_epoch = images_seen = 0
+    for i, phase in enumerate(p.strategy.phases, 1):
+        if len(p.strategy.phases) > 1:
+            reporter.info(f"{opts.strategy} phase {i} of {len(p.strategy.phases)}: {phase.title}")
+        if isinstance(phase, HeadPhase):
+            if checkpoint is not None:
+                continue  # the checkpoint of the fine-tuning phase restores the whole model, head included
+            result = head_phase(p, phase, reporter)
+        elif isinstance(phase, FineTunePhase):
+            result = finetune_phase(p, checkpoint, reporter)
+        else:
+            raise TypeError(f"unknown phase {phase!r} of strategy {opts.strategy}")
+        history, best_epoch, images_seen = result.history, result.best_epoch, result.images_seen
+    train_seconds = time.perf_counter() - t0
+    if not dist.is_main:
+        return TrainResult(run=p.out.path, history=history, train_seconds=train_seconds)
+    metrics = score_splits(p)
+    write_run(p, history, best_epoch, metrics, train_seconds, images_seen)
+    return TrainResult(run=p.out.path, metrics=metrics, history=history, skipped=p.index.skipped,
+                       train_seconds=train_seconds)
+
+
+def head_phase(p: Prepared, phase, reporter: Reporter):
+    """The base does not change while the head fits: one forward pass per image (on an inference-optimised
+    copy: the same features, faster), then the head trains on the cached features."""
+    from posetune.data.pipeline import DecodedDataset
+    from posetune.features import extract_features
+    from posetune.inference import optimize_for_inference
+    from posetune.training.heads import fit_head_on_features
+
+    net, _ = optimize_for_inference(p.model, (3, p.preprocess.size, p.preprocess.size))
+    plain = DecodedDataset(p.train_ds.images, p.train_ds.labels, p.preprocess)  # no augmentation
+    advance = reporter.start("extract features", len(plain) + len(p.val_ds))
+    # Under torchrun each rank extracts its shard; the gathered features are the same on every rank.
+    f_train, y_train = (p.dist.unshard(t) for t in extract_features(net, p.shard_loader(plain), p.device,
+                                                                     p.preprocess, advance))
+    f_val, y_val = (p.dist.unshard(t) for t in extract_features(net, p.shard_loader(p.val_ds), p.device,
+                                                                 p.preprocess, advance))
+    del net
+    reporter.stop()
+    settings = p.settings
+    if phase.epochs is not None:  # a fixed probe before fine-tuning (LP-FT)
+        settings = dataclasses.replace(settings, epochs=phase.epochs, mixup=0.0, cutmix=0.0)
+    lr = phase.lr if phase.lr is not None else p.plan.lrs["head"]
+    reporter.info(f"head on cached features: {settings.epochs} epochs, lr {lr:.0e}")
+    head = p.model.get_classifier().to("cpu")
+    result = fit_head_on_features(head, f_train, y_train, f_val, y_val, lr, settings, on_epoch=reporter.epoch,
+                                  class_weights=p.class_weights)
+    head.load_state_dict(result.best_state)
+    head.to(p.device)
+    return result
+
+
+def finetune_phase(p: Prepared, checkpoint: dict | None, reporter: Reporter):
+    """The epoch loop with checkpoints after every epoch and a clean stop on SIGINT/SIGTERM."""
+    import torch
+
+    from posetune.training.loop import Trainer, fit
+
+    train_loader = p.loader(p.train_ds, shuffle=True, sampler=p.sampler)
+    trainer = Trainer(p.model, p.stages, p.plan, p.preprocess, p.settings, p.device, len(train_loader),
+                      p.class_weights, p.dist)
+    if checkpoint is not None:
+        loop = checkpoint["loop"]
+        reporter.info(f"resuming {p.out.path} after epoch {loop['epoch']}"
+                      + (f" (step {loop['step_in_epoch']})" if loop["step_in_epoch"] else ""))
+    progress = EpochProgress(reporter, len(p.train_ds), p.epochs, (checkpoint["loop"]["epoch"] + 1) if checkpoint else 1)
+    with StopSignals() as stop:
+        try:
+            result = fit(trainer, train_loader, p.shard_loader(p.val_ds), p.train_ds.augment.batch_color,
+                         resume=checkpoint, save=_saver(p, reporter) if p.dist.is_main else None, stop_flag=stop,
+                         on_step=progress.step, on_epoch=progress.epoch)
+        except torch.cuda.OutOfMemoryError as exc:
+            raise UsageError(f"out of GPU memory at batch size {p.opts.batch_size}; try --batch-size "
+                             f"{max(1, p.opts.batch_size // 2)} (or a smaller --image-size)") from exc
+    reporter.stop()
+    if result.stopped_early_by_signal:
+        raise Interrupted(f"stopped by a signal; checkpoint saved. Resume with: posetune train --resume {p.out.path}")
+    p.model.load_state_dict(result.best_state)
+    return result
+
+
+class EpochProgress:
+    """A progress bar per epoch with the running loss and accuracy beside it."""
+
+    def __init__(self, reporter: Reporter, images: int, epochs: int, first: int):
+        self.reporter, self.images, self.epochs = reporter, images, epochs
+        self.advance = reporter.start(f"epoch {first}", images)
+
+    def step(self, n: int, loss: float, acc: float) -> None:
+        self.advance(n)
+        self.reporter.set_extra(f"loss {loss:.3f} acc {acc:.3f}")
+
+    def epoch(self, row: dict) -> None:
+        self.reporter.epoch(row)
+        if row["epoch"] < self.epochs:
+            self.advance = self.reporter.start(f"epoch {row['epoch'] + 1}", self.images)
+
+
+def _saver(p: Prepared, reporter: Reporter):
+    def save(payload: dict) -> None:
+        try:
+            save_checkpoint(p.out / CHECKPOINT, payload)
+        except OSError as exc:  # e.g. disk full: the atomic write left the previous checkpoint intact
+            reporter.warn(f"could not save the checkpoint after epoch {payload['loop']['epoch']} ({exc}); "
+                          "the previous one is kept")
+
+    return save
+
+
+def score_splits(p: Prepared) -> dict[str, dict]:
+    """The metrics of the kept weights on val and test."""
+    from posetune.evaluation import compute_metrics
+    from posetune.predict.torch_engine import predict_logits
+
+    metrics = {}
+    for split, ds in (("val", p.val_ds), ("test", p.test_ds)):
+        if len(ds):
+            logits, labels = predict_logits(p.model, p.loader(ds), p.device, p.preprocess)
+            metrics[split] = compute_metrics(labels.tolist(), logits.argmax(1).tolist(), p.index.classes)
+            metrics[split]["split"] = split
+    return metrics
+
+
+def write_run(p: Prepared, history: list[dict], best_epoch: int, metrics: dict, train_seconds: float,
+              images_seen: int) -> None:
+    from posetune.run import RunMeta
+
+    meta = RunMeta(
+        backbone=p.spec.name, arch=p.spec.arch, weight_source=p.spec.weight_source, classes=p.index.classes,
+        preprocessing=p.preprocess.to_config(), strategy=p.opts.strategy,
+        frozen_stages=p.plan.frozen_at(max(1, len(history))), stage_lrs=p.plan.lrs, best_epoch=best_epoch,
+        epochs_run=len(history), train_seconds=round(train_seconds, 2),
+        train_images_per_s=round(images_seen / max(train_seconds, 1e-9), 2),
+        data=str(p.opts.data), layout=p.index.layout, device=str(p.device), metrics=RunMeta.summarize(metrics))
+    p.model.to("cpu")
+    p.out.save_model(p.model, meta)
+    p.out.write_results(meta, history, metrics, p.index.skipped, p.plan.table(p.stages))

@@ -1,0 +1,307 @@
+"""The epoch loop: warm-up + cosine schedule, AMP, best-epoch keeping, early stopping.
+
+Small parts over plain data: :func:`drive_epochs` runs epochs and keeps the best; a :class:`Trainer`
+holds what one fine-tuning run steps (model, optimizer, schedule, EMA, mixup) and knows one step,
+one epoch, one validation and its checkpoint; :func:`fit` joins them. The head on cached features
+(``training.heads``) goes through the same :func:`drive_epochs`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+import torch.nn.functional as nnf
+
+from posetune.backbones import Stage
+from posetune.data.pipeline import Preprocess
+from posetune.devices import Normalizer, autocast
+from posetune.predict.torch_engine import predict_logits
+from posetune.strategies import Plan, apply_freeze, param_groups, set_train_mode
+
+
+@dataclass
+class Settings:
+    epochs: int
+    batch_size: int = 32
+    patience: int = 5  # epochs without a better val score before stopping (0: never stop early)
+    warmup_epochs: float = 1.0
+    weight_decay: float = 0.05
+    label_smoothing: float = 0.1
+    seed: int = 0
+    ema_decay: float | None = None  # keep an exponential moving average of the weights (timm ModelEmaV3)
+    mixup: float = 0.0  # mixup alpha (timm Mixup); 0 = off
+    cutmix: float = 0.0  # cutmix alpha; 0 = off
+
+
+@dataclass
+class LoopState:
+    """Where the epoch loop is: everything a checkpoint needs besides weights and optimizer."""
+
+    epoch: int = 0  # last completed epoch
+    best_acc: float = -1.0
+    best_neg_loss: float = -math.inf
+    best_epoch: int = 0
+    stale: int = 0
+    history: list[dict] = field(default_factory=list)
+    images_seen: int = 0
+    step_in_epoch: int = 0  # >0 only in a checkpoint written mid-epoch (after a stop signal)
+    partial_stats: dict = field(default_factory=dict)
+
+
+@dataclass
+class FitResult:
+    history: list[dict] = field(default_factory=list)  # one row per epoch
+    best_epoch: int = 0
+    best_state: dict | None = None
+    seconds: float = 0.0
+    images_seen: int = 0
+    stopped_early_by_signal: bool = False
+
+
+class StopRequested(Exception):
+    """Raised inside an epoch at a step boundary after SIGINT/SIGTERM."""
+
+    def __init__(self, step: int, stats: dict):
+        super().__init__(step)
+        self.step, self.stats = step, stats
+
+
+def cosine_with_warmup(optimizer, total_steps: int, warmup_steps: int):
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / max(1, warmup_steps)
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def make_optimizer(groups: list[dict], device: torch.device) -> torch.optim.Optimizer:
+    # foreach kernels batch the per-parameter updates: fewer, larger ops on CPU and GPU.
+    return torch.optim.AdamW([{k: v for k, v in g.items() if k != "stage"} for g in groups],
+                             foreach=True, fused=False if device.type == "cpu" else None)
+
+
+def drive_epochs(settings: Settings, train_epoch: Callable[[int, LoopState], dict], evaluate: Callable[[], dict],
+                 snapshot: Callable[[dict], dict], on_epoch: Callable[[dict], None] | None = None,
+                 state: LoopState | None = None, best_state: dict | None = None,
+                 checkpoint: Callable[[LoopState, dict | None], None] | None = None) -> FitResult:
+    """Run epochs from ``state`` on; keep the best by val accuracy (then lower val loss); stop after
+    ``patience`` flat epochs. ``checkpoint(state, best_state)`` is called after every epoch, and at the
+    step where a stop signal arrived (then the result says so)."""
+    state = state or LoopState()
+    result = FitResult(best_state=best_state)
+    start = time.perf_counter()
+    for epoch in range(state.epoch + 1, settings.epochs + 1):
+        if settings.patience and state.stale >= settings.patience:
+            break
+        t0 = time.perf_counter()
+        try:
+            row = {"epoch": epoch, **train_epoch(epoch, state)}
+        except StopRequested as stop:
+            state.step_in_epoch, state.partial_stats = stop.step, stop.stats
+            if checkpoint:
+                checkpoint(state, result.best_state)
+            result.stopped_early_by_signal = True
+            break
+        state.step_in_epoch, state.partial_stats = 0, {}
+        row["train_seconds"] = round(time.perf_counter() - t0, 3)  # without validation: the steady-state rate
+        row.update(evaluate())
+        row["seconds"] = round(time.perf_counter() - t0, 3)
+        acc = max(row.get("val_accuracy", 0.0), row.get("ema_val_accuracy", -1.0))
+        neg_loss = -min(row.get("val_loss", 0.0), row.get("ema_val_loss", math.inf))
+        row["best"] = (acc, neg_loss) > (state.best_acc, state.best_neg_loss)
+        if row["best"]:
+            state.best_acc, state.best_neg_loss, state.best_epoch, state.stale = acc, neg_loss, epoch, 0
+            result.best_state = snapshot(row)
+        else:
+            state.stale += 1
+        state.epoch = epoch
+        state.history.append(row)
+        state.images_seen += int(row.get("images", 0))
+        if checkpoint:
+            checkpoint(state, result.best_state)
+        if on_epoch:
+            on_epoch(row)
+    result.history, result.best_epoch, result.images_seen = state.history, state.best_epoch, state.images_seen
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """Data order and augmentation for an epoch depend on (seed, epoch) only: a resumed run replays them."""
+    return seed * 100_003 + epoch
+
+
+def seed_epoch(loader, epoch: int, seed: int) -> int:
+    """Seed everything an epoch draws from (shuffle order, sampler, augmentation, dropout, mixup) from
+    (seed, epoch) alone, so a resumed run replays the epoch exactly; returns the epoch's seed."""
+    seed = epoch_seed(seed, epoch)
+    torch.manual_seed(seed)
+    if getattr(loader, "generator", None) is not None:
+        loader.generator.manual_seed(seed)
+    sampler = getattr(loader, "sampler", None)
+    if hasattr(sampler, "set_epoch"):  # DistributedSampler: the shard order depends on (seed, epoch)
+        sampler.set_epoch(epoch)
+    elif getattr(sampler, "generator", None) is not None:
+        sampler.generator.manual_seed(seed)
+    return seed
+
+
+class Trainer:
+    """One fine-tuning run's moving parts, built from plain data (a model, its stages, a plan, settings)."""
+
+    def __init__(self, model: torch.nn.Module, stages: list[Stage], plan: Plan, preprocess: Preprocess,
+                 settings: Settings, device: torch.device, steps_per_epoch: int,
+                 class_weights: torch.Tensor | None = None, dist=None):
+        from timm.data import Mixup
+        from timm.loss import SoftTargetCrossEntropy
+        from timm.utils import ModelEmaV3
+
+        from posetune.distributed import Dist
+
+        self.model, self.stages, self.plan, self.settings, self.device = model, stages, plan, settings, device
+        self.preprocess, self.dist, self.steps_per_epoch = preprocess, dist or Dist(), max(1, steps_per_epoch)
+        self.optimizer = make_optimizer(param_groups(model, stages, plan, settings.weight_decay), device)
+        self.scheduler = cosine_with_warmup(self.optimizer, self.steps_per_epoch * settings.epochs,
+                                            int(self.steps_per_epoch * settings.warmup_epochs))
+        self.normalize = Normalizer(preprocess, device)
+        self.class_weight = class_weights.to(device) if class_weights is not None else None
+        self.mixer = (Mixup(mixup_alpha=settings.mixup, cutmix_alpha=settings.cutmix,
+                            label_smoothing=settings.label_smoothing, num_classes=model.get_classifier().out_features)
+                      if settings.mixup or settings.cutmix else None)
+        self.soft_loss = SoftTargetCrossEntropy()  # mixup/cutmix targets
+        self.ema = ModelEmaV3(model, decay=settings.ema_decay, device=device) if settings.ema_decay else None
+        self._ddp: tuple[list[str] | None, torch.nn.Module] = (None, model)
+
+    # ------------------------------------------------------------------ checkpoint
+
+    def state(self, loop: LoopState, best: dict | None) -> dict:
+        """A checkpoint: tensors and plain data only (it loads with torch.load(weights_only=True))."""
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "ema": self.ema.state_dict() if self.ema else None,
+                "loop": dataclasses.asdict(loop), "best_state": best}
+
+    def restore(self, checkpoint: dict) -> tuple[LoopState, dict | None]:
+        self.model.load_state_dict(checkpoint["model"])
+        self.optimizer.load_state_dict(checkpoint["optimizer"])
+        self.scheduler.load_state_dict(checkpoint["scheduler"])
+        if self.ema is not None and checkpoint.get("ema") is not None:
+            self.ema.load_state_dict(checkpoint["ema"])
+        return LoopState(**checkpoint["loop"]), checkpoint.get("best_state")
+
+    # ------------------------------------------------------------------ training
+
+    def _module(self, frozen: list[str]) -> torch.nn.Module:
+        """The model, or its DDP wrapper under torchrun (rebuilt when the trainable set changes)."""
+        if self.dist.enabled and self._ddp[0] != frozen:
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self._ddp = (frozen, DistributedDataParallel(self.model, device_ids=ids))
+        return self._ddp[1]
+
+    def step(self, module: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, color, global_step: int):
+        """One optimisation step on a uint8 batch: (loss, logits)."""
+        x, y = self.normalize(x, color), y.to(self.device, non_blocking=True)
+        target = None
+        if self.mixer is not None and len(y) % 2 == 0:
+            x, target = self.mixer(x, y)
+        with autocast(self.device):
+            logits = module(x).float()
+        if target is not None:
+            loss = self.soft_loss(logits, target)
+        else:
+            loss = nnf.cross_entropy(logits, y, weight=self.class_weight, label_smoothing=self.settings.label_smoothing)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.scheduler.step()
+        if self.ema is not None:
+            self.ema.update(self.model, step=global_step)
+        return loss, logits
+
+    def train_epoch(self, epoch: int, loader, state: LoopState, batch_color=None,
+                    stop_flag: Callable[[], bool] | None = None,
+                    on_step: Callable[[int, float, float], None] | None = None) -> dict:
+        """One epoch over ``loader`` (whose dataset decides the per-image augmentation); ``batch_color`` is
+        the batch colour jitter, drawn from (seed, epoch, step) only, as a resumed run needs."""
+        frozen = self.plan.frozen_at(epoch)
+        apply_freeze(self.model, self.stages, frozen)
+        set_train_mode(self.model, self.stages, frozen, self.plan.bn)
+        seed = seed_epoch(loader, epoch, self.settings.seed)
+        module = self._module(frozen)
+        stats = dict(state.partial_stats) or {"loss": 0.0, "correct": 0, "seen": 0}
+        for step, (x, y) in enumerate(loader):
+            if step < state.step_in_epoch:
+                continue  # resuming mid-epoch: these batches were trained before the stop
+            if stop_flag is not None and self.dist.any(stop_flag()):  # every rank stops at the same step
+                raise StopRequested(step, stats)
+            color = None
+            if batch_color is not None:
+                color = functools.partial(batch_color, generator=torch.Generator().manual_seed(seed * 1_000_003 + step))
+            loss, logits = self.step(module, x, y, color, (epoch - 1) * self.steps_per_epoch + step)
+            stats["loss"] += loss.item() * len(y)
+            stats["correct"] += (logits.argmax(1).cpu() == y).sum().item()
+            stats["seen"] += len(y)
+            if on_step:
+                on_step(len(y), stats["loss"] / stats["seen"], stats["correct"] / stats["seen"])
+        loss_sum, correct, seen = self.dist.sum([stats["loss"], stats["correct"], stats["seen"]])
+        row = {"train_loss": loss_sum / max(1, seen), "train_accuracy": correct / max(1, seen),
+               "lr": self.scheduler.get_last_lr()[-1], "images": int(seen), "frozen": "+".join(frozen) or "-"}
+        if self.dist.enabled:
+            row["images_per_rank"] = stats["seen"]
+        return row
+
+    # ------------------------------------------------------------------ validation
+
+    def validate(self, loader) -> dict:
+        """val loss and accuracy of the model (and of its EMA, as ``ema_*``), gathered over ranks."""
+        def scores(net: torch.nn.Module) -> dict:
+            logits, labels = predict_logits(net, loader, self.device, self.preprocess)
+            return val_row(self.dist.gather_rows(logits), self.dist.gather_rows(labels))
+
+        row = scores(self.model)
+        if self.ema is not None:
+            row.update({f"ema_{k}": v for k, v in scores(self.ema.module).items()})
+        return row
+
+    def snapshot(self, row: dict) -> dict:
+        """A CPU copy of the better of the weights and their EMA on this epoch's val score."""
+        use_ema = self.ema is not None and row.get("ema_val_accuracy", -1) > row.get("val_accuracy", 0)
+        row["weights"] = "ema" if use_ema else "model"
+        source = self.ema.module if use_ema else self.model
+        return {k: v.detach().to("cpu", copy=True) for k, v in source.state_dict().items()}
+
+
+def fit(trainer: Trainer, train_loader, val_loader, batch_color=None, resume: dict | None = None,
+        save: Callable[[dict], None] | None = None, stop_flag: Callable[[], bool] | None = None,
+        on_step: Callable[[int, float, float], None] | None = None,
+        on_epoch: Callable[[dict], None] | None = None) -> FitResult:
+    """Fine-tune following the trainer's plan. ``resume``: a checkpoint from ``load_checkpoint``;
+    ``save(checkpoint)``: called after every epoch and at a stop signal (only rank 0 is given one);
+    ``stop_flag``: polled at every step (SIGINT/SIGTERM), stops at that boundary."""
+    state, best_state = trainer.restore(resume) if resume is not None else (LoopState(), None)
+
+    def train_epoch(epoch: int, state: LoopState) -> dict:
+        return trainer.train_epoch(epoch, train_loader, state, batch_color, stop_flag, on_step)
+
+    def checkpoint(state: LoopState, best: dict | None) -> None:
+        if save is not None:
+            save(trainer.state(state, best))
+
+    return drive_epochs(trainer.settings, train_epoch, lambda: trainer.validate(val_loader), trainer.snapshot,
+                        on_epoch, state, best_state, checkpoint)
+
+
+def val_row(logits: torch.Tensor, labels: torch.Tensor) -> dict:
+    if len(labels) == 0:
+        return {}
+    return {"val_loss": nnf.cross_entropy(logits, labels).item(),
+            "val_accuracy": (logits.argmax(1) == labels).float().mean().item()}
