@@ -1,0 +1,100 @@
+"""A whole dataset on disk in the Kaggle layout, one independently seeded image at a time, plus a preview sheet."""
+
+from __future__ import annotations
+
+import re
+import zlib
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+from posetune.data.synth.poses import KAGGLE_POSES, POSES, check_pose
+from posetune.data.synth.render import MIN_SIZE, render_pose
+
+_SPLITS = {"TRAIN": 0, "TEST": 1}
+
+
+def _image_rng(seed: int, split: str, pose: str, index: int) -> np.random.Generator:
+    # crc32 (not hash()) so seeds are stable across processes and independent of the pose list
+    return np.random.default_rng([seed, _SPLITS[split], zlib.crc32(pose.encode()), index])
+
+
+def _label_font(px: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    try:
+        return ImageFont.load_default(size=px)
+    except (TypeError, ValueError, OSError, ImportError):  # old Pillow / no FreeType
+        return ImageFont.load_default()
+
+
+def _contact_sheet(rows: list[tuple[str, list[Image.Image]]], thumb: int) -> Image.Image:
+    cols = max((len(ims) for _, ims in rows), default=0)
+    label_w, gap = max(110, thumb), 4
+    sheet = Image.new("RGB", (label_w + cols * (thumb + gap) + gap, len(rows) * (thumb + gap) + gap),
+                      (255, 255, 255))
+    draw = ImageDraw.Draw(sheet)
+    font = _label_font(max(12, thumb // 7))
+    for r, (name, ims) in enumerate(rows):
+        y = gap + r * (thumb + gap)
+        draw.text((8, y + thumb // 2), name, fill=(0, 0, 0), font=font, anchor="lm")
+        for c, im in enumerate(ims):
+            sheet.paste(im.resize((thumb, thumb), Image.BILINEAR), (label_w + gap + c * (thumb + gap), y))
+    return sheet
+
+
+def render_dataset(out: str | Path, poses: Sequence[str] | None = None, per_class: int = 60,
+                   test_per_class: int = 20, size: int = 224, seed: int = 0,
+                   progress: Callable[[int, int], None] | None = None) -> dict:
+    """Write ``out/TRAIN/<pose>/<pose>_00000.jpg``, ``out/TEST/<pose>/...`` and ``out/preview.jpg``.
+
+    Each image is seeded from (seed, split, pose, index), so the same arguments give the same
+    bytes and an image does not depend on how many others are rendered. Stale
+    ``<pose>_NNNNN.jpg`` files beyond the requested counts are removed; nothing else is touched.
+
+    >>> import tempfile
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...     info = render_dataset(tmp, poses=["tree", "plank"], per_class=2, test_per_class=1, size=64)
+    >>> info["train"], info["test"], info["poses"]
+    (4, 2, ['tree', 'plank'])
+    """
+    names = list(KAGGLE_POSES if poses is None else poses)
+    if not names:
+        raise ValueError(f"no poses given; valid poses: {', '.join(POSES)}")
+    for name in names:
+        check_pose(name)
+    if len(set(names)) != len(names):
+        raise ValueError(f"duplicate pose names in {names}")
+    if per_class < 0 or test_per_class < 0:
+        raise ValueError("per_class and test_per_class must be >= 0")
+    if size < MIN_SIZE:
+        raise ValueError(f"size must be at least {MIN_SIZE} px, got {size}")
+    if seed < 0:
+        raise ValueError(f"seed must be >= 0, got {seed}")
+
+    root = Path(out)
+    total = len(names) * (per_class + test_per_class)
+    done, n_cols = 0, 8
+    examples: dict[str, list[Image.Image]] = {n: [] for n in names}
+    pattern = re.compile(r"^(.+)_(\d{5})\.jpg$")
+    for split, count in (("TRAIN", per_class), ("TEST", test_per_class)):
+        for name in names:
+            folder = root / split / name
+            folder.mkdir(parents=True, exist_ok=True)
+            for old in folder.glob(f"{name}_*.jpg"):  # leftovers of a bigger earlier render
+                m = pattern.match(old.name)
+                if m and m.group(1) == name and int(m.group(2)) >= count:
+                    old.unlink()
+            for i in range(count):
+                rng = _image_rng(seed, split, name, i)
+                img = render_pose(name, rng, size)
+                img.save(folder / f"{name}_{i:05d}.jpg", "JPEG", quality=int(rng.integers(60, 96)))
+                if len(examples[name]) < n_cols:
+                    examples[name].append(img)
+                done += 1
+                if progress is not None:
+                    progress(done, total)
+    preview = root / "preview.jpg"
+    _contact_sheet([(n, examples[n]) for n in names], min(size, 112)).save(preview, "JPEG", quality=90)
+    return {"out": str(root), "poses": names, "train": len(names) * per_class,
+            "test": len(names) * test_per_class, "preview": str(preview)}
