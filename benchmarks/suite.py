@@ -19,7 +19,7 @@ summary.json holds the headline keys; benchmarks/README.md gets the tables.
   mallopt_speedup       bare training step rate with runtime.tune_allocator() / with POSETUNE_NO_MALLOPT=1
   help_seconds, predict_one_seconds, peak_rss_mb_train, peak_rss_mb_predict
 
-Run: python benchmarks/run.py --quick | --full [--only train_efficiency,onnx,...] [--skip-fmnist]
+Run: python benchmarks/suite.py --quick | --full [--only train_efficiency,onnx,...] [--skip-fmnist]
 """
 
 from __future__ import annotations
@@ -84,7 +84,7 @@ def run_child_rss(cmd: list[str], extra_env: dict | None = None) -> dict:
 
 
 def worker(kind: str, **spec) -> dict:
-    """Run one measurement in a fresh interpreter (`run.py --worker KIND JSON`) and return its JSON."""
+    """Run one measurement in a fresh interpreter (`suite.py --worker KIND JSON`) and return its JSON."""
     extra = spec.pop("env", None)
     res = run_child_rss([sys.executable, str(Path(__file__)), "--worker", kind, json.dumps(spec)], extra)
     return {**json.loads(res["stdout"].strip().splitlines()[-1]), "rss_mb": res["rss_mb"], "wall": round(res["wall"], 2)}
