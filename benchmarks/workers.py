@@ -2,7 +2,7 @@
 
 A fresh process per measurement leaves no allocator state, threads or imported modules to the next one.
 The kinds: the bare model (training step, inference), the torchvision-tutorial loop, decoding every epoch vs
-the decoded cache, colour jitter per image vs per batch, and decode alone. worker(KIND, **spec) in the suite
+the decoded cache, colour jitter per image vs per batch, and decode alone. common.worker(KIND, **spec)
 starts one; the child prints its result as one JSON line.
 """
 
