@@ -24,10 +24,10 @@ lint: install
 	$(VENV)/bin/lint-imports
 
 bench: install
-	$(PY) benchmarks/run.py --full
+	$(PY) benchmarks/suite.py --full
 
 bench-quick: install
-	$(PY) benchmarks/run.py --quick
+	$(PY) benchmarks/suite.py --quick
 
 clean:
 	rm -rf demo runs .pytest_cache

@@ -1,4 +1,4 @@
-"""Render benchmarks/README.md from benchmarks/results/*.json (called by run.py and bench_fmnist.py)."""
+"""Render benchmarks/README.md from benchmarks/results/*.json (called by suite.py and bench_fmnist.py)."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ BEGIN, END = "<!-- tables:begin -->", "<!-- tables:end -->"
 INTRO = """# Benchmarks
 
 `make bench-quick` (a few minutes on 2 cores) and `make bench` (every case, plus Fashion-MNIST-1k, long) run
-`benchmarks/run.py`. Every headline figure is a ratio of two measurements taken one right after the other in
+`benchmarks/suite.py`. Every headline figure is a ratio of two measurements taken one right after the other in
 the same run (these CPUs are shared and noisy); the absolute figures are beside it here and in full in
-`benchmarks/results/*.json`. Sections: `python benchmarks/run.py --quick --only predict,onnx`.
+`benchmarks/results/*.json`. Sections: `python benchmarks/suite.py --quick --only predict,onnx`.
 
 What each ratio compares:
 
@@ -35,8 +35,8 @@ What each ratio compares:
   batch (after), interleaved in one process.
 - **mallopt_speedup** (before/after of `runtime.tune_allocator()`): bare training step rate with `runtime.tune_allocator()` / with `POSETUNE_NO_MALLOPT=1`.
 
-Reproduce: `make bench-quick` (or `.venv/bin/python benchmarks/run.py --quick`), `make bench`;
-one section: `.venv/bin/python benchmarks/run.py --quick --only linear_cache`; Fashion-MNIST-1k alone:
+Reproduce: `make bench-quick` (or `.venv/bin/python benchmarks/suite.py --quick`), `make bench`;
+one section: `.venv/bin/python benchmarks/suite.py --quick --only linear_cache`; Fashion-MNIST-1k alone:
 `PYTHONPATH=src .venv/bin/python benchmarks/bench_fmnist.py --seeds 1`. Scratch files go to
 `$TMPDIR/posetune-bench` and `$TMPDIR/posetune-fmnist1k`.
 

@@ -1,0 +1,127 @@
+"""The benchmark suite: `make bench` (--full) and `make bench-quick` (--quick, a few minutes on 2 cores).
+
+Every figure is a ratio of two measurements taken in the same run, one right after the other (these
+machines are shared and noisy), with the absolute figures beside it in benchmarks/results/*.json.
+summary.json holds the headline keys; benchmarks/README.md gets the tables.
+
+  train_efficiency      posetune train images/s (steady-state epochs, validation excluded) / the bare
+                        model's forward + backward + AdamW step images/s on an in-memory tensor of the
+                        same shape, same frozen stages (the compute limit); the minimum over the cases
+  vs_plain_loop         the torchvision-tutorial loop (ImageFolder, PIL decode every epoch) / posetune,
+                        total time for the same epochs on 1024-1280 px JPEGs (posetune's one-off decode
+                        included), same model, batch, image size, optimizer
+  decoded_cache_speedup epoch time decoding every epoch (PIL open + resize per sample) / posetune's
+                        decode-once cache, same training step
+  linear_cache_speedup  linear strategy, 10 epochs: per-epoch frozen forward (engine.fit) / cached features
+  predict_efficiency    `posetune predict RUN FOLDER --engine torch` steady images/s (a folder vs the same six
+                        times over: start-up cancels) / bare eager inference images/s, best memory layout
+  onnx_speedup_b1       torch eager / ONNX Runtime latency at batch 1
+  mallopt_speedup       bare training step rate with runtime.tune_allocator() / with POSETUNE_NO_MALLOPT=1
+  help_seconds, predict_one_seconds, peak_rss_mb_train, peak_rss_mb_predict
+
+Run: python benchmarks/suite.py --quick | --full [--only train_efficiency,onnx,...] [--skip-fmnist]
+
+The sections are in sections/ (train, inference, cli), the measurements that each need a fresh interpreter
+in workers.py, and what they share (child processes, photo sets, results files) in common.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+# benchmarks/ is on sys.path: it is this script's folder
+from common import HERE, RESULTS, ROOT, load_average, log, make_photos, write_result
+from sections import cli, inference, train
+
+if str(ROOT / "src") not in sys.path:  # the sections import posetune in this process too
+    sys.path.insert(0, str(ROOT / "src"))
+
+TARGETS = {"train_efficiency": ">= 0.90", "vs_plain_loop": ">= 1.5", "linear_cache_speedup": ">= 10",
+           "predict_efficiency": ">= 0.90", "onnx_speedup_b1": "> 1 (bench_serve: 4.1)", "help_seconds": "< 0.5",
+           "predict_one_seconds": "< 3", "predict_efficiency_small_images": ">= 0.90", "peak_rss_mb_train": "report", "peak_rss_mb_predict": "report",
+           "decoded_cache_speedup": "> 1", "mallopt_speedup": "> 1", "batch_jitter_speedup": "> 1"}
+SECTIONS = ("cli", "train_efficiency", "augment", "mallopt", "plain_loop", "decoded_cache", "linear_cache", "predict", "onnx")
+BENCHES = {"augment": train.bench_augment, "cli": cli.bench_cli, "train_efficiency": train.bench_train_efficiency,
+           "mallopt": train.bench_mallopt, "decoded_cache": train.bench_decoded_cache, "plain_loop": train.bench_plain_loop,
+           "linear_cache": train.bench_linear_cache, "predict": inference.bench_predict, "onnx": inference.bench_onnx}
+SUMMARY_KEYS = {"augment": ["batch_jitter_speedup"], "cli": ["help_seconds"], "train_efficiency": ["train_efficiency", "peak_rss_mb_train"],
+                "mallopt": ["mallopt_speedup"], "decoded_cache": ["decoded_cache_speedup"],
+                "plain_loop": ["vs_plain_loop"], "linear_cache": ["linear_cache_speedup"],
+                "predict": ["predict_efficiency", "predict_efficiency_small_images", "predict_one_seconds", "peak_rss_mb_predict"],
+                "onnx": ["onnx_speedup_b1"]}
+
+
+def settings(quick: bool) -> dict:
+    if quick:
+        return {"per_class": (24, 6, 6), "train_cases": [("efficientnet_lite0", "partial", 128)], "train_epochs": 3,
+                "bare_steps": 8, "mallopt_rounds": 1, "plain_size": 128, "plain_epochs": 3, "cache_size": 128,
+                "cache_epochs": 2, "predict_rounds": 2, "onnx_reps": 20, "augment_images": 128, "augment_epochs": 2}
+    cases = [(b, s, px) for b in ("efficientnet_lite0", "resnet18@random") for s in ("partial", "full") for px in (128, 224)]
+    return {"per_class": (40, 8, 8), "train_cases": cases, "train_epochs": 3, "bare_steps": 10, "mallopt_rounds": 2,
+            "plain_size": 224, "plain_epochs": 3, "cache_size": 224, "cache_epochs": 3, "predict_rounds": 5,
+            "onnx_reps": 30, "augment_images": 256, "augment_epochs": 3}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    mode = ap.add_mutually_exclusive_group()
+    mode.add_argument("--quick", action="store_true", help="a few minutes on 2 cores: one train case, no Fashion-MNIST")
+    mode.add_argument("--full", action="store_true", help="every case, and the Fashion-MNIST-1k benchmark (long)")
+    ap.add_argument("--only", default="", help=f"comma-separated sections: {', '.join(SECTIONS)}")
+    ap.add_argument("--skip-fmnist", action="store_true")
+    ap.add_argument("--work", default=str(Path(os.environ.get("TMPDIR", "/tmp")) / "posetune-bench"))
+    args = ap.parse_args(argv)
+    quick = not args.full
+    ctx = settings(quick)
+    ctx["work"] = Path(args.work)
+    ctx["work"].mkdir(parents=True, exist_ok=True)
+    t_start = time.perf_counter()
+    load_before = load_average()
+    log(f"{'quick' if quick else 'full'} benchmark; work folder {ctx['work']}; load average {load_before}")
+    t0 = time.perf_counter()
+    ctx["data"] = make_photos(ctx["work"] / "photos", *ctx["per_class"])
+    data_seconds = time.perf_counter() - t0
+    names = [s.strip() for s in args.only.split(",") if s.strip()] or list(SECTIONS)
+    summary_path = RESULTS / "summary.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.is_file() and args.only else {}
+    details = summary.get("details", {})
+    # decoded_cache before plain_loop: posetune's decode-once time goes into the plain-loop comparison.
+    order = [s for s in ("cli", "train_efficiency", "augment", "mallopt", "decoded_cache", "plain_loop", "linear_cache", "predict",
+                         "onnx") if s in names]
+    for name in order:
+        t0 = time.perf_counter()
+        res = BENCHES[name](ctx)
+        res["seconds"] = round(time.perf_counter() - t0, 1)
+        res["load_average_1min"] = load_average()
+        res["mode"] = "quick" if quick else "full"
+        write_result(f"bench_{name}", res)
+        for key in SUMMARY_KEYS[name]:
+            summary[key] = res[key]
+        details[name] = res["seconds"]
+        log(f"{name}: " + ", ".join(f"{k}={res[k]}" for k in SUMMARY_KEYS[name]) + f" ({res['seconds']} s)")
+    summary.update({"mode": "quick" if quick else "full", "targets": TARGETS, "details": details,
+                    "data": f"{sum(ctx['per_class'][:1]) * 5} train / {ctx['per_class'][1] * 5} val / "
+                            f"{ctx['per_class'][2] * 5} test synthetic poses as 1024-1280 px JPEGs",
+                    "data_seconds": round(data_seconds, 1), "wall_seconds": round(time.perf_counter() - t_start, 1),
+                    "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
+                                "load_average_before": load_before, "load_average_after": load_average()}})
+    write_result("summary", summary)
+    if args.full and not args.skip_fmnist and not args.only:
+        import bench_fmnist
+
+        bench_fmnist.main([])
+    from tables import write_readme
+
+    write_readme()
+    log(f"wrote {summary_path} and {HERE / 'README.md'} in {summary['wall_seconds']} s")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,289 @@
+"""Benchmark measurements, each in a fresh interpreter: `python benchmarks/workers.py KIND SPEC_JSON`.
+
+A fresh process per measurement leaves no allocator state, threads or imported modules to the next one.
+The kinds: the bare model (training step, inference), the torchvision-tutorial loop, decoding every epoch vs
+the decoded cache, colour jitter per image vs per batch, and decode alone. common.worker(KIND, **spec)
+starts one; the child prints its result as one JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import time
+from pathlib import Path
+
+
+def planned_model(backbone: str, strategy: str, n_classes: int = 5):
+    """The backbone with an n-class head, frozen and in train mode as posetune's plan for `strategy` sets it."""
+    from posetune import backbones, strategies
+
+    spec = backbones.parse_spec(backbone)
+    model, _ = backbones.create_backbone(spec, num_classes=n_classes)
+    stages = backbones.model_stages(model)
+    plan = strategies.make_plan(strategy, stages)
+    strategies.apply_freeze(model, stages, plan.frozen)
+    strategies.set_train_mode(model, stages, plan.frozen, plan.bn)
+    return model
+
+
+def worker_bare_train(spec: dict) -> dict:
+    """Forward + backward + AdamW step on one in-memory batch, the same frozen stages as posetune's plan, in
+    both memory layouts (contiguous NCHW and channels_last); the faster one is the compute limit."""
+    import torch
+    import torch.nn.functional as nnf
+
+    from posetune.runtime import tune_allocator
+
+    tuned = tune_allocator()
+    b, s = spec["batch"], spec["size"]
+    rates = {}
+    for layout in ("contiguous", "channels_last"):
+        fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+        torch.manual_seed(0)
+        model = planned_model(spec["backbone"], spec["strategy"]).to(memory_format=fmt)
+        opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4, weight_decay=0.05)
+        x, y = torch.randn(b, 3, s, s).contiguous(memory_format=fmt), torch.randint(0, 5, (b,))
+
+        def step(model=model, opt=opt, x=x, y=y):
+            loss = nnf.cross_entropy(model(x), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
+        for _ in range(spec.get("warmup", 3)):
+            step()
+        t0 = time.perf_counter()
+        for _ in range(spec.get("steps", 10)):
+            step()
+        rates[layout] = round(b * spec.get("steps", 10) / (time.perf_counter() - t0), 2)
+    return {"images_per_s": max(rates.values()), "images_per_s_by_layout": rates,
+            "allocator_tuned": tuned, "threads": torch.get_num_threads(), "minor_faults": resource.getrusage(resource.RUSAGE_SELF).ru_minflt}
+
+
+def worker_bare_infer(spec: dict) -> dict:
+    """Inference on one in-memory batch in both memory layouts; the faster one is the compute limit."""
+    import torch
+
+    from posetune.runtime import tune_allocator
+
+    tune_allocator()
+    b, s = spec["batch"], spec["size"]
+    rates = {}
+    for layout in ("contiguous", "channels_last"):
+        fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+        model = planned_model(spec["backbone"], "linear").eval().to(memory_format=fmt)
+        x = torch.randn(b, 3, s, s).contiguous(memory_format=fmt)
+        steps = spec.get("steps", 6)
+        with torch.inference_mode():
+            for _ in range(2):
+                model(x)
+            t0 = time.perf_counter()
+            for _ in range(steps):
+                model(x)
+        rates[layout] = round(b * steps / (time.perf_counter() - t0), 2)
+    # What posetune's torch engine runs (fusion.optimize_for_inference, channels_last): not the bare figure.
+    from posetune.fusion import optimize_for_inference
+
+    optimized, _ = optimize_for_inference(model, (3, s, s))
+    with torch.inference_mode():
+        optimized(x)
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            optimized(x)
+    return {"images_per_s": max(rates.values()), "images_per_s_by_layout": rates,
+            "images_per_s_optimized": round(b * steps / (time.perf_counter() - t0), 2)}
+
+
+def worker_plain_loop(spec: dict) -> dict:
+    """The loop a user writes from the torchvision fine-tuning tutorial: ImageFolder + PIL decode and
+    transforms every epoch, DataLoader workers, train + val phases per epoch; same model and optimizer."""
+    import math
+
+    import torch
+    import torch.nn.functional as nnf
+    from torchvision import datasets, transforms
+
+    torch.manual_seed(0)
+    size, batch, epochs = spec["size"], spec["batch"], spec["epochs"]
+    mean, std = spec["mean"], spec["std"]
+    tf = {"train": transforms.Compose([transforms.RandomResizedCrop(size, scale=(0.5, 1.0)), transforms.RandomHorizontalFlip(),
+                                       transforms.ToTensor(), transforms.Normalize(mean, std)]),
+          "val": transforms.Compose([transforms.Resize(int(size / 0.875)), transforms.CenterCrop(size),
+                                     transforms.ToTensor(), transforms.Normalize(mean, std)])}
+    data = Path(spec["data"])
+    sets = {"train": datasets.ImageFolder(data / "TRAIN", tf["train"]), "val": datasets.ImageFolder(data / "VAL", tf["val"]),
+            "test": datasets.ImageFolder(data / "TEST", tf["val"])}
+    workers = spec.get("workers", os.cpu_count() or 1)
+    loaders = {k: torch.utils.data.DataLoader(v, batch_size=batch, shuffle=k == "train", num_workers=workers,
+                                              persistent_workers=False) for k, v in sets.items()}
+    model = planned_model(spec["backbone"], spec["strategy"])
+    head = set(n for n, _ in model.get_classifier().named_parameters())
+    head_params = [p for n, p in model.get_classifier().named_parameters() if n in head]
+    ids = {id(p) for p in head_params}
+    base = [p for p in model.parameters() if p.requires_grad and id(p) not in ids]
+    opt = torch.optim.AdamW([{"params": head_params, "lr": spec["lr"]}, {"params": base, "lr": spec["lr"] * 0.1}],
+                            weight_decay=0.05)
+    steps = epochs * math.ceil(len(sets["train"]) / batch)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: 0.5 * (1 + math.cos(math.pi * min(1.0, i / steps))))
+    epoch_seconds = []
+    for _ in range(epochs):
+        t0 = time.perf_counter()
+        model.train()
+        for x, y in loaders["train"]:
+            loss = nnf.cross_entropy(model(x), y, label_smoothing=0.1)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+        model.eval()
+        with torch.no_grad():
+            for x, _ in loaders["val"]:
+                model(x)
+        epoch_seconds.append(round(time.perf_counter() - t0, 3))
+    correct = n = 0
+    model.eval()
+    with torch.no_grad():
+        for x, y in loaders["test"]:
+            correct += (model(x).argmax(1) == y).sum().item()
+            n += len(y)
+    return {"epoch_seconds": epoch_seconds, "total_seconds": round(sum(epoch_seconds), 2), "test_accuracy": correct / n,
+            "workers": workers}
+
+
+def worker_decode_epochs(spec: dict) -> dict:
+    """The same training step fed by posetune's decoded-image cache vs decoding (PIL open + resize) per
+    sample every epoch; same TrainAugment, same loader (make_loader), same model."""
+    import torch
+    import torch.nn.functional as nnf
+    from PIL import Image
+
+    from posetune import backbones
+    from posetune.data.layouts import discover
+    from posetune.data.pipeline import DecodedDataset, Preprocess, TrainAugment, decode_all, make_loader
+    from posetune.engine import Normalizer
+    from posetune.runtime import tune_allocator
+
+    tune_allocator()
+    torch.manual_seed(0)
+    model = planned_model(spec["backbone"], spec["strategy"])
+    pre = Preprocess.from_config(backbones.data_config(model, spec["size"]))
+    samples = discover(spec["data"]).split("train")
+    paths, labels = [s.path for s in samples], [s.label for s in samples]
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    norm = Normalizer(pre, torch.device("cpu"))
+
+    class DecodeEveryEpoch(torch.utils.data.Dataset):
+        def __len__(self):
+            return len(paths)
+
+        def __getitem__(self, i):
+            with Image.open(paths[i]) as img:
+                img = img.convert("RGB")
+                w, h = img.size
+                k = pre.short_side / min(w, h)
+                img = img.resize((round(w * k), round(h * k)), Image.BICUBIC)
+            t = torch.from_numpy(__import__("numpy").asarray(img).copy()).permute(2, 0, 1)
+            return augment(t), labels[i]
+
+    augment = TrainAugment(pre.size)
+
+    def epoch(loader) -> float:
+        t0 = time.perf_counter()
+        for x, y in loader:
+            loss = nnf.cross_entropy(model(norm(x)), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        return time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    images, _ = decode_all(paths, pre)
+    decode_seconds = time.perf_counter() - t0
+    cached = make_loader(DecodedDataset(images, labels, pre, augment), spec["batch"], True, torch.device("cpu"))
+    lazy = make_loader(DecodeEveryEpoch(), spec["batch"], True, torch.device("cpu"))
+    epoch(cached)  # warm-up
+    with_cache, without = [], []
+    for _ in range(spec["epochs"]):  # interleaved: both see the same background load
+        with_cache.append(round(epoch(cached), 3))
+        without.append(round(epoch(lazy), 3))
+    return {"images": len(paths), "decode_once_seconds": round(decode_seconds, 3), "epoch_seconds_with_cache": with_cache,
+            "epoch_seconds_decode_every_epoch": without}
+
+
+def worker_augment_ab(spec: dict) -> dict:
+    """Training epochs from the decoded cache with colour jitter per image (torchvision ColorJitter in the
+    sample transform, as posetune did before) vs on the batch (BatchColorJitter in the step); interleaved."""
+    import torch
+    import torch.nn.functional as nnf
+    from torchvision.transforms import v2
+
+    from posetune import backbones
+    from posetune.data.pipeline import DecodedDataset, Preprocess, TrainAugment, make_loader
+    from posetune.engine import Normalizer
+    from posetune.runtime import tune_allocator
+
+    tune_allocator()
+    torch.manual_seed(0)
+    model = planned_model(spec["backbone"], spec["strategy"])
+    pre = Preprocess.from_config(backbones.data_config(model, spec["size"]))
+    n, short = spec["images"], pre.short_side
+    images = [torch.randint(0, 256, (3, short, short * 4 // 3), dtype=torch.uint8) for _ in range(n)]
+    labels = [i % 5 for i in range(n)]
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    norm = Normalizer(pre, torch.device("cpu"))
+    batched = TrainAugment(pre.size)
+    per_image = TrainAugment(pre.size)
+    per_image.transform = v2.Compose([*per_image.transform.transforms, v2.ColorJitter(0.2, 0.2, 0.2)])
+
+    def epoch(augment: TrainAugment, color) -> float:
+        loader = make_loader(DecodedDataset(images, labels, pre, augment), spec["batch"], True, torch.device("cpu"))
+        t0 = time.perf_counter()
+        for x, y in loader:
+            loss = nnf.cross_entropy(model(norm(x, color)), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        return time.perf_counter() - t0
+
+    epoch(batched, batched.batch_color)
+    before, after = [], []
+    for _ in range(spec["epochs"]):
+        before.append(round(epoch(per_image, None), 3))
+        after.append(round(epoch(batched, batched.batch_color), 3))
+    return {"images": n, "epoch_seconds_per_image_jitter": before, "epoch_seconds_batch_jitter": after}
+
+
+def worker_decode_rate(spec: dict) -> dict:
+    """posetune's decode (JPEG draft + resize) alone, in predict's 4 threads: images/s."""
+    from posetune import backbones
+    from posetune.data.pipeline import Preprocess
+    from posetune.predict import _decoded_stream
+
+    pre = Preprocess.from_config(backbones.data_config(planned_model(spec["backbone"], "linear"), spec["size"]))
+    paths = sorted(str(p) for p in Path(spec["data"]).rglob("*.jpg"))
+    for _ in _decoded_stream(paths[:8], pre):
+        pass
+    t0 = time.perf_counter()
+    for _ in _decoded_stream(paths, pre):
+        pass
+    return {"images_per_s": round(len(paths) / (time.perf_counter() - t0), 2)}
+
+
+WORKERS = {"decode-rate": worker_decode_rate, "augment-ab": worker_augment_ab, "bare-train": worker_bare_train, "bare-infer": worker_bare_infer, "plain-loop": worker_plain_loop,
+           "decode-epochs": worker_decode_epochs}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("kind", choices=sorted(WORKERS))
+    ap.add_argument("spec", help="the worker's settings as a JSON object")
+    args = ap.parse_args(argv)
+    print(json.dumps(WORKERS[args.kind](json.loads(args.spec))))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
