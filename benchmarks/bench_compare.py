@@ -31,9 +31,9 @@ def forward_seconds(specs: list[str], data: Path, size: int, device, optimize: b
     from posetune.comparison import EXTRACT_BATCH
     from posetune.data.layouts import discover
     from posetune.data.pipeline import DecodedDataset, Preprocess, decode_all, make_loader
-    from posetune.engine import place
+    from posetune.devices import place
     from posetune.features import extract_features
-    from posetune.fusion import optimize_for_inference
+    from posetune.inference import optimize_for_inference
 
     index = discover(data, seed=0)
     result = {}
@@ -62,7 +62,7 @@ def main() -> None:
 
     from posetune.comparison import compare
     from posetune.data.synth import render_dataset
-    from posetune.engine import resolve_device
+    from posetune.devices import resolve_device
 
     specs = args.backbones.split(",")
     device = resolve_device("auto")

@@ -48,7 +48,7 @@ def bench_engines(run: Path, onnx_file: Path, reps: int = 30, big_batch: int = 3
     import torch
 
     import posetune
-    from posetune.onnx_engine import OnnxClassifier
+    from posetune.predict.onnx_engine import OnnxClassifier
 
     torch_clf = posetune.load(run, device="cpu")
     onnx_clf = OnnxClassifier(onnx_file)

@@ -12,7 +12,7 @@ summary.json holds the headline keys; benchmarks/README.md gets the tables.
                         included), same model, batch, image size, optimizer
   decoded_cache_speedup epoch time decoding every epoch (PIL open + resize per sample) / posetune's
                         decode-once cache, same training step
-  linear_cache_speedup  linear strategy, 10 epochs: per-epoch frozen forward (engine.fit) / cached features
+  linear_cache_speedup  linear strategy, 10 epochs: per-epoch frozen forward (training.loop.fit) / cached features
   predict_efficiency    `posetune predict RUN FOLDER --engine torch` steady images/s (a folder vs the same six
                         times over: start-up cancels) / bare eager inference images/s, best memory layout
   onnx_speedup_b1       torch eager / ONNX Runtime latency at batch 1

@@ -26,7 +26,7 @@ What each ratio compares:
   the same epochs), same model, strategy (full), batch, image size, optimizer, on 1024-1280 px JPEGs.
 - **decoded_cache_speedup**: the same training step fed by decoding (PIL open + resize) every epoch / by
   posetune's decoded-image cache (issue 3).
-- **linear_cache_speedup**: the linear strategy trained with engine.fit (frozen base forward every epoch) /
+- **linear_cache_speedup**: the linear strategy trained with training.loop.fit (frozen base forward every epoch) /
   posetune's cached-feature training, 10 epochs (issue 2).
 - **predict_efficiency**: `posetune predict RUN FOLDER` images/s (wall of a folder minus wall of one image, so
   start-up and model load are excluded) / bare inference images/s on in-memory tensors, same model and size.

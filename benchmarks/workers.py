@@ -85,7 +85,7 @@ def worker_bare_infer(spec: dict) -> dict:
                 model(x)
         rates[layout] = round(b * steps / (time.perf_counter() - t0), 2)
     # What posetune's torch engine runs (fusion.optimize_for_inference, channels_last): not the bare figure.
-    from posetune.fusion import optimize_for_inference
+    from posetune.inference import optimize_for_inference
 
     optimized, _ = optimize_for_inference(model, (3, s, s))
     with torch.inference_mode():
@@ -163,7 +163,7 @@ def worker_decode_epochs(spec: dict) -> dict:
     from posetune import backbones
     from posetune.data.layouts import discover
     from posetune.data.pipeline import DecodedDataset, Preprocess, TrainAugment, decode_all, make_loader
-    from posetune.engine import Normalizer
+    from posetune.devices import Normalizer
     from posetune.runtime import tune_allocator
 
     tune_allocator()
@@ -222,7 +222,7 @@ def worker_augment_ab(spec: dict) -> dict:
 
     from posetune import backbones
     from posetune.data.pipeline import DecodedDataset, Preprocess, TrainAugment, make_loader
-    from posetune.engine import Normalizer
+    from posetune.devices import Normalizer
     from posetune.runtime import tune_allocator
 
     tune_allocator()
@@ -260,14 +260,14 @@ def worker_decode_rate(spec: dict) -> dict:
     """posetune's decode (JPEG draft + resize) alone, in predict's 4 threads: images/s."""
     from posetune import backbones
     from posetune.data.pipeline import Preprocess
-    from posetune.predict import _decoded_stream
+    from posetune.predict.prediction import decoded
 
     pre = Preprocess.from_config(backbones.data_config(planned_model(spec["backbone"], "linear"), spec["size"]))
     paths = sorted(str(p) for p in Path(spec["data"]).rglob("*.jpg"))
-    for _ in _decoded_stream(paths[:8], pre):
+    for _ in decoded(paths[:8], pre.decode):
         pass
     t0 = time.perf_counter()
-    for _ in _decoded_stream(paths, pre):
+    for _ in decoded(paths, pre.decode):
         pass
     return {"images_per_s": round(len(paths) / (time.perf_counter() - t0), 2)}
 

@@ -131,14 +131,16 @@ def bench_decoded_cache(ctx: dict) -> dict:
 
 def bench_linear_cache(ctx: dict) -> dict:
     """posetune's linear strategy (features extracted once, head trained on them) vs the same plan trained
-    with engine.fit, which runs the frozen base forward every epoch; 10 epochs, 224 px, both in this process."""
+    with training.loop.fit, which runs the frozen base forward every epoch; 10 epochs, 224 px, both in this process."""
     import torch
 
     import posetune
     from posetune.console import Reporter
-    from posetune.engine import fit, predict_logits
     from posetune.evaluation import compute_metrics
-    from posetune.training import TrainOptions, prepare
+    from posetune.options import TrainOptions
+    from posetune.predict.torch_engine import predict_logits
+    from posetune.training.loop import Trainer, fit
+    from posetune.training.prepare import prepare
 
     log("linear_cache: cached features vs per-epoch frozen forward, 10 epochs")
     common = dict(backbone="efficientnet_lite0", strategy="linear", epochs=10, batch_size=32, patience=0, device="cpu")
@@ -147,8 +149,9 @@ def bench_linear_cache(ctx: dict) -> dict:
     opts = TrainOptions(data=str(ctx["data"]), out=str(ctx["work"] / "linear-per-epoch"), **common)
     p = prepare(opts, Reporter())
     t0 = time.perf_counter()
-    result = fit(p.model, p.stages, p.plan, p.loader(p.train_ds, shuffle=True), p.loader(p.val_ds), p.preprocess,
-                 p.settings, p.device)
+    train_loader = p.loader(p.train_ds, shuffle=True)
+    trainer = Trainer(p.model, p.stages, p.plan, p.preprocess, p.settings, p.device, len(train_loader))
+    result = fit(trainer, train_loader, p.loader(p.val_ds))
     per_epoch_seconds = time.perf_counter() - t0
     p.model.load_state_dict(result.best_state)
     logits, labels = predict_logits(p.model, p.loader(p.test_ds), p.device, p.preprocess)
