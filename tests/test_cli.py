@@ -6,6 +6,7 @@ import csv
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -51,7 +52,9 @@ def test_evaluate_json(tiny_run, shapes_kaggle):
     for key in ("accuracy", "macro_f1", "per_class", "confusion_matrix", "classes", "n", "balanced_accuracy"):
         assert key in out
     assert out["n"] == 12 and len(out["confusion_matrix"]) == 3
-    assert (tiny_run / "confusion_test.png").is_file()
+    png = Path(out["confusion_png"])  # beside the run's own plots, never over them
+    assert png.is_file() and png.parent.parent == tiny_run / "eval" and png.parent.name.endswith("-test")
+    assert json.loads((png.parent / "evaluation.json").read_text())["n"] == 12
 
 
 def test_predict_folder_with_a_bad_file_and_csv(tiny_run, shapes_kaggle, tmp_path):

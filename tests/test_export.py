@@ -103,13 +103,13 @@ def test_numpy_preprocessing_matches_torch_preprocess(shape, crop_pct) -> None:
 
 
 def test_compare_flags_flips_and_gaps() -> None:
-    from posetune.exporting import compare
+    from posetune.exporting import parity_check
 
     ref = np.array([[2.0, 1.0, 0.0], [0.0, 3.0, 1.0]], np.float32)
-    assert compare(ref, ref + 1e-6)["problems"] == []
-    flipped = compare(ref, ref[:, ::-1].copy(), ["a.jpg", "b.jpg"])
+    assert parity_check(ref, ref + 1e-6)["problems"] == []
+    flipped = parity_check(ref, ref[:, ::-1].copy(), ["a.jpg", "b.jpg"])
     assert flipped["top1_agreement"] == 0.5 and "a.jpg" in flipped["problems"][0]
-    assert any("tolerance" in p for p in compare(ref, ref + np.float32(0.5))["problems"])
+    assert any("tolerance" in p for p in parity_check(ref, ref + np.float32(0.5))["problems"])
 
 
 def test_cli_export_json_exit_codes(tiny_run: Path, tmp_path: Path, monkeypatch, capsys) -> None:

@@ -31,7 +31,7 @@ def wait_for_epoch(proc, checkpoint, epoch: int, timeout: float = 240) -> None:
         assert proc.poll() is None, "training ended before it could be killed"
         if checkpoint.is_file():
             try:
-                if torch.load(checkpoint, weights_only=False)["loop"]["epoch"] >= epoch:
+                if torch.load(checkpoint, weights_only=True)["loop"]["epoch"] >= epoch:
                     return
             except Exception:  # noqa: BLE001 - never half-written (atomic), but be patient anyway
                 pass
@@ -67,7 +67,7 @@ def test_sigterm_checkpoints_and_prints_the_resume_command(shapes_kaggle, tmp_pa
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130
     assert f"posetune train --resume {out}" in err
-    state = torch.load(out / "checkpoint" / "last.pt", weights_only=False)
+    state = torch.load(out / "checkpoint" / "last.pt", weights_only=True)
     assert state["loop"]["epoch"] >= 1
 
 

@@ -48,8 +48,11 @@ def most_confused(cm: np.ndarray, classes: list[str], k: int = 5) -> list[dict]:
 
 
 def evaluate(run: str | Path, data: str | Path, split: str = "test", batch_size: int = 64,
-             device: str = "auto", label_level: int = 6, plot: bool = True, progress=None, tta: bool = False) -> dict:
-    """Evaluate a run folder on one split of DATA; writes the confusion-matrix PNG into the run folder.
+             device: str = "auto", label_level: int = 6, plot: bool = True, progress=None, tta: bool = False,
+             out: str | Path | None = None) -> dict:
+    """Evaluate a run folder on one split of DATA; writes evaluation.json and confusion.png to ``out``
+    (default RUN/eval/<data>-<hash>-<split>/: named by the data and split, so nothing of the run's own
+    training outputs, or of another evaluation, is overwritten).
 
     Classes are matched by name, so DATA may hold its classes in any order. With ``tta`` the
     test-time-augmented scores are reported beside the plain ones under ``metrics["tta"]``.
@@ -84,5 +87,7 @@ def evaluate(run: str | Path, data: str | Path, split: str = "test", batch_size:
     if plot and metrics["n"]:
         from posetune.run import RunDir
 
-        metrics["confusion_png"] = str(RunDir(run).write_confusion(metrics, split))
+        folder = RunDir(run).evaluation_dir(data, split, out)
+        metrics["confusion_png"] = str(folder.write_confusion(metrics))
+        folder.write_metrics(metrics)
     return metrics

@@ -49,7 +49,7 @@ def export(run: str | Path, format: str = "onnx", opset: int | None = None, dyna
     """
     import torch
 
-    from posetune.io import atomic_write_text, file_sha256
+    from posetune.io import file_sha256, write_json
     from posetune.predict.onnx_engine import METADATA_KEY
     from posetune.predict.torch_engine import Classifier
     from posetune.run import RunDir
@@ -98,7 +98,7 @@ def export(run: str | Path, format: str = "onnx", opset: int | None = None, dyna
 
         gen = np.random.default_rng(0)
         random_inputs = gen.standard_normal((n_random, 3, size, size)).astype(np.float32)
-        parity = {"random": compare(reference(random_inputs), _in_batches(run_exported, random_inputs, dynamic_batch))}
+        parity = {"random": parity_check(reference(random_inputs), _in_batches(run_exported, random_inputs, dynamic_batch))}
         with _parity_images(clf.meta, images, n_images) as paths:
             parity["images"] = _image_parity(clf, deployed, run_exported, paths, dynamic_batch)
 
@@ -107,13 +107,15 @@ def export(run: str | Path, format: str = "onnx", opset: int | None = None, dyna
               "exporter": meta["exporter"], "opset": meta.get("opset"), "dynamic_batch": dynamic_batch,
               "input_shape": meta["input_shape"], "export_seconds": round(seconds, 2), "parity": parity,
               "ok": not problems, "problems": problems}
-    atomic_write_text(f"{out}.json", json.dumps({**meta, "parity": parity, "ok": not problems}, indent=2) + "\n")
+    # Written last and bound to the bytes it checked: a model file replaced or half-written later no longer
+    # matches, so --engine auto never takes an unchecked model.
+    write_json(f"{out}.json", {**meta, "parity": parity, "ok": not problems, "model_sha256": file_sha256(out)})
     if strict and problems:
         raise CheckFailed(f"{out} disagrees with the PyTorch model: {'; '.join(problems)}")
     return result
 
 
-def compare(reference: np.ndarray, exported: np.ndarray, names: Sequence[str] | None = None) -> dict:
+def parity_check(reference: np.ndarray, exported: np.ndarray, names: Sequence[str] | None = None) -> dict:
     """max |delta logits| and top-1 agreement; any top-1 flip or a gap above tolerance is a problem."""
     delta = float(np.abs(reference - exported).max()) if reference.size else 0.0
     # float32 kernels differ in summation order: ~1e-5 on logits of size ~10 is normal.
@@ -221,16 +223,16 @@ def _image_parity(clf, deployed, run_exported, paths: list[str], dynamic_batch: 
         except ImageError:
             continue
     if not tensors:
-        return compare(np.zeros((0, len(clf.classes)), np.float32), np.zeros((0, len(clf.classes)), np.float32))
+        return parity_check(np.zeros((0, len(clf.classes)), np.float32), np.zeros((0, len(clf.classes)), np.float32))
     batch = clf.normalize(torch.stack(tensors))
     torch_inputs = batch.contiguous().numpy()
     reference = clf.logits(batch).numpy()
     if deployed is not None:
         inputs = deployed.preprocess(names)
-        result = compare(reference, deployed.logits(inputs), names)
+        result = parity_check(reference, deployed.logits(inputs), names)
         result["input_max_abs_delta"] = float(np.abs(inputs - torch_inputs).max())
         return result
-    return compare(reference, _in_batches(run_exported, torch_inputs, dynamic_batch), names)
+    return parity_check(reference, _in_batches(run_exported, torch_inputs, dynamic_batch), names)
 
 
 @contextlib.contextmanager
@@ -240,9 +242,9 @@ def _parity_images(meta: RunMeta, images: Sequence[str | Path] | None, n: int):
 
     paths: list[str] = []
     if images:
-        paths = collect_paths(list(images))
+        paths = collect_paths(list(images))  # the user's: none found is an error
     elif meta.data and Path(meta.data).is_dir():
-        paths = collect_paths([meta.data])
+        paths = collect_paths([meta.data], allow_empty=True)
     if paths:
         step = max(1, len(paths) // n)
         yield paths[::step][:n]

@@ -35,7 +35,7 @@ def lr_find(data: str | Path, start_lr: float = 1e-7, end_lr: float = 1.0, steps
     opts = TrainOptions.from_sources(None, data=str(data), **options)
     if not Path(opts.data).exists():
         raise UsageError(f"DATA not found: {opts.data}")
-    p = prepare(opts, reporter, write_config=False)
+    p = prepare(opts, reporter, create=False)  # it writes lr_find.png only
     model, device = p.model, p.device
     groups = param_groups(model, p.stages, p.plan, p.settings.weight_decay)
     head_lr = p.plan.lrs["head"]

@@ -20,10 +20,16 @@ from pathlib import Path
 from typing import Sequence
 
 from posetune.errors import UsageError
-from posetune.io import atomic_write_bytes, atomic_write_text, write_csv, write_json
+from posetune.io import atomic_write_bytes, atomic_write_text, remove_orphans, write_csv, write_json
 
 FORMAT_VERSION = 1
 METRIC_KEYS = ("accuracy", "balanced_accuracy", "macro_f1", "n")
+# The files a run folder may hold that posetune wrote (train, compare cells, export): the only ones it
+# replaces with --overwrite, and whose orphaned temporary files it clears.
+RUN_FILES = ("model.safetensors", "model.json", "config.yaml", "metrics.csv", "metrics.json", "skipped.csv",
+             "report.md", "training.png", "confusion_test.png", "cell.json", "model.onnx", "model.onnx.json",
+             "model.torchscript.pt", "model.torchscript.pt.json")
+CHECKPOINT_DIR = "checkpoint"
 
 
 @dataclass
@@ -70,6 +76,30 @@ class RunMeta:
     def summarize(metrics: dict[str, dict]) -> dict[str, dict]:
         """The headline scores of each split, as model.json keeps them."""
         return {s: {k: m.get(k) for k in METRIC_KEYS} for s, m in metrics.items()}
+
+
+class EvaluationDir:
+    """Where `posetune evaluate` writes: evaluation.json (the metrics) and its plots. A folder that holds
+    anything but an earlier evaluation is refused."""
+
+    MARKER = "evaluation.json"
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        if self.path.exists() and not self.path.is_dir():
+            raise UsageError(f"--out {self.path} is a file; give a folder for the evaluation's outputs")
+        if self.path.is_dir() and any(self.path.iterdir()) and not (self.path / self.MARKER).is_file():
+            raise UsageError(f"--out {self.path} already holds files that are not a posetune evaluation; "
+                             "choose another --out")
+
+    def write_confusion(self, metrics: dict) -> Path:
+        from posetune.report import plot_confusion
+
+        self.path.mkdir(parents=True, exist_ok=True)
+        return plot_confusion(metrics, self.path / "confusion.png")
+
+    def write_metrics(self, metrics: dict) -> None:
+        write_json(self.path / self.MARKER, metrics)
 
 
 class RunDir:
@@ -121,9 +151,42 @@ class RunDir:
 
     # ------------------------------------------------------------------ writers
 
-    def create(self) -> RunDir:
+    def is_run(self) -> bool:
+        """A folder posetune trained into (even one killed before its weights were written)."""
+        return (self.path / "model.json").is_file() or (self.path / "config.yaml").is_file()
+
+    def create(self, overwrite: bool = False, resume: bool = False) -> RunDir:
+        """Make the folder for a new run. posetune never writes into what it did not create: an existing
+        folder with anything in it is refused, unless it is a posetune run and ``overwrite`` (its posetune
+        files are then removed first) or ``resume`` (the run continues)."""
+        if not resume and self.check_free(overwrite):
+            self.clear()
         self.path.mkdir(parents=True, exist_ok=True)
+        remove_orphans(self.path, RUN_FILES)
         return self
+
+    def check_free(self, overwrite: bool = False) -> bool:
+        """Whether a new run may be written here (True: an earlier run is to be replaced), else a UsageError."""
+        if self.path.exists() and not self.path.is_dir():
+            raise UsageError(f"--out {self.path} is a file; choose a folder name for the run")
+        if not (self.path.is_dir() and any(self.path.iterdir())):
+            return False
+        if not self.is_run():
+            raise UsageError(f"--out {self.path} already exists and is not a posetune run; choose another --out "
+                             "(posetune never writes into a folder it did not create)")
+        if not overwrite:
+            raise UsageError(f"--out {self.path} holds an earlier run; pass --overwrite to replace it, or choose "
+                             "another --out")
+        return True
+
+    def clear(self) -> None:
+        """Remove the files of an earlier run that posetune wrote (RUN_FILES, checkpoint/); nothing else."""
+        import shutil
+
+        for name in RUN_FILES:
+            (self.path / name).unlink(missing_ok=True)
+        if (self.path / CHECKPOINT_DIR).is_dir():
+            shutil.rmtree(self.path / CHECKPOINT_DIR)
 
     def write_json(self, name: str, obj) -> None:
         write_json(self.path / name, obj)
@@ -144,6 +207,16 @@ class RunDir:
         state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
         atomic_write_bytes(self.model_file, save_bytes(state, metadata={"format": "posetune", "arch": meta.arch}))
         self.write_json("model.json", meta.to_json())
+
+    def evaluation_dir(self, data: str | Path, split: str, out: str | Path | None = None) -> EvaluationDir:
+        """``out``, or RUN/eval/<data name>-<hash of its path>-<split>/."""
+        import hashlib
+
+        if out is not None:
+            return EvaluationDir(out)
+        where = Path(data).resolve()
+        tag = hashlib.sha256(str(where).encode()).hexdigest()[:6]
+        return EvaluationDir(self.path / "eval" / f"{where.name or 'data'}-{tag}-{split}")
 
     def write_confusion(self, metrics: dict, split: str) -> Path:
         from posetune.report import plot_confusion

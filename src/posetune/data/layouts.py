@@ -85,7 +85,17 @@ def discover(data: str | Path, val_fraction: float = 0.15, seed: int = 0, label_
 
 
 def _subdirs(path: Path) -> list[Path]:
-    return sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith((".", "_")))
+    """Visible sub-folders. A link is followed once, unless it points back at DATA or above it, or into
+    DATA (a loop, or a second copy of a folder that is scanned anyway)."""
+    return sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith((".", "_"))
+                  and not _link_into_tree(p))
+
+
+def _link_into_tree(p: Path) -> bool:
+    if not p.is_symlink():
+        return False
+    target, here = p.resolve(), p.parent.resolve()
+    return target == here or target in here.parents or here in target.parents
 
 
 def _scan_class_dir(class_dir: Path, skipped: list) -> list[str]:

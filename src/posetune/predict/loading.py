@@ -45,6 +45,8 @@ def choose_engine(run: str | Path, engine: str = "auto", device: str = "auto", t
         return "torch", f"{sidecar} is unreadable"
     if not meta.get("ok") or meta.get("source_sha256") != file_sha256(weights):
         return "torch", f"{ONNX_FILE} is stale or failed its parity check; re-run `posetune export {run}`"
+    if meta.get("model_sha256") != file_sha256(onnx):  # replaced or half-written after its check
+        return "torch", f"{ONNX_FILE} is not the file its parity check passed on; re-run `posetune export {run}`"
     return "onnx", f"{onnx} matches the weights; --engine torch to use PyTorch"
 
 

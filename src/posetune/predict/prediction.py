@@ -28,8 +28,9 @@ class Prediction:
                 "top_k": [{"label": c, "probability": p} for c, p in self.top_k], "error": self.error}
 
 
-def collect_paths(paths: Sequence[str | Path]) -> list[str]:
-    """Files as given; folders expanded to the images inside them (recursively, sorted)."""
+def collect_paths(paths: Sequence[str | Path], allow_empty: bool = False) -> list[str]:
+    """Files as given; folders expanded to the images inside them (recursively, sorted). Nothing to predict
+    is a UsageError unless ``allow_empty``."""
     found: list[str] = []
     for p in map(Path, paths):
         if p.is_dir():
@@ -39,6 +40,9 @@ def collect_paths(paths: Sequence[str | Path]) -> list[str]:
             found.append(str(p))
         else:
             raise UsageError(f"no such file or folder: {p}")
+    if not found and not allow_empty:
+        names = ", ".join(str(p) for p in paths) or "(none given)"
+        raise UsageError(f"no images in {names}; give image files or folders with .jpg/.png/... inside")
     return found
 
 

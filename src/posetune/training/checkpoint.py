@@ -15,6 +15,7 @@ from posetune.errors import PosetuneError, UsageError
 from posetune.io import atomic_write_bytes
 
 CHECKPOINT = "checkpoint/last.pt"
+CONFIG_KEY = "config_sha256"  # the checkpoint belongs to the run whose config.yaml has this hash
 
 
 def save_checkpoint(path: str | Path, payload: dict) -> None:
@@ -26,18 +27,28 @@ def save_checkpoint(path: str | Path, payload: dict) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
-def load_checkpoint(path: str | Path) -> dict:
-    """The checkpoint at ``path``, never unpickling anything but tensors and plain data."""
+def load_checkpoint(path: str | Path, config_sha256: str | None = None) -> dict:
+    """The checkpoint at ``path``, never unpickling anything but tensors and plain data. With
+    ``config_sha256``, a checkpoint written under another config.yaml is refused."""
+    import warnings
+
     import torch
 
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as exc:
-        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-        raise UsageError(f"{path} is not a posetune checkpoint that loads safely ({first}); "
-                         "delete it to train from the start") from exc
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch's own advice (weights_only=False) is the unsafe way
+            payload = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise UsageError(f"{path} holds objects other than tensors and plain data, and posetune never unpickles "
+                         "those (they could run code); delete it to train from the start") from exc
+    except (RuntimeError, EOFError, ValueError, OSError) as exc:
+        raise UsageError(f"{path} is damaged or not a checkpoint ({type(exc).__name__}); delete it to train "
+                         "from the start") from exc
     if not isinstance(payload, dict) or not {"model", "optimizer", "scheduler", "loop"} <= set(payload):
         raise UsageError(f"{path} is not a posetune checkpoint; delete it to train from the start")
+    if config_sha256 is not None and payload.get(CONFIG_KEY, config_sha256) != config_sha256:  # older: no key
+        raise UsageError(f"{path} was written under another config.yaml than the one beside it; it does not belong "
+                         "to this run (train again with --overwrite)")
     return payload
 
 

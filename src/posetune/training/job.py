@@ -18,6 +18,7 @@ from pathlib import Path
 from posetune.console import Reporter
 from posetune.errors import UsageError
 from posetune.options import TrainOptions
+from posetune.run import RunDir
 from posetune.training.checkpoint import CHECKPOINT, Interrupted, StopSignals, load_checkpoint, save_checkpoint
 from posetune.training.prepare import Prepared, prepare
 
@@ -32,45 +33,64 @@ class TrainResult:
 
 
 def train(data: str | Path | None = None, reporter: Reporter | None = None, config: str | Path | None = None,
-          verbose: bool = False, resume: str | Path | None = None, **options) -> TrainResult:
+          verbose: bool = False, resume: str | Path | None = None, overwrite: bool = False,
+          **options) -> TrainResult:
     """Fine-tune a backbone on DATA and write a self-contained run folder. Options as `posetune train`.
 
-    ``resume=RUN`` continues RUN from its last checkpoint with the options saved in RUN/config.yaml.
+    ``resume=RUN`` continues RUN from its last checkpoint with the options saved in RUN/config.yaml (a run
+    killed before its first checkpoint starts again from the first epoch). ``overwrite=True`` replaces an
+    earlier run at ``out``; without it an existing run folder is refused.
     """
     from posetune.console import RichReporter
 
     reporter = reporter or (RichReporter() if verbose else Reporter())
     if resume is not None:
-        saved = Path(resume) / "config.yaml"
-        if not (Path(resume) / CHECKPOINT).is_file() or not saved.is_file():
-            raise UsageError(f"{resume} has no checkpoint to resume from ({CHECKPOINT} and config.yaml are needed)")
-        opts = TrainOptions.from_sources(saved, out=str(resume))
-        return _train(opts, reporter, resume=True)
+        return _resume(Path(resume), reporter, config, data, {k: v for k, v in options.items() if v is not None})
     opts = TrainOptions.from_sources(config, data=str(data) if data is not None else None, **options)
     if not opts.data:
         raise UsageError("no DATA given: pass a folder of class folders, split folders or a CSV manifest")
     if not Path(opts.data).exists():  # before the slow imports: a typo should fail at once
         raise UsageError(f"DATA not found: {opts.data} (give a folder of class folders, split folders, or a CSV)")
-    return _train(opts, reporter)
+    if opts.out:
+        RunDir(opts.out).check_free(overwrite)  # before the slow part: nothing is replaced without --overwrite
+    return _train(opts, reporter, overwrite=overwrite)
 
 
-def _train(opts: TrainOptions, reporter: Reporter, resume: bool = False) -> TrainResult:
+def _resume(run: Path, reporter: Reporter, config, data, options: dict) -> TrainResult:
+    given = [f"--{k.replace('_', '-')}" for k in options] + (["--config"] if config else []) + (["DATA"] if data else [])
+    if given:
+        raise UsageError(f"--resume continues {run} with the options in its config.yaml; drop {', '.join(given)} "
+                         "(or train a new run with them)")
+    saved = run / "config.yaml"
+    if not saved.is_file():
+        raise UsageError(f"{run} has no config.yaml to resume from; it is not a posetune run folder")
+    opts = TrainOptions.from_sources(saved, out=str(run))
+    if not (run / CHECKPOINT).is_file():
+        reporter.info(f"{run} has no checkpoint yet (it was stopped before its first epoch ended): training it "
+                      "from the first epoch with its saved options")
+    return _train(opts, reporter, resume=True)
+
+
+def _train(opts: TrainOptions, reporter: Reporter, resume: bool = False, overwrite: bool = False) -> TrainResult:
     from posetune.devices import training_backend
     from posetune.distributed import init_from_env, shutdown
 
     dist = init_from_env(training_backend(opts.device))
     try:
-        return _train_ranked(opts, reporter if dist.is_main else Reporter(), resume, dist)
+        return _train_ranked(opts, reporter if dist.is_main else Reporter(), resume, overwrite, dist)
     finally:
         shutdown()
 
 
-def _train_ranked(opts: TrainOptions, reporter: Reporter, resume: bool, dist) -> TrainResult:
+def _train_ranked(opts: TrainOptions, reporter: Reporter, resume: bool, overwrite: bool, dist) -> TrainResult:
     """The training run as one rank of ``dist`` sees it (rank 0 alone writes the run folder)."""
+    from posetune.io import file_sha256
     from posetune.strategies import FineTunePhase, HeadPhase
 
-    p = prepare(opts, reporter, write_config=dist.is_main, dist=dist)
-    checkpoint = load_checkpoint(p.out / CHECKPOINT) if resume else None
+    p = prepare(opts, reporter, write_config=dist.is_main, dist=dist, overwrite=overwrite, resume=resume)
+    p.config_sha256 = file_sha256(p.out / "config.yaml") if (p.out / "config.yaml").is_file() else None
+    has_checkpoint = resume and (p.out / CHECKPOINT).is_file()
+    checkpoint = load_checkpoint(p.out / CHECKPOINT, p.config_sha256) if has_checkpoint else None
     t0 = time.perf_counter()
     history: list[dict] = []
     best_epoch = images_seen = 0
@@ -173,7 +193,10 @@ class EpochProgress:
 
 
 def _saver(p: Prepared, reporter: Reporter):
+    from posetune.training.checkpoint import CONFIG_KEY
+
     def save(payload: dict) -> None:
+        payload[CONFIG_KEY] = p.config_sha256
         try:
             save_checkpoint(p.out / CHECKPOINT, payload)
         except OSError as exc:  # e.g. disk full: the atomic write left the previous checkpoint intact

@@ -48,6 +48,7 @@ class Prepared:
     class_weights: torch.Tensor | None
     sampler: object  # a torch Sampler for --balance sampler or DDP, else None
     dist: Dist
+    config_sha256: str | None = None  # of the run's config.yaml: the checkpoints carry it
 
     @property
     def epochs(self) -> int:
@@ -83,8 +84,11 @@ def default_run_dir(opts: TrainOptions) -> Path:
     return path
 
 
-def prepare(opts: TrainOptions, reporter: Reporter, write_config: bool = True, dist: Dist | None = None) -> Prepared:
-    """DATA -> checked samples -> backbone with its plan -> decoded datasets, reporting each choice."""
+def prepare(opts: TrainOptions, reporter: Reporter, write_config: bool = True, dist: Dist | None = None,
+            overwrite: bool = False, resume: bool = False, create: bool = True) -> Prepared:
+    """DATA -> checked samples -> backbone with its plan -> decoded datasets, reporting each choice.
+
+    ``create``: make the run folder (refusing an existing one unless ``overwrite`` or ``resume``)."""
     from posetune import backbones, strategies
     from posetune.data.pipeline import Preprocess
     from posetune.devices import place
@@ -102,7 +106,7 @@ def prepare(opts: TrainOptions, reporter: Reporter, write_config: bool = True, d
     model, stages, plan = build_model(opts, spec, len(index.classes), reporter)
     epochs = opts.epochs or strategy.epochs
     preprocess = Preprocess.from_config(backbones.data_config(model, opts.image_size, opts.crop_pct))
-    out = _run_folder(opts, dist, write_config)
+    out = _run_folder(opts, dist, write_config and create, overwrite, resume, create)
     reporter.info(f"backbone {spec.name} ({spec.arch}, weights: {spec.weight_source}), strategy {opts.strategy}, "
                   f"{epochs} epochs, image size {preprocess.size}, batch {opts.batch_size}, device {device}, "
                   f"head lr {plan.lrs['head']:.1e} -> {out.path}")
@@ -168,15 +172,18 @@ def build_model(opts: TrainOptions, spec: BackboneSpec, n_classes: int, reporter
     return model, stages, plan
 
 
-def _run_folder(opts: TrainOptions, dist: Dist, write_config: bool) -> RunDir:
+def _run_folder(opts: TrainOptions, dist: Dist, write_config: bool, overwrite: bool, resume: bool,
+                create: bool) -> RunDir:
     from posetune.run import RunDir
 
     out = RunDir(opts.out or default_run_dir(opts))
-    dist.barrier()  # every rank has picked the same folder name before rank 0 creates it
-    out.create()
     opts.out = str(out.path)
-    if write_config:
-        out.write_config(dataclasses.asdict(opts))  # first, so that an interrupted run can be resumed
+    dist.barrier()  # every rank has picked the same folder name before rank 0 creates it
+    if create and dist.is_main:
+        out.create(overwrite=overwrite, resume=resume)
+        if write_config and not resume:
+            out.write_config(dataclasses.asdict(opts))  # first, so that an interrupted run can be resumed
+    dist.barrier()
     return out
 
 
