@@ -191,3 +191,29 @@ def test_bootstrap_interval_and_pareto():
             {"test_accuracy": 0.7, "latency_ms": 8.0}, {"test_accuracy": None, "latency_ms": 1.0}]
     mark_pareto(rows)
     assert [r["pareto"] for r in rows] == [True, True, False, False]
+
+
+def test_stage2_asks_the_strategy_objects(monkeypatch, tmp_path):
+    from posetune import strategies
+    from posetune.comparison import stage2_cells
+
+    extra = strategies.Strategy("full-again", "a second base-training strategy, for this test", 1e-3, 1)
+    monkeypatch.setitem(strategies.STRATEGIES, extra.name, extra)
+    assert strategies.probe_strategy().name == "linear"  # the one that trains only the head
+    cells = stage2_cells(tmp_path, ["resnet18@random"], ["linear", "full-again", "partial"], seeds=2)
+    assert [c.name for c in cells] == ["resnet18-random-full-again-s0", "resnet18-random-partial-s0",
+                                       "resnet18-random-full-again-s1", "resnet18-random-partial-s1"]
+    assert all(c.path.parent == tmp_path / "cells" for c in cells)
+
+
+def test_probe_rows_are_labelled_from_the_strategy_object():
+    from posetune.comparison import leaderboard_rows
+
+    probe = {"status": "ok", "backbone": "b", "strategy": "linear", "seed": 0, "run": "r0", "val_accuracy": 0.5,
+             "knn_val_accuracy": 0.4, "knn_test_accuracy": 0.3, "test": None}
+    tuned = {"status": "ok", "backbone": "b", "strategy": "partial", "seed": 0, "run": "r1", "val_accuracy": 0.6,
+             "test": None}
+    rows = leaderboard_rows({"b": probe}, [tuned], ["partial"])
+    assert [(r["strategy"], r["knn_test_accuracy"]) for r in rows] == [("partial", None), ("linear (probe)", 0.3)]
+    asked = leaderboard_rows({"b": probe}, [tuned], ["linear", "partial"])
+    assert [r["strategy"] for r in asked] == ["partial", "linear"]

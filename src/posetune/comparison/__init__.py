@@ -27,7 +27,13 @@ from pathlib import Path
 
 from posetune.comparison.cells import CELL_FILE, CELLS_DIR, Cell, cell_slug, reuse_keys
 from posetune.comparison.costs import measure_costs
-from posetune.comparison.finetune import TRAIN_COST_PER_FORWARD, estimate_cell_seconds, run_stage2, train_cell
+from posetune.comparison.finetune import (
+    TRAIN_COST_PER_FORWARD,
+    estimate_cell_seconds,
+    run_stage2,
+    stage2_cells,
+    train_cell,
+)
 from posetune.comparison.leaderboard import (
     BOOTSTRAP_SAMPLES,
     LEADERBOARD_COLUMNS,
@@ -48,7 +54,7 @@ __all__ = [
     "BOOTSTRAP_SAMPLES", "CELL_FILE", "EXTRACT_BATCH", "LEADERBOARD_COLUMNS", "TRAIN_COST_PER_FORWARD", "Cell",
     "CompareResult", "bootstrap_interval", "cell_slug", "compare", "display_rows", "estimate_cell_seconds",
     "leaderboard_rows", "link_best", "mark_pareto", "measure_costs", "probe_backbone", "run_stage1", "run_stage2",
-    "top_backbones", "train_cell", "write_leaderboard",
+    "stage2_cells", "top_backbones", "train_cell", "write_leaderboard",
 ]
 
 
@@ -103,12 +109,11 @@ def _compare(opts: CompareOptions, reporter: Reporter) -> CompareResult:
     seconds: dict[str, float] = {}
     probes = run_stage1(opts, specs, index, device, out, probe_key, reporter, seconds)
 
-    # Stage 2: top-k backbones by probe val accuracy (then k-NN), each requested strategy that trains the base
-    # (one that trains only the head is what the stage-1 probe cell already stands for).
+    # Stage 2: top-k backbones by probe val accuracy (then k-NN), each requested strategy that trains the base.
     top = top_backbones(probes, opts.top_k)
-    trained = [s for s in opts.strategies if s != "linear"]
-    cells = [Cell.at(out, b, s, seed) for seed in range(opts.seeds) for b in top for s in trained]
-    if trained and top:
+    cells = stage2_cells(out, top, opts.strategies, opts.seeds)
+    if cells:
+        trained = list(dict.fromkeys(c.strategy for c in cells))
         reporter.info(f"stage 2: {', '.join(top)} x {', '.join(trained)} x {opts.seeds} seed(s) = {len(cells)} cells")
     t2 = time.perf_counter()
     budget_s = opts.budget_minutes * 60 if opts.budget_minutes else None

@@ -13,7 +13,7 @@ from __future__ import annotations
 import shutil
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 from posetune.comparison.cells import Cell, summarize_test
 from posetune.console import Reporter
@@ -29,6 +29,15 @@ def estimate_cell_seconds(probe: dict, epochs: int, correction: float = 1.0) -> 
     n_train, n_val, n_test = probe.get("n_train", 0), probe.get("n_val", 0), probe.get("n_test", 0)
     forwards = TRAIN_COST_PER_FORWARD * n_train * epochs + n_val * (epochs + 1) + n_test
     return forwards * per_image * correction
+
+
+def stage2_cells(out: Path, backbones: Sequence[str], strategies: Sequence[str], seeds: int) -> list[Cell]:
+    """Every backbone x each strategy whose object trains the base x seed, seed by seed; a strategy that
+    trains only the head is what the backbone's stage-1 probe cell already stands for."""
+    from posetune.strategies import get_strategy
+
+    trained = [s for s in strategies if get_strategy(s).trains_base]
+    return [Cell.at(out, b, s, seed) for seed in range(seeds) for b in backbones for s in trained]
 
 
 def run_stage2(opts: CompareOptions, cells: list[Cell], probes: dict[str, dict], index, key: dict,

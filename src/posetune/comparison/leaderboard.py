@@ -96,7 +96,9 @@ def leaderboard_rows(probes: dict[str, dict], results: list[dict], strategies: S
 
 def _row(backbone: str, strategy: str, cells: list[dict], probe: dict, requested: Sequence[str]) -> dict:
     """The row of one (backbone, strategy): means over its seeds, the backbone's costs from its probe."""
-    is_probe = strategy == "linear"  # the stage-1 cell, not a fine-tuned one
+    from posetune.strategies import get_strategy
+
+    is_probe = not get_strategy(strategy).trains_base  # the stage-1 cell, not a fine-tuned one
     ok = [c for c in cells if c["status"] == "ok"]
     tested = [c for c in ok if c.get("test")]
     acc, acc_err, f1, f1_err, kind = _mean_err([(c["test"]["accuracy"], c["test"]["macro_f1"]) for c in tested],

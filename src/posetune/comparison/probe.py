@@ -95,8 +95,9 @@ def _plan_probes(opts: CompareOptions, specs: list, index, out: Path, key: dict,
 
     from posetune.backbones import build_model, data_config
     from posetune.data.pipeline import Preprocess
+    from posetune.strategies import probe_strategy
 
-    strategy = "linear"
+    strategy = probe_strategy().name
     probes: dict[str, dict] = {}
     todo = []
     for spec_str, spec in zip(opts.backbones, specs):
