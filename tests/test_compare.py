@@ -217,3 +217,26 @@ def test_probe_rows_are_labelled_from_the_strategy_object():
     assert [(r["strategy"], r["knn_test_accuracy"]) for r in rows] == [("partial", None), ("linear (probe)", 0.3)]
     asked = leaderboard_rows({"b": probe}, [tuned], ["linear", "partial"])
     assert [r["strategy"] for r in asked] == ["partial", "linear"]
+
+
+def test_training_cells_share_the_sweeps_decoded_cache_without_out(monkeypatch, tmp_path):
+    """The default OUT (no --out) is computed by compare; a cell finds the sweep from its own folder."""
+    import types
+
+    import posetune.training as training
+    from posetune.comparison import Cell, train_cell
+    from posetune.console import Reporter
+    from posetune.options import CompareOptions
+
+    seen = {}
+
+    def fake_train(data, **options):
+        seen.update(options)
+        return types.SimpleNamespace(metrics={"val": {"accuracy": 0.5, "macro_f1": 0.5}}, train_seconds=1.0,
+                                     history=[{}])
+
+    monkeypatch.setattr(training, "train", fake_train)
+    cell = Cell.at(tmp_path / "sweep", "test_resnet@random", "partial", 0)
+    result = train_cell(cell, CompareOptions(data="DATA", out=None), {"k": 1}, Reporter())
+    assert result["status"] == "ok" and seen["cache_dir"] == str(tmp_path / "sweep" / "decoded-cache")
+    assert seen["out"] == str(cell.path) and (cell.path / "cell.json").is_file()

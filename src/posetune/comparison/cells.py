@@ -49,6 +49,11 @@ class Cell:
     def name(self) -> str:
         return self.path.name
 
+    @property
+    def sweep(self) -> Path:
+        """The sweep folder OUT the cell belongs to."""
+        return self.path.parent.parent
+
     def load(self, key: dict) -> dict | None:
         """The cell's saved result if it finished with the same settings, else None."""
         from posetune.run import RunDir

@@ -119,7 +119,7 @@ def train_cell(cell: Cell, opts: CompareOptions, key: dict, reporter: Reporter) 
                    image_size=opts.image_size, batch_size=opts.batch_size, device=opts.device,
                    val_fraction=opts.val_fraction, label_level=opts.label_level,
                    # decode each image once per decode size for the whole sweep, not once per cell
-                   cache="disk", cache_dir=str(Path(opts.out) / "decoded-cache"))
+                   cache="disk", cache_dir=str(cell.sweep / "decoded-cache"))
     wall = time.perf_counter() - t
     val = result.metrics.get("val", {})
     summary = {"status": "ok", "key": key, "backbone": cell.backbone, "strategy": cell.strategy, "seed": cell.seed,
