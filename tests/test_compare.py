@@ -191,3 +191,52 @@ def test_bootstrap_interval_and_pareto():
             {"test_accuracy": 0.7, "latency_ms": 8.0}, {"test_accuracy": None, "latency_ms": 1.0}]
     mark_pareto(rows)
     assert [r["pareto"] for r in rows] == [True, True, False, False]
+
+
+def test_stage2_asks_the_strategy_objects(monkeypatch, tmp_path):
+    from posetune import strategies
+    from posetune.comparison import stage2_cells
+
+    extra = strategies.Strategy("full-again", "a second base-training strategy, for this test", 1e-3, 1)
+    monkeypatch.setitem(strategies.STRATEGIES, extra.name, extra)
+    assert strategies.probe_strategy().name == "linear"  # the one that trains only the head
+    cells = stage2_cells(tmp_path, ["resnet18@random"], ["linear", "full-again", "partial"], seeds=2)
+    assert [c.name for c in cells] == ["resnet18-random-full-again-s0", "resnet18-random-partial-s0",
+                                       "resnet18-random-full-again-s1", "resnet18-random-partial-s1"]
+    assert all(c.path.parent == tmp_path / "cells" for c in cells)
+
+
+def test_probe_rows_are_labelled_from_the_strategy_object():
+    from posetune.comparison import leaderboard_rows
+
+    probe = {"status": "ok", "backbone": "b", "strategy": "linear", "seed": 0, "run": "r0", "val_accuracy": 0.5,
+             "knn_val_accuracy": 0.4, "knn_test_accuracy": 0.3, "test": None}
+    tuned = {"status": "ok", "backbone": "b", "strategy": "partial", "seed": 0, "run": "r1", "val_accuracy": 0.6,
+             "test": None}
+    rows = leaderboard_rows({"b": probe}, [tuned], ["partial"])
+    assert [(r["strategy"], r["knn_test_accuracy"]) for r in rows] == [("partial", None), ("linear (probe)", 0.3)]
+    asked = leaderboard_rows({"b": probe}, [tuned], ["linear", "partial"])
+    assert [r["strategy"] for r in asked] == ["partial", "linear"]
+
+
+def test_training_cells_share_the_sweeps_decoded_cache_without_out(monkeypatch, tmp_path):
+    """The default OUT (no --out) is computed by compare; a cell finds the sweep from its own folder."""
+    import types
+
+    import posetune.training as training
+    from posetune.comparison import Cell, train_cell
+    from posetune.console import Reporter
+    from posetune.options import CompareOptions
+
+    seen = {}
+
+    def fake_train(data, **options):
+        seen.update(options)
+        return types.SimpleNamespace(metrics={"val": {"accuracy": 0.5, "macro_f1": 0.5}}, train_seconds=1.0,
+                                     history=[{}])
+
+    monkeypatch.setattr(training, "train", fake_train)
+    cell = Cell.at(tmp_path / "sweep", "test_resnet@random", "partial", 0)
+    result = train_cell(cell, CompareOptions(data="DATA", out=None), {"k": 1}, Reporter())
+    assert result["status"] == "ok" and seen["cache_dir"] == str(tmp_path / "sweep" / "decoded-cache")
+    assert seen["out"] == str(cell.path) and (cell.path / "cell.json").is_file()

@@ -140,6 +140,16 @@ def get_strategy(name: str) -> Strategy:
     return STRATEGIES[name]
 
 
+def probe_strategy() -> Strategy:
+    """The registered strategy that trains only the head (``linear``): compare's stage-1 probe cells are
+    saved as runs of it, and stage 2 trains only the strategies that train the base."""
+    for strategy in STRATEGIES.values():
+        if not strategy.trains_base:
+            return strategy
+    raise UsageError("no registered strategy trains only the head; register one with phases=(HeadPhase(),) "
+                     "for compare's probe cells")
+
+
 def default_freeze_stages(stages: list[Stage]) -> int:
     """Freeze about the lower half of the stages: low-level features are universal."""
     n_stages = len([s for s in stages if s.name not in ("stem", "head")])

@@ -1,0 +1,130 @@
+"""Stage 2 of `posetune compare`: fine-tune the top backbones with each strategy that trains the base.
+
+Each cell is one :func:`posetune.training.train` run into its folder. Before a cell starts, its time is
+estimated from stage 1's measured throughput (corrected by the cells finished so far); with a budget,
+cells that would not fit are skipped with the reason.
+
+>>> estimate_cell_seconds({"images_per_s": 100.0, "n_train": 90, "n_val": 10, "n_test": 20}, epochs=1)
+3.1
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+from typing import Callable, Sequence
+
+from posetune.comparison.cells import Cell, summarize_test
+from posetune.console import Reporter
+from posetune.options import CompareOptions
+
+TRAIN_COST_PER_FORWARD = 3.0  # forward + backward ~ 3 forwards per image (refined by finished cells)
+
+
+def estimate_cell_seconds(probe: dict, epochs: int, correction: float = 1.0) -> float:
+    """Forward seconds per image from stage 1; training ~3 forwards per train image per epoch, plus a
+    val pass per epoch and the final val + test pass; ``correction`` = measured / estimated so far."""
+    per_image = 1.0 / max(probe.get("images_per_s") or 1e-9, 1e-9)
+    n_train, n_val, n_test = probe.get("n_train", 0), probe.get("n_val", 0), probe.get("n_test", 0)
+    forwards = TRAIN_COST_PER_FORWARD * n_train * epochs + n_val * (epochs + 1) + n_test
+    return forwards * per_image * correction
+
+
+def stage2_cells(out: Path, backbones: Sequence[str], strategies: Sequence[str], seeds: int) -> list[Cell]:
+    """Every backbone x each strategy whose object trains the base x seed, seed by seed; a strategy that
+    trains only the head is what the backbone's stage-1 probe cell already stands for."""
+    from posetune.strategies import get_strategy
+
+    trained = [s for s in strategies if get_strategy(s).trains_base]
+    return [Cell.at(out, b, s, seed) for seed in range(seeds) for b in backbones for s in trained]
+
+
+def run_stage2(opts: CompareOptions, cells: list[Cell], probes: dict[str, dict], index, key: dict,
+               reporter: Reporter, budget_s: float | None, t_start: float) -> tuple[list[dict], list[dict]]:
+    """Train every cell that fits the budget (finished ones are loaded, failed ones recorded);
+    returns (cell results, skipped cells with their reasons)."""
+    from posetune.strategies import get_strategy
+
+    results: list[dict] = []
+    skipped: list[dict] = []
+    ratios: list[float] = []  # measured / estimated seconds of the cells run so far
+    for cell in cells:
+        saved = cell.load(key)
+        if saved:
+            reporter.info(f"{cell.name}: finished earlier, skipped")
+            results.append(saved)
+            continue
+        epochs = opts.epochs or get_strategy(cell.strategy).epochs
+        correction = sum(ratios) / len(ratios) if ratios else 1.0
+        estimate = estimate_cell_seconds(probes[cell.backbone], epochs, correction)
+        if budget_s is not None:
+            left = budget_s - (time.perf_counter() - t_start)
+            if estimate > left:
+                skipped.append(_skip(cell, estimate, left, budget_s, measured=bool(ratios)))
+                reporter.warn(f"{cell.name}: skipped, {skipped[-1]['reason']}")
+                continue
+        reporter.info(f"{cell.name}: training ({epochs} epochs, ~{estimate:.0f} s estimated)")
+        t = time.perf_counter()
+        try:
+            result = train_cell(cell, opts, key, reporter)
+        except Exception as exc:  # noqa: BLE001 - a failing cell is recorded; the sweep goes on
+            reporter.stop()
+            result = cell.save_failure(exc)
+            reporter.warn(f"{cell.name}: failed: {result['error']}")
+        wall = time.perf_counter() - t
+        if result["status"] == "ok" and estimate > 0:
+            ratios.append(wall / (estimate / correction))
+        results.append(result)
+    return results, skipped
+
+
+def _skip(cell: Cell, estimate: float, left: float, budget_s: float, measured: bool) -> dict:
+    """The record of a cell the budget leaves out, with the reason people read."""
+    basis = "measured cells" if measured else "stage-1 throughput"
+    reason = (f"estimated {estimate:.0f} s ({basis}) but {max(left, 0):.0f} s of the "
+              f"{budget_s / 60:g}-minute budget left")
+    return {"cell": cell.name, "backbone": cell.backbone, "strategy": cell.strategy, "seed": cell.seed,
+            "estimated_seconds": round(estimate, 3), "reason": reason}
+
+
+class CellReporter(Reporter):
+    """Progress bars, epochs and warnings of a training cell; its setup tables would drown the sweep."""
+
+    def __init__(self, parent: Reporter, prefix: str):
+        self.parent, self.prefix = parent, prefix
+
+    def warn(self, msg: str) -> None:
+        self.parent.warn(f"{self.prefix}: {msg}")
+
+    def start(self, description: str, total: int) -> Callable[[int], None]:
+        return self.parent.start(f"{self.prefix} {description}", total)
+
+    def stop(self) -> None:
+        self.parent.stop()
+
+    def epoch(self, row: dict) -> None:
+        self.parent.epoch(row)
+
+
+def train_cell(cell: Cell, opts: CompareOptions, key: dict, reporter: Reporter) -> dict:
+    """One `posetune train` run into the cell's folder; saves and returns the cell's result."""
+    from posetune.training import train  # looked up at call time: tests replace posetune.training.train
+
+    if cell.path.exists():
+        shutil.rmtree(cell.path)  # an unfinished or stale folder: start the cell clean
+    t = time.perf_counter()
+    result = train(opts.data, reporter=CellReporter(reporter, cell.name), backbone=cell.backbone,
+                   strategy=cell.strategy, epochs=opts.epochs, seed=cell.seed, out=str(cell.path),
+                   image_size=opts.image_size, batch_size=opts.batch_size, device=opts.device,
+                   val_fraction=opts.val_fraction, label_level=opts.label_level,
+                   # decode each image once per decode size for the whole sweep, not once per cell
+                   cache="disk", cache_dir=str(cell.sweep / "decoded-cache"))
+    wall = time.perf_counter() - t
+    val = result.metrics.get("val", {})
+    summary = {"status": "ok", "key": key, "backbone": cell.backbone, "strategy": cell.strategy, "seed": cell.seed,
+               "run": str(cell.path), "val_accuracy": val.get("accuracy"), "val_macro_f1": val.get("macro_f1"),
+               "test": summarize_test(result.metrics.get("test")), "train_seconds": round(result.train_seconds, 3),
+               "wall_seconds": round(wall, 3), "epochs_run": len(result.history)}
+    cell.save(summary)
+    return summary

@@ -1,0 +1,317 @@
+"""Stage 1 of `posetune compare`: every backbone once per image, a probe and a k-NN on its features.
+
+Every image is decoded once for the whole sweep; each backbone's inference-optimised copy turns the
+images into pooled features, :mod:`posetune.features` fits an L-BFGS logistic probe and a k-NN on them,
+and the probe, folded into the model's head, is saved as the backbone's probe cell: a normal run folder
+of the registered strategy that trains only the head (``linear``), so predict / evaluate / export / serve
+work on it. Pretrained features predict the fine-tuned ranking (Kornblith et al. 2019), so stage 2
+fine-tunes only the best backbones of this stage.
+
+>>> probes = run_stage1(opts, specs, index, device, out, key, reporter, seconds)   # doctest: +SKIP
+>>> top_backbones(probes, 2)                                                      # doctest: +SKIP
+['efficientnet_lite0', 'resnet18@random']
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable
+
+from posetune.comparison.cells import Cell, summarize_test
+from posetune.comparison.costs import measure_costs
+from posetune.console import Reporter
+from posetune.errors import UsageError
+from posetune.options import CompareOptions
+
+if TYPE_CHECKING:  # torch-heavy; imported inside the functions that run
+    from posetune.data.pipeline import Preprocess
+    from posetune.features import Knn, Probe
+
+EXTRACT_BATCH = 32  # stage-1 batch: its throughput is the leaderboard's images/s at batch 32
+SPLITS = ("train", "val", "test")
+
+
+@dataclass
+class DecodedImages:
+    """Every image of the sweep decoded once, at the largest short side any of its backbones needs."""
+
+    decoder: Preprocess
+    images: dict  # path -> decoded image
+
+    def for_backbone(self, preprocess: Preprocess, samples: list) -> list:
+        """The samples' images at this backbone's short side."""
+        resize = _resizer(self.decoder, preprocess)
+        return [resize(self.images[s.path]) for s in samples]
+
+
+def run_stage1(opts: CompareOptions, specs: list, index, device, out: Path, key: dict, reporter: Reporter,
+               seconds: dict[str, float]) -> dict[str, dict]:
+    """Probe every backbone (skipping finished probe cells); returns backbone spec -> probe cell result."""
+    t0 = time.perf_counter()
+    probes, todo = _plan_probes(opts, specs, index, out, key, reporter)
+    if not todo:
+        seconds.update(stage1=0.0, profile=0.0, decode=0.0)
+        return probes
+
+    _warm_imports()
+    decoded = _decode_once(todo, index, reporter, seconds)
+    profile_s = 0.0
+    for cell, spec, preprocess in todo:
+        try:
+            probe, prof_s = probe_backbone(cell, spec, preprocess, decoded, index, device, opts, key, reporter)
+            profile_s += prof_s
+        except Exception as exc:  # noqa: BLE001 - one backbone failing must not stop the sweep
+            reporter.stop()
+            probe = cell.save_failure(exc)
+            reporter.warn(f"stage 1: {cell.backbone} failed: {probe['error']}")
+        probes[cell.backbone] = probe
+    seconds["profile"] = round(profile_s, 2)
+    seconds["stage1"] = round(time.perf_counter() - t0 - profile_s, 2)
+    rows = [{"backbone": b, "probe val acc": p.get("val_accuracy"), "k-NN val acc": p.get("knn_val_accuracy"),
+             "images/s": p.get("images_per_s"), "status": p["status"]} for b, p in probes.items()]
+    reporter.table("stage 1: linear probe + k-NN on pretrained features", sorted(
+        rows, key=lambda r: (r["probe val acc"] or -1, r["k-NN val acc"] or -1), reverse=True))
+    return probes
+
+
+def top_backbones(probes: dict[str, dict], k: int) -> list[str]:
+    """The k backbones stage 2 fine-tunes: best probe val accuracy, then k-NN val accuracy, then val loss."""
+    ranked = sorted((p for p in probes.values() if p["status"] == "ok"), key=_probe_score, reverse=True)
+    return [p["backbone"] for p in ranked[:k]]
+
+
+def _probe_score(p: dict) -> tuple:
+    return (p.get("val_accuracy") or 0.0, p.get("knn_val_accuracy") or 0.0, -(p.get("val_loss") or 0.0))
+
+
+def _plan_probes(opts: CompareOptions, specs: list, index, out: Path, key: dict,
+                 reporter: Reporter) -> tuple[dict[str, dict], list[tuple[Cell, object, Preprocess]]]:
+    """(finished probe cells loaded, (cell, spec, preprocess) of those still to run)."""
+    import torch
+
+    from posetune.backbones import build_model, data_config
+    from posetune.data.pipeline import Preprocess
+    from posetune.strategies import probe_strategy
+
+    strategy = probe_strategy().name
+    probes: dict[str, dict] = {}
+    todo = []
+    for spec_str, spec in zip(opts.backbones, specs):
+        cell = Cell.at(out, spec_str, strategy, 0)
+        saved = cell.load(key)
+        if saved:
+            probes[spec_str] = saved
+            reporter.info(f"stage 1: {spec_str} already probed ({cell.path}), skipped")
+            continue
+        with torch.device("meta"):  # configs and sizes without allocating weights
+            preprocess = Preprocess.from_config(data_config(build_model(spec.arch, len(index.classes)),
+                                                            opts.image_size))
+        todo.append((cell, spec, preprocess))
+    return probes, todo
+
+
+def _decode_once(todo: list, index, reporter: Reporter, seconds: dict[str, float]) -> DecodedImages:
+    """One decode for every backbone, at the largest short side any of them needs; drops unreadable images."""
+    from posetune.data.pipeline import decode_all
+
+    decoder = max((p for *_, p in todo), key=lambda p: p.short_side)
+    paths = [s.path for s in index.samples]
+    td = time.perf_counter()
+    images, failed = decode_all(paths, decoder, progress=reporter.start("decode images", len(paths)))
+    reporter.stop()
+    seconds["decode"] = round(time.perf_counter() - td, 2)
+    index.drop(failed)
+    for path, reason in failed.items():
+        reporter.warn(f"skipped {path}: {reason}")
+    return DecodedImages(decoder, {p: img for p, img in zip(paths, images) if img is not None})
+
+
+def _warm_imports() -> None:
+    """Import scikit-learn (probe, k-NN, metrics) and matplotlib (the probe cells' plots) in a background
+    thread while images decode and the first backbone runs: ~1 s of imports on a 2-core CPU, otherwise paid
+    in line by the first probe. Python's import lock makes the later imports wait for these to finish."""
+    import threading
+
+    def work() -> None:
+        try:
+            import sklearn.linear_model  # noqa: F401
+            import sklearn.metrics  # noqa: F401
+            import sklearn.neighbors  # noqa: F401
+
+            from posetune.report import pyplot
+
+            pyplot()
+        except Exception:  # noqa: BLE001, S110 - only a head start: the real imports report any problem
+            pass
+
+    threading.Thread(target=work, name="posetune-warm-imports", daemon=True).start()
+
+
+def probe_backbone(cell: Cell, spec, preprocess: Preprocess, decoded: DecodedImages, index, device,
+                   opts: CompareOptions, key: dict, reporter: Reporter) -> tuple[dict, float]:
+    """Features of every image, the probe + k-NN, the probe cell's run folder, and the backbone's costs;
+    returns (the cell's result, seconds spent measuring costs)."""
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    from posetune.backbones import create_backbone
+    from posetune.devices import place
+    from posetune.features import fit_knn, fit_probe
+    from posetune.inference import optimize_for_inference
+
+    t_build = time.perf_counter()
+    model, _ = create_backbone(spec, num_classes=len(index.classes))
+    place(model, device).eval()
+    # Features and latency come from an inference-optimised copy (BN folded, static padding): the same
+    # outputs, and the speed `posetune predict` gets.
+    net, _ = optimize_for_inference(model, (3, preprocess.size, preprocess.size))
+    feats, forward_s = _extract(net, cell.backbone, preprocess, decoded, index, device, reporter)
+    build_s = time.perf_counter() - t_build - sum(forward_s.values())
+
+    t_fit = time.perf_counter()
+    # Small matrices: one BLAS thread is faster, and spinning threads stall badly on a busy machine.
+    with threadpool_limits(limits=1):
+        probe = fit_probe(*feats["train"], *feats["val"])
+        knn = fit_knn(*feats["train"], *feats["val"])
+    fit_s = time.perf_counter() - t_fit
+    metrics, val_loss = _probe_metrics(probe, knn, feats, index.classes)
+
+    t_prof = time.perf_counter()
+    costs = measure_costs(net, spec.arch, len(index.classes), preprocess.size, device)
+    del net
+    profile_s = time.perf_counter() - t_prof
+
+    head = model.get_classifier()
+    if not isinstance(head, torch.nn.Linear):
+        raise UsageError(f"{cell.backbone}: its classifier is a {type(head).__name__}, not a Linear layer; "
+                         "the probe cannot be saved as a run")
+    probe.fold_into(head)
+    train_seconds = forward_s["train"] + forward_s["val"] + fit_s  # what training the probe strategy would cost
+    counts = {s: len(index.split(s)) for s in SPLITS}
+    t_save = time.perf_counter()
+    _save_probe_run(cell, model, spec, preprocess, index, opts, device, probe, metrics, train_seconds, val_loss,
+                    counts)
+    save_s = time.perf_counter() - t_save
+    forward = sum(forward_s.values())
+    result = {
+        "status": "ok", "key": key, "backbone": cell.backbone, "strategy": cell.strategy, "seed": cell.seed,
+        "run": str(cell.path), "arch": spec.arch, "weights": spec.weight_source, "image_size": preprocess.size,
+        "val_accuracy": metrics["val"]["accuracy"], "val_macro_f1": metrics["val"]["macro_f1"], "val_loss": val_loss,
+        "test": summarize_test(metrics.get("test")), "knn_val_accuracy": knn.val_accuracy,
+        "knn_test_accuracy": _knn_accuracy(knn, feats["test"]), "knn_k": knn.k, "probe_C": probe.C,
+        "train_seconds": round(train_seconds, 3), "forward_seconds": round(forward, 3),
+        "images_per_s": round(sum(counts.values()) / max(forward, 1e-9), 2),
+        "n_train": counts["train"], "n_val": counts["val"], "n_test": counts["test"], **costs,
+        "stage1_seconds": {"build": round(build_s, 3), "forward": round(forward, 3), "probe_and_knn": round(fit_s, 3),
+                           "save_run": round(save_s, 3), "profile": round(profile_s, 3)},
+    }
+    cell.save(result)
+    model.to("cpu")
+    return result, profile_s
+
+
+def _extract(net, name: str, preprocess: Preprocess, decoded: DecodedImages, index, device,
+             reporter: Reporter) -> tuple[dict[str, tuple], dict[str, float]]:
+    """(split -> (features, labels), split -> forward seconds) of every image through ``net``."""
+    from posetune.data.pipeline import DecodedDataset, make_loader
+    from posetune.features import extract_features
+
+    advance = reporter.start(f"features {name}", sum(len(index.split(s)) for s in SPLITS))
+    feats: dict[str, tuple] = {}
+    forward_s: dict[str, float] = {}
+    for split in SPLITS:
+        samples = index.split(split)
+        ds = DecodedDataset(decoded.for_backbone(preprocess, samples), [s.label for s in samples], preprocess)
+        t = time.perf_counter()
+        feats[split] = extract_features(net, make_loader(ds, EXTRACT_BATCH, False, device), device, preprocess,
+                                        advance)
+        forward_s[split] = time.perf_counter() - t
+    reporter.stop()
+    return feats, forward_s
+
+
+def _resizer(decoder: Preprocess, preprocess: Preprocess) -> Callable:
+    """Decoded at the largest short side; bring an image to this backbone's short side if it differs."""
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms.v2 import functional as F
+
+    if preprocess.short_side == decoder.short_side:
+        return lambda img: img
+    mode = InterpolationMode(preprocess.interpolation) if preprocess.interpolation in ("bilinear", "bicubic",
+                                                                                       "nearest") else None
+    return lambda img: F.resize(img, preprocess.short_side, interpolation=mode or InterpolationMode.BICUBIC,
+                                antialias=True)
+
+
+def _knn_accuracy(knn: Knn, split: tuple) -> float | None:
+    import torch.nn.functional as nnf
+
+    feats, labels = split
+    if not len(labels):
+        return None
+    return float((knn.model.predict(nnf.normalize(feats, dim=1).numpy()) == labels.numpy()).mean())
+
+
+def _probe_metrics(probe: Probe, knn: Knn, feats: dict, classes: list[str]) -> tuple[dict, float | None]:
+    """The probe's val and test metrics (splits without images left out) and its val cross-entropy."""
+    import torch
+    import torch.nn.functional as nnf
+
+    from posetune.evaluation import compute_metrics
+
+    metrics, val_loss = {}, None
+    for split in ("val", "test"):
+        x, y = feats[split]
+        if not len(y):
+            continue
+        logits = torch.as_tensor(_softmax_logits(probe.logits(x)))
+        metrics[split] = compute_metrics(y.tolist(), logits.argmax(1).tolist(), classes)
+        metrics[split]["split"] = split
+        if split == "val":
+            val_loss = float(nnf.cross_entropy(logits.float(), y))
+    metrics.setdefault("val", {"accuracy": None, "macro_f1": None})
+    return metrics, val_loss
+
+
+def _softmax_logits(decision):
+    import numpy as np
+
+    d = np.asarray(decision, dtype=np.float64)
+    return np.stack([np.zeros_like(d), d], 1) if d.ndim == 1 else d
+
+
+def _save_probe_run(cell: Cell, model, spec, preprocess: Preprocess, index, opts: CompareOptions, device,
+                    probe: Probe, metrics: dict, train_seconds: float, val_loss: float | None, counts: dict) -> None:
+    """A normal run folder for the probe cell, so predict / evaluate / export / serve work on it."""
+    from posetune import backbones, strategies
+    from posetune.options import TrainOptions
+    from posetune.run import RunDir, RunMeta
+
+    if cell.path.exists():
+        shutil.rmtree(cell.path)  # a half-written folder from an interrupted run
+    run = RunDir(cell.path).create()
+    stages = backbones.model_stages(model)
+    plan = strategies.make_plan(cell.strategy, stages)
+    history = [{"epoch": 1, "val_loss": val_loss, "val_accuracy": metrics["val"]["accuracy"],
+                "seconds": round(train_seconds, 3), "best": True, "C": probe.C}]
+    meta = RunMeta(
+        backbone=spec.name, arch=spec.arch, weight_source=spec.weight_source, classes=index.classes,
+        preprocessing=preprocess.to_config(), strategy=cell.strategy, frozen_stages=plan.frozen, stage_lrs={},
+        best_epoch=1, epochs_run=1, train_seconds=round(train_seconds, 2),
+        train_images_per_s=round(counts["train"] / max(train_seconds, 1e-9), 2), data=str(opts.data),
+        layout=index.layout, device=str(device), metrics=RunMeta.summarize(metrics),
+        head={"fit": "L-BFGS logistic regression on cached features (posetune compare stage 1)", "C": probe.C,
+              "grid": probe.grid})
+    model.to("cpu")
+    run.save_model(model, meta)
+    config = TrainOptions(data=str(opts.data), backbone=cell.backbone, strategy=cell.strategy, epochs=1,
+                          batch_size=opts.batch_size, image_size=opts.image_size, val_fraction=opts.val_fraction,
+                          device=opts.device, label_level=opts.label_level)
+    run.write_config(dataclasses.asdict(config))
+    run.write_results(meta, history, metrics, index.skipped, plan.table(stages),
+                      history_columns=("epoch", "C", "val_loss", "val_accuracy", "seconds"))
+    model.to(device)
