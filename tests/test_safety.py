@@ -181,3 +181,26 @@ def test_predict_on_a_folder_without_images_is_a_usage_error(tiny_run, tmp_path)
     (empty / "notes.txt").write_text("no images here")
     proc = cli("predict", tiny_run, empty)
     assert proc.returncode == 2 and "no images in" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_compare_never_writes_into_or_replaces_what_it_did_not_make(shapes_kaggle, tmp_path):
+    from posetune.comparison import link_best
+
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "thesis.txt").write_text("mine")
+    with pytest.raises(UsageError, match="not a posetune compare sweep"):
+        posetune.compare(shapes_kaggle, backbones="test_efficientnet@random", out=str(mine))
+    assert [p.name for p in mine.iterdir()] == ["thesis.txt"]
+    sweep = tmp_path / "sweep"
+    (sweep / "cells" / "a-linear-s0").mkdir(parents=True)
+    (sweep / "best").mkdir()
+    (sweep / "best" / "notes.txt").write_text("a folder of the user's named best")
+    rows = [{"status": "ok", "run": str(sweep / "cells" / "a-linear-s0")}]
+    with pytest.raises(UsageError, match="not posetune's"):
+        link_best(sweep, rows)
+    assert (sweep / "best" / "notes.txt").read_text() == "a folder of the user's named best"
+    (sweep / "best" / "notes.txt").unlink()
+    (sweep / "best").rmdir()
+    assert link_best(sweep, rows).resolve() == (sweep / "cells" / "a-linear-s0").resolve()
+    assert link_best(sweep, rows).is_symlink()  # its own link is replaced on a rerun

@@ -100,6 +100,9 @@ def _compare(opts: CompareOptions, reporter: Reporter) -> CompareResult:
         reporter.warn(w)
     tune_allocator()
     out = Path(opts.out or Path("runs") / f"compare-{Path(opts.data).stem or 'data'}")
+    if out.is_dir() and any(out.iterdir()) and not (out / "compare.json").is_file():
+        raise UsageError(f"--out {out} already exists and is not a posetune compare sweep; choose another --out "
+                         "(posetune never writes into a folder it did not create)")
     (out / CELLS_DIR).mkdir(parents=True, exist_ok=True)
     write_json(out / "compare.json", {**dataclasses.asdict(opts), "device": str(device)})
     probe_key, train_key = reuse_keys(opts)

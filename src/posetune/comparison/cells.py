@@ -54,6 +54,14 @@ class Cell:
         """The sweep folder OUT the cell belongs to."""
         return self.path.parent.parent
 
+    def reset(self) -> None:
+        """Empty the folder of what posetune wrote into it before (a stale or unfinished cell). Anything else in
+        it stays, and the cell's run then refuses the folder rather than write beside it."""
+        from posetune.run import RunDir
+
+        if self.path.is_dir():
+            RunDir(self.path).clear()
+
     def load(self, key: dict) -> dict | None:
         """The cell's saved result if it finished with the same settings, else None."""
         from posetune.run import RunDir

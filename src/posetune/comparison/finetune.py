@@ -10,7 +10,6 @@ cells that would not fit are skipped with the reason.
 
 from __future__ import annotations
 
-import shutil
 import time
 from pathlib import Path
 from typing import Callable, Sequence
@@ -111,8 +110,7 @@ def train_cell(cell: Cell, opts: CompareOptions, key: dict, reporter: Reporter) 
     """One `posetune train` run into the cell's folder; saves and returns the cell's result."""
     from posetune.training import train  # looked up at call time: tests replace posetune.training.train
 
-    if cell.path.exists():
-        shutil.rmtree(cell.path)  # an unfinished or stale folder: start the cell clean
+    cell.reset()  # an unfinished or stale cell starts clean
     t = time.perf_counter()
     result = train(opts.data, reporter=CellReporter(reporter, cell.name), backbone=cell.backbone,
                    strategy=cell.strategy, epochs=opts.epochs, seed=cell.seed, out=str(cell.path),

@@ -13,12 +13,14 @@ leaderboard.csv (numbers), leaderboard.md (the table people read) and two plots.
 
 from __future__ import annotations
 
+import os
 import shutil
 from functools import partial
 from pathlib import Path
 from typing import Sequence
 
 from posetune.comparison.cells import CELLS_DIR
+from posetune.errors import UsageError
 
 BOOTSTRAP_SAMPLES = 2000
 LEADERBOARD_COLUMNS = (
@@ -131,14 +133,23 @@ def mark_pareto(rows: list[dict]) -> None:
             and (o["test_accuracy"] > r["test_accuracy"] or o["latency_ms"] < r["latency_ms"]) for o in pts)
 
 
+BEST_COPY_MARKER = ".posetune-best"  # in the copy made where links are not allowed: posetune's own
+
+
 def link_best(out: Path, rows: list[dict]) -> Path | None:
-    """OUT/best -> the winner's run folder (a relative symlink; a copy where links are not allowed)."""
+    """OUT/best -> the winner's run folder (a relative symlink; a marked copy where links are not allowed).
+    An OUT/best that posetune did not make (not a link into OUT/cells, nor a marked copy) is never replaced."""
     winner = next((r for r in rows if r["status"] != "failed" and r.get("run")), None)
     best = out / "best"
-    if best.is_symlink() or best.is_file():
+    if best.is_symlink():
+        if Path(os.readlink(best)).parent != Path(CELLS_DIR):
+            raise UsageError(f"{best} is a link posetune did not make; move it away and rerun the same command")
         best.unlink()
-    elif best.is_dir():
+    elif best.is_dir() and (best / BEST_COPY_MARKER).is_file():
         shutil.rmtree(best)
+    elif best.exists():
+        raise UsageError(f"{best} is not posetune's; move it away and rerun the same command (finished cells are "
+                         "reused)")
     if winner is None:
         return None
     target = Path(winner["run"]).resolve()
@@ -146,6 +157,7 @@ def link_best(out: Path, rows: list[dict]) -> Path | None:
         best.symlink_to(Path(CELLS_DIR) / target.name, target_is_directory=True)
     except OSError:
         shutil.copytree(target, best)
+        (best / BEST_COPY_MARKER).write_text("a copy of the winning cell, made by posetune compare\n")
     return best
 
 

@@ -15,7 +15,6 @@ fine-tunes only the best backbones of this stage.
 from __future__ import annotations
 
 import dataclasses
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -291,8 +290,7 @@ def _save_probe_run(cell: Cell, model, spec, preprocess: Preprocess, index, opts
     from posetune.options import TrainOptions
     from posetune.run import RunDir, RunMeta
 
-    if cell.path.exists():
-        shutil.rmtree(cell.path)  # a half-written folder from an interrupted run
+    cell.reset()  # a half-written folder from an interrupted run
     run = RunDir(cell.path).create()
     stages = backbones.model_stages(model)
     plan = strategies.make_plan(cell.strategy, stages)
