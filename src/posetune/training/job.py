@@ -84,11 +84,9 @@ def _train(opts: TrainOptions, reporter: Reporter, resume: bool = False, overwri
 
 def _train_ranked(opts: TrainOptions, reporter: Reporter, resume: bool, overwrite: bool, dist) -> TrainResult:
     """The training run as one rank of ``dist`` sees it (rank 0 alone writes the run folder)."""
-    from posetune.io import file_sha256
     from posetune.strategies import FineTunePhase, HeadPhase
 
     p = prepare(opts, reporter, write_config=dist.is_main, dist=dist, overwrite=overwrite, resume=resume)
-    p.config_sha256 = file_sha256(p.out / "config.yaml") if (p.out / "config.yaml").is_file() else None
     has_checkpoint = resume and (p.out / CHECKPOINT).is_file()
     checkpoint = load_checkpoint(p.out / CHECKPOINT, p.config_sha256) if has_checkpoint else None
     t0 = time.perf_counter()

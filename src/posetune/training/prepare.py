@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from posetune.console import Reporter
 from posetune.errors import UsageError
+from posetune.io import file_sha256
 from posetune.options import TrainOptions
 
 if TYPE_CHECKING:
@@ -125,8 +126,10 @@ def prepare(opts: TrainOptions, reporter: Reporter, write_config: bool = True, d
         # Every rank gets an equal share (padded by a few repeats) so that DDP's collectives line up.
         sampler = torch.utils.data.distributed.DistributedSampler(train_ds, dist.world, dist.rank, shuffle=True,
                                                                   seed=opts.seed)
+    config = out / "config.yaml"
     return Prepared(opts, strategy, spec, device, index, model, stages, plan, preprocess, out,
-                    train_ds, val_ds, test_ds, settings, class_weights, sampler, dist)
+                    train_ds, val_ds, test_ds, settings, class_weights, sampler, dist,
+                    file_sha256(config) if config.is_file() else None)
 
 
 def _device(name: str, dist: Dist):
