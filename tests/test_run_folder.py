@@ -1,0 +1,54 @@
+"""The run folder's schema: model.json keys pinned, older and newer folders still load."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+import posetune
+from posetune.errors import UsageError
+from posetune.run import RunDir, RunMeta
+
+# What `posetune train` writes into model.json. A change here is a format change: old readers must cope.
+MODEL_JSON_KEYS = {
+    "format_version", "backbone", "arch", "weight_source", "classes", "preprocessing", "strategy", "frozen_stages",
+    "stage_lrs", "best_epoch", "epochs_run", "train_seconds", "train_images_per_s", "data", "layout", "device",
+    "metrics", "created",
+}
+
+
+def test_model_json_keys_are_pinned(tiny_run):
+    meta = json.loads((tiny_run / "model.json").read_text())
+    assert set(meta) == MODEL_JSON_KEYS
+    assert meta["format_version"] == 1
+    assert set(meta["metrics"]["test"]) == {"accuracy", "balanced_accuracy", "macro_f1", "n"}
+
+
+def test_a_folder_of_the_first_format_and_one_with_unknown_keys_load(tiny_run, tmp_path):
+    old = tmp_path / "old"
+    shutil.copytree(tiny_run, old)
+    meta = json.loads((old / "model.json").read_text())
+    first_format = {k: meta[k] for k in ("backbone", "arch", "classes", "preprocessing", "strategy")}
+    (old / "model.json").write_text(json.dumps(first_format))  # the minimum any posetune wrote
+    assert posetune.load(old).classes == meta["classes"]
+    newer = {**meta, "temperature": 1.3, "format_version": 2}  # a key this version does not know survives
+    (old / "model.json").write_text(json.dumps(newer))
+    loaded = RunDir(old).meta()
+    assert loaded.extra == {"temperature": 1.3} and loaded.to_json()["temperature"] == 1.3
+
+
+@pytest.mark.parametrize("content", ["{not json", "[1, 2]", '{"backbone": "x"}', ""])
+def test_a_damaged_model_json_is_a_one_line_error(tiny_run, tmp_path, content):
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    (run / "model.json").write_text(content)
+    with pytest.raises(UsageError, match="model.json") as err:
+        posetune.load(run)
+    assert "\n" not in str(err.value)
+
+
+def test_run_meta_round_trips():
+    meta = RunMeta(backbone="b", arch="a", classes=["x", "y"], preprocessing={"input_size": [3, 8, 8]}, strategy="full")
+    assert RunMeta.from_json(meta.to_json()) == meta
