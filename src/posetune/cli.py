@@ -415,16 +415,17 @@ def serve(
     uvicorn.run(app_, host=host, port=port, log_level="info", timeout_keep_alive=5)
 
 def main() -> None:
-    """Entry point: errors become one line and an exit code (2 bad input, 1 a problem found)."""
+    """Entry point: errors become one line and an exit code (2 bad input, 1 a problem found).
+
+    Typer runs in standalone mode, so its own usage errors (an unknown command or option, a missing
+    argument, a value of the wrong type) print typer's usage message and exit 2 whichever click it
+    runs on: typer >= 0.16 vendors its own click, so catching ``click.ClickException`` here never matched.
+    """
     try:
-        # Without standalone mode click returns typer.Exit's code instead of exiting.
-        code = app(standalone_mode=False)
-        sys.exit(code if isinstance(code, int) else 0)
+        app()  # standalone: always leaves through SystemExit (typer.Exit's code, 2 for usage errors)
     except PosetuneError as exc:
-        typer.echo(f"error: {exc}", err=True)
+        typer.echo(f"error: {' '.join(str(exc).split())}", err=True)  # one line, whatever the message held
         sys.exit(exc.exit_code)
-    except (typer.Exit, SystemExit) as exc:
-        sys.exit(getattr(exc, "exit_code", getattr(exc, "code", 0)))
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
         sys.exit(130)
@@ -437,15 +438,6 @@ def main() -> None:
         typer.echo(f"error: this command needs {exc.name}, which is not installed; pip install 'posetune[{extra}]'",
                    err=True)
         sys.exit(2)
-    except Exception as exc:  # click usage errors when not in standalone mode
-        import click
-
-        if isinstance(exc, click.exceptions.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
-        if isinstance(exc, click.exceptions.Abort):
-            sys.exit(1)
-        raise
 
 
 # Commands that only read a run and print. Once their output is flushed, the interpreter's teardown of
