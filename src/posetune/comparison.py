@@ -124,7 +124,7 @@ def _compare(opts: CompareOptions, reporter: Reporter) -> CompareResult:
     from posetune.runtime import tune_allocator
 
     t_start = time.perf_counter()
-    specs = opts.validate()
+    specs = opts.validate().backbone_specs()
     device = resolve_device(opts.device)
     index = discover(opts.data, val_fraction=opts.val_fraction, seed=0, label_level=opts.label_level)
     for w in index.warnings:
