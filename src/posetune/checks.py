@@ -63,16 +63,16 @@ def shown(value: Any) -> str:
     return f"a {type(value).__name__} ({str(value)[:40]})"
 
 
+def _number(x) -> str:
+    return str(int(x)) if float(x).is_integer() else repr(x)
+
+
 def _range(kind: str, low, high, low_open: bool = False, high_open: bool = False) -> str:
-    lo = f"> {low}" if low_open else f">= {low}"
-    hi = f"< {high}" if high_open else f"<= {high}"
-    if low is not None and high is not None:
-        if not (low_open or high_open):
-            return f"{kind} from {low} to {high}"
-        return f"{kind} {lo} and {hi}"
-    if low is not None:
-        return f"{kind} {lo}"
-    return f"{kind} {hi}" if high is not None else kind
+    if low is not None and high is not None and not (low_open or high_open):
+        return f"{kind} from {_number(low)} to {_number(high)}"
+    lo = f"> {_number(low)}" if low_open else f">= {_number(low)}" if low is not None else ""
+    hi = f"< {_number(high)}" if high_open else f"<= {_number(high)}" if high is not None else ""
+    return " ".join([kind, " and ".join(x for x in (lo, hi) if x)]).strip()
 
 
 class Int(Check):

@@ -369,9 +369,8 @@ def export(
     from posetune.exporting import export as run_export
 
     reporter = _reporter(json_out)
-    reporter.info(f"exporting {run} to {format}...")
     result = run_export(run, format=format, opset=opset, dynamic_batch=dynamic_batch, out=out, images=images or None,
-                        strict=False)
+                        strict=False, reporter=reporter)
     if json_out:
         _print_json(result)
     else:

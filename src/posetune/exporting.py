@@ -80,6 +80,8 @@ def export(run: str | Path, reporter=None, **options) -> dict:
                                                       opts.images)
     if images:
         collect_paths(images)  # a missing --images file fails now, not after the model file is written
+    if reporter is not None:
+        reporter.info(f"exporting {run} to {format}...")
     rundir = RunDir(run).require()
     clf = Classifier(rundir, device="cpu", optimize=False)  # the reference is the model exactly as trained
     out = Path(out) if out else rundir / FORMATS[format]
