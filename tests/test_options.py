@@ -266,3 +266,51 @@ def test_every_field_of_train_and_compare_is_a_flag(command):
     fields = {f.name for f in dataclasses.fields(OPTIONS[command])}
     assert fields - flags == API_ONLY[command], f"fields of {command} without a flag: {fields - flags}"
     assert issubclass(OPTIONS[command], Options)
+
+
+# --------------------------------------------------------------------- damaged files: one line, exit 2
+
+DAMAGED_MODEL_JSON = {
+    "not JSON": "{",
+    "not an object": "[]",
+    "missing keys": '{"backbone": "x"}',
+    "wrong types": '{"backbone": "x", "arch": "test_efficientnet", "classes": "abc", "preprocessing": {}, '
+                   '"strategy": "partial"}',
+    "unknown arch": '{"backbone": "x", "arch": "no_such_arch", "classes": ["a", "b"], "strategy": "partial", '
+                    '"preprocessing": {"input_size": [3, 64, 64], "mean": [0, 0, 0], "std": [1, 1, 1]}}',
+}
+
+
+@pytest.mark.parametrize("command", ["predict RUN IMG", "evaluate RUN DATA", "export RUN", "serve RUN"])
+@pytest.mark.parametrize("damage", sorted(DAMAGED_MODEL_JSON))
+def test_a_damaged_model_json_is_one_line(command, damage, inputs, tmp_path, monkeypatch, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "model.json").write_text(DAMAGED_MODEL_JSON[damage])
+    (run / "model.safetensors").write_bytes(b"")
+    args = [str(run) if a == str(inputs / "run") else a for a in expand(command, inputs, tmp_path)]
+    code, out, err = run_cli(monkeypatch, capsys, args)
+    assert code == 2, err
+    assert err.startswith("error: ") and err.strip().count("\n") == 0 and "model.json" in err, err
+    assert "Traceback" not in out + err
+
+
+@pytest.mark.parametrize("name, content", [("notes.txt", b"hello"), ("fake.safetensors", b"hello"),
+                                           ("fake.pth", b"not a pickle")])
+def test_a_weights_file_that_is_no_state_dict_is_one_line(name, content, inputs, tmp_path, monkeypatch, capsys):
+    weights = tmp_path / name
+    weights.write_bytes(content)
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    code, out, err = run_cli(monkeypatch, capsys, ["train", str(inputs / "data"), "--backbone", "test_resnet",
+                                                   "--weights", str(weights), "--image-size", "64", "--epochs", "1"])
+    assert code == 2, err
+    assert err.startswith("error: ") and err.strip().count("\n") == 0 and name in err, err
+    assert "Traceback" not in out + err
+    assert list(work.iterdir()) == []
+
+
+def test_evaluate_an_empty_split_is_an_error_not_silence(tiny_run, shapes_kaggle, monkeypatch, capsys):
+    code, out, err = run_cli(monkeypatch, capsys, ["evaluate", str(tiny_run), str(shapes_kaggle), "--split", "val"])
+    assert code == 2 and "no 'val' images" in err and "--split train or test" in err, err
