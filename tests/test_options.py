@@ -162,19 +162,19 @@ def test_the_console_script_gives_the_same_line(inputs, tmp_path):
 
 def test_messages_say_expected_found_and_flag():
     with pytest.raises(InvalidOption, match=r"^--epochs must be an integer from 1 to 10000, not 0$"):
-        TrainOptions(data="DATA", epochs=0).validate()
+        TrainOptions(data=".", epochs=0).validate()
     with pytest.raises(InvalidOption, match=r"^--lr must be a number > 0 and <= 1, not nan$"):
-        TrainOptions(data="DATA", lr=float("nan")).validate()
+        TrainOptions(data=".", lr=float("nan")).validate()
     with pytest.raises(InvalidOption, match=r"^--image-size must be an integer from 32 to 1024, not 100000; omit it"):
-        TrainOptions(data="DATA", image_size=100000).validate()
+        TrainOptions(data=".", image_size=100000).validate()
     with pytest.raises(InvalidOption, match=r"^--bn must be one of frozen, train, not 'sometimes'$"):
-        TrainOptions(data="DATA", bn="sometimes").validate()
+        TrainOptions(data=".", bn="sometimes").validate()
     with pytest.raises(InvalidOption, match=r"--epochs must be an integer .*, not 3.0"):
-        TrainOptions(data="DATA", epochs=3.0).validate()  # no silent rounding
+        TrainOptions(data=".", epochs=3.0).validate()  # no silent rounding
     with pytest.raises(InvalidOption, match=r"--patience must be an integer .*, not True"):
-        TrainOptions(data="DATA", patience=True).validate()
+        TrainOptions(data=".", patience=True).validate()
     with pytest.raises(ValueError):  # InvalidOption is a ValueError too, as scikit-learn's InvalidParameterError
-        EvaluateOptions(run="RUN", data="DATA", split="validation").validate()
+        EvaluateOptions(run="RUN", data=".", split="validation").validate()
     with pytest.raises(InvalidOption, match=r"^--host must be an address"):
         ServeOptions(run="RUN", host=" ").validate()
     assert ServeOptions(run="RUN", max_bytes="512KiB").validate().max_bytes == 524_288
@@ -184,17 +184,17 @@ def test_config_values_are_named_by_key_and_file_and_typed(tmp_path):
     config = tmp_path / "train.yaml"
     config.write_text("epochs: two\n")
     with pytest.raises(UsageError, match=rf"^epochs in {config} must be an integer from 1 to 10000, not 'two'$"):
-        TrainOptions.from_sources(config, data="DATA")
-    assert TrainOptions.from_sources(config, data="DATA", epochs=3).epochs == 3  # a flag overrides the bad key
+        TrainOptions.from_sources(config, data=".")
+    assert TrainOptions.from_sources(config, data=".", epochs=3).epochs == 3  # a flag overrides the bad key
     config.write_text("lr: 1e-3\nepochs: 4\nbatch_size: 8\n")  # YAML 1.1 reads 1e-3 as a string
-    opts = TrainOptions.from_sources(config, data="DATA")
+    opts = TrainOptions.from_sources(config, data=".")
     assert (opts.lr, opts.epochs, opts.batch_size) == (0.001, 4, 8)
     config.write_text("epochs: [1, 2]\n")
     with pytest.raises(UsageError, match="epochs in .* must be an integer"):
-        TrainOptions.from_sources(config, data="DATA")
+        TrainOptions.from_sources(config, data=".")
     config.write_text("- epochs\n")
     with pytest.raises(UsageError, match="mapping of option: value"):
-        TrainOptions.from_sources(config, data="DATA")
+        TrainOptions.from_sources(config, data=".")
 
 
 def test_the_python_api_gets_the_same_checks(inputs, tmp_path, monkeypatch):

@@ -7,8 +7,8 @@ Every command's options are one dataclass, an :class:`Options`, whose fields car
         split: str = option("test", Choice("train", "val", "test"))
         batch_size: int = option(64, Int(1, 4096))
 
-``EvaluateOptions(batch_size=0).validate()`` raises ``--batch-size must be an integer from 1 to 4096,
-not 0`` before any file is read or written. The CLI and the Python API build the same dataclass, so
+``posetune evaluate RUN DATA --batch-size 0`` (or ``posetune.evaluate(RUN, DATA, batch_size=0)``) stops with
+``--batch-size must be an integer from 1 to 4096, not 0`` before any file is read or written. The CLI and the Python API build the same dataclass, so
 both get the same checks; values read from a YAML config go through them too, named by key and file.
 
 Where the dataclasses live: the layer contract (pyproject.toml, ``[tool.importlinter]``) lets a
@@ -36,7 +36,7 @@ from posetune.errors import InvalidOption, UsageError
 T = TypeVar("T", bound="Options")
 
 # Bounds shared by several commands, chosen so that no accepted value exhausts memory.
-IMAGE_SIZE = (32, 1024)  # px; 1024^2 x 3 is 3 MB per decoded image (100000 px would be ~30 GB)
+IMAGE_SIZE = (32, 1024)  # px; a decoded 1024^2 RGB image is 3 MB (100000 px would be 30 GB)
 BATCH_SIZE = (1, 4096)
 SEED = (0, 2**32 - 1)  # numpy's seed range
 LABEL_LEVELS = (6, 20, 82)  # Yoga-82's three label hierarchies
@@ -50,8 +50,8 @@ class Check:
     def __call__(self, value: Any, label: str) -> Any:
         raise NotImplementedError
 
-    def fail(self, value: Any, label: str, hint: str = "") -> InvalidOption:
-        return InvalidOption(f"{label} must be {self.expected}, not {shown(value)}{'; ' + hint if hint else ''}")
+    def fail(self, value: Any, label: str) -> InvalidOption:
+        return InvalidOption(f"{label} must be {self.expected}, not {shown(value)}")
 
 
 def shown(value: Any) -> str:
@@ -165,6 +165,24 @@ class Text(Check):
         return value
 
 
+class InputPath(Text):
+    """A file or folder that must exist (a stat, so that a typo fails before the slow imports)."""
+
+    def __init__(self, expected: str, name: str):
+        super().__init__(expected)
+        self.name = name
+
+    def __call__(self, value, label):
+        value = super().__call__(value, label)
+        if not Path(value).exists():
+            raise InvalidOption(f"{self.name} not found: {value} (give {self.expected})")
+        return value
+
+
+# DATA of every command: discovered by posetune.data.layouts
+DATA = InputPath("a folder of class folders, split folders, or a CSV", "DATA")
+
+
 class OutputPath(Text):
     """A path to write: a folder (``folder=True``) or a file. Only a stat: a file where a folder must go (or
     a folder where the file must go) fails now rather than after the work."""
@@ -268,7 +286,7 @@ class Options:
         return [f.name for f in dataclasses.fields(cls)]
 
     @classmethod
-    def build(cls: type[T], command: str = "", **values) -> T:
+    def build(cls: type[T], command: str = "", /, **values) -> T:
         """From Python API keywords: an unknown keyword is an error naming the valid ones."""
         unknown = sorted(set(values) - set(cls.names()))
         if unknown:

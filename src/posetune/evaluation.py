@@ -8,7 +8,7 @@ from typing import Sequence
 
 import numpy as np
 
-from posetune.checks import BATCH_SIZE, LABEL_LEVELS, Bool, Choice, Int, Options, Text, option
+from posetune.checks import BATCH_SIZE, DATA, LABEL_LEVELS, Bool, Choice, Int, Options, Text, option
 from posetune.devices import DEVICE
 
 SPLITS = ("train", "val", "test")
@@ -19,7 +19,7 @@ class EvaluateOptions(Options):
     """Every option of `posetune evaluate` (same names as the flags)."""
 
     run: str = option("", Text("a run folder written by `posetune train`"), flag="RUN")
-    data: str = option("", Text("a folder of class folders, split folders (TRAIN/TEST) or a CSV manifest"), flag="DATA")
+    data: str = option("", DATA, flag="DATA")
     split: str = option("test", Choice(*SPLITS))
     batch_size: int = option(64, Int(*BATCH_SIZE))
     device: str = option("auto", DEVICE)

@@ -12,7 +12,6 @@ import math
 from pathlib import Path
 
 from posetune.console import Reporter
-from posetune.errors import UsageError
 
 
 def lr_find(data: str | Path, reporter: Reporter | None = None, **options) -> dict:
@@ -29,8 +28,6 @@ def lr_find(data: str | Path, reporter: Reporter | None = None, **options) -> di
     reporter = reporter or Reporter()
     options.setdefault("out", str(Path("runs") / f"lr-find-{Path(str(data)).stem}"))
     opts = LrFindOptions.from_sources(None, data=str(data), **options)
-    if not Path(opts.data).exists():
-        raise UsageError(f"DATA not found: {opts.data}")
     start_lr, end_lr, steps = opts.start_lr, opts.end_lr, opts.steps
     p = prepare(opts, reporter, write_config=False)
     model, device = p.model, p.device

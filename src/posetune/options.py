@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 from posetune.checks import (
     BATCH_SIZE,
+    DATA,
     IMAGE_SIZE,
     LABEL_LEVELS,
     SEED,
@@ -54,7 +55,6 @@ __all__ = ["CheckOptions", "CompareOptions", "EvaluateOptions", "ExportOptions",
 
 DEFAULT_BACKBONES = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
 DEFAULT_STRATEGIES = ("linear", "partial", "full")
-DATA = Text("a folder of class folders, split folders (TRAIN/TEST) or a CSV manifest")
 EPOCHS = Int(1, 10_000)
 VAL_FRACTION = Float(0.0, 0.9)  # 0: no held-out val when DATA has none (no early stopping on it)
 

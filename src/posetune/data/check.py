@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from posetune.checks import LABEL_LEVELS, Bool, Choice, Int, Options, Text, option
+from posetune.checks import DATA, LABEL_LEVELS, Bool, Choice, Int, Options, option
 from posetune.data.images import ImageError, extension_mismatch, load_image
 from posetune.data.layouts import DataIndex, discover
 from posetune.io import file_digest
@@ -29,7 +29,7 @@ NEAR_DUPLICATE_BITS = 6  # max Hamming distance between 64-bit pHashes to call t
 class CheckOptions(Options):
     """Every option of `posetune data check` (same names as the flags; ``max_bits`` is Python API only)."""
 
-    data: str = option("", Text("a folder of class folders, split folders (TRAIN/TEST) or a CSV manifest"), flag="DATA")
+    data: str = option("", DATA, flag="DATA")
     near_duplicates: bool = option(True, Bool())
     label_level: int = option(6, Choice(*LABEL_LEVELS))
     max_bits: int = option(NEAR_DUPLICATE_BITS, Int(0, 64), flag="max_bits")  # of a 64-bit perceptual hash

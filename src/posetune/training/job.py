@@ -47,8 +47,6 @@ def train(data: str | Path | None = None, reporter: Reporter | None = None, conf
         opts = TrainOptions.from_sources(saved, out=str(resume))
         return _train(opts, reporter, resume=True)
     opts = TrainOptions.from_sources(config, data=str(data) if data is not None else None, **options)
-    if not Path(opts.data).exists():  # before the slow imports: a typo should fail at once
-        raise UsageError(f"DATA not found: {opts.data} (give a folder of class folders, split folders, or a CSV)")
     return _train(opts, reporter)
 
 
