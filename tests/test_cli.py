@@ -27,6 +27,15 @@ def test_every_command_has_help_with_an_example(command):
     assert "Example" in proc.stdout
 
 
+@pytest.mark.parametrize("args", [["train", "DATA", "--epoch", "3"], ["evaluate", "RUN"], ["trian"],
+                                  ["train", "DATA", "--epochs", "two"], ["predict", "RUN"]])
+def test_usage_errors_print_typers_usage_and_exit_2(args):
+    """Typer's own errors (unknown option or command, missing argument, wrong type): its usage message, exit 2."""
+    proc = posetune(*args)
+    assert proc.returncode == 2, proc.stderr
+    assert "Usage:" in proc.stderr and "Traceback" not in proc.stderr + proc.stdout
+
+
 def test_bad_input_is_one_line_and_exit_2(tmp_path):
     proc = posetune("train", tmp_path / "missing")
     assert proc.returncode == 2

@@ -1,6 +1,7 @@
 """posetune: fine-tune pretrained image backbones into classifiers for your own classes.
 
-The Python API mirrors the CLI, one function per command, same option names::
+The Python API mirrors the CLI, one function per command, same option names, the same checks
+(a bad value raises :class:`posetune.errors.UsageError` before any file is written)::
 
     import posetune
     result = posetune.train("DATASET", strategy="partial", epochs=5, out="runs/yoga")
@@ -29,11 +30,11 @@ def train(data=None, **options):
     return _train(data, **options)
 
 
-def evaluate(run, data, split: str = "test", **options) -> dict:
-    """Metrics of a run folder on one split of DATA (as `posetune evaluate --json`)."""
+def evaluate(run, data, **options) -> dict:
+    """Metrics of a run folder on one split of DATA (as `posetune evaluate --json`; split="test" by default)."""
     from posetune.evaluation import evaluate as _evaluate
 
-    return _evaluate(run, data, split=split, **options)
+    return _evaluate(run, data, **options)
 
 
 def lr_find(data, **options) -> dict:
@@ -54,18 +55,19 @@ def load(run, device: str = "auto", engine: str = "torch"):
     return _load(run, device=device, engine=engine)
 
 
-def predict_paths(run, paths, top_k: int = 3, batch_size: int = 32, device: str = "auto", engine: str = "torch"):
-    """Predict files or folders with a run folder (as `posetune predict`)."""
-    from posetune.predict import collect_paths
+def predict_paths(run, paths, **options):
+    """Predict files or folders with a run folder (as `posetune predict`: top_k, batch_size, device, engine, tta;
+    the engine is torch unless asked)."""
+    from posetune.predict import predict_paths as _predict_paths
 
-    return load(run, device=device, engine=engine).predict(collect_paths(paths), top_k=top_k, batch_size=batch_size)
+    return _predict_paths(run, paths, **options)
 
 
-def export(run, format: str = "onnx", **options) -> dict:
+def export(run, **options) -> dict:
     """Write RUN/model.onnx (or model.torchscript.pt) and check parity with PyTorch (as `posetune export --json`)."""
     from posetune.exporting import export as _export
 
-    return _export(run, format=format, **options)
+    return _export(run, **options)
 
 
 def list_backbones(name: str | None = None):

@@ -50,6 +50,7 @@ def train(
     crop_pct: Optional[float] = typer.Option(None, help="Resize to size/crop_pct, then centre-crop (1.0: keep the whole image)."),
     val_fraction: Optional[float] = typer.Option(None, help="Held out of train when DATA has no val split (default 0.15)."),
     patience: Optional[int] = typer.Option(None, help="Stop after this many epochs without a better val score (0: never)."),
+    weight_decay: Optional[float] = typer.Option(None, help="AdamW weight decay (default 0.05; none on biases and norms)."),
     label_smoothing: Optional[float] = typer.Option(None, help="Default 0.1."),
     out: Optional[str] = typer.Option(None, help="Run folder to write (default runs/<data>-<backbone>-<strategy>)."),
     seed: Optional[int] = typer.Option(None, help="Default 0."),
@@ -64,10 +65,11 @@ def train(
     balance: Optional[str] = typer.Option(None, help="Class imbalance: none (default) | weights (loss) | sampler."),
     mixup: Optional[float] = typer.Option(None, help="Mixup alpha (e.g. 0.2); 0 = off."),
     cutmix: Optional[float] = typer.Option(None, help="CutMix alpha (e.g. 1.0); 0 = off."),
-    resume: Optional[str] = typer.Option(None, help="Continue the run folder RUN from its last checkpoint."),
+    resume: Optional[str] = typer.Option(None, help="Continue the run folder RUN from its last checkpoint (with its own options)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace the earlier run at --out (only posetune's files in it)."),
     cache: Optional[str] = typer.Option(None, help="Decoded pixels: auto (default) | memory | disk (memory-mapped, reused)."),
     cache_dir: Optional[str] = typer.Option(None, help="Folder of the disk cache (default ~/.cache/posetune/decoded)."),
-    nproc: int = typer.Option(1, help="Processes to train with on this machine (runs torchrun; DDP, one per GPU)."),
+    nproc: int = typer.Option(1, min=1, help="Processes to train with on this machine (runs torchrun; DDP, one per GPU)."),
     config: Optional[Path] = typer.Option(None, help="YAML file with the same options; flags override it."),
     json_out: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
 ):
@@ -76,13 +78,14 @@ def train(
     Strategies: linear (head only, on cached features), partial (freeze stem + K stages), full,
     lp-ft (linear probe, then fine-tune), gradual (unfreeze stages one by one from the top).
     """
+    from posetune.options import TrainOptions
     from posetune.training import train as run_train
 
     reporter = _reporter(json_out)
     options = dict(backbone=backbone, strategy=strategy, freeze_stages=freeze_stages, epochs=epochs, lr=lr,
                    base_lr_ratio=base_lr_ratio, layer_decay=layer_decay, bn=bn, batch_size=batch_size,
                    image_size=image_size, crop_pct=crop_pct, val_fraction=val_fraction, patience=patience,
-                   label_smoothing=label_smoothing, out=out, seed=seed, device=device, weights=weights,
+                   weight_decay=weight_decay, label_smoothing=label_smoothing, out=out, seed=seed, device=device, weights=weights,
                    pretrained=False if no_pretrained else None, label_level=label_level,
                    freeze_epochs=freeze_epochs, unfreeze_every=unfreeze_every, ema=ema_decay if ema else None,
                    balance=balance,
@@ -90,14 +93,16 @@ def train(
     if nproc > 1 and "WORLD_SIZE" not in os.environ:
         from posetune.distributed import launch
 
+        if not resume:  # a bad value fails here once, not in each of the nproc processes
+            TrainOptions.from_sources(config, data=data, **options)
         argv = sys.argv[1:]
         i = next(i for i, a in enumerate(argv) if a.startswith("--nproc"))
         del argv[i: i + (1 if "=" in argv[i] else 2)]
         raise typer.Exit(launch(nproc, argv))
-    if resume:
-        result = run_train(reporter=reporter, resume=resume)
+    if resume:  # any other option given with it is refused by name
+        result = run_train(data, reporter=reporter, resume=resume, config=config, **options)
     else:
-        result = run_train(data, reporter=reporter, config=config, **options)
+        result = run_train(data, reporter=reporter, config=config, overwrite=overwrite, **options)
     if result.skipped:
         reporter.info(f"{len(result.skipped)} files skipped (see {result.run / 'skipped.csv'})")
     if "test" in result.metrics:
@@ -116,13 +121,16 @@ def evaluate(
     batch_size: int = typer.Option(64),
     device: str = typer.Option("auto"),
     tta: bool = typer.Option(False, "--tta", help="Also score with test-time augmentation (flips + 5 crops)."),
+    label_level: int = typer.Option(6, help="Yoga-82 only: 6, 20 or 82 classes."),
+    out: Optional[str] = typer.Option(None, help="Folder for evaluation.json and the plots (default RUN/eval/<data>-<hash>-<split>/)."),
     json_out: bool = typer.Option(False, "--json", help="Print the metrics as JSON on stdout."),
 ):
     """Accuracy, balanced accuracy, macro-F1, per-class scores, confusion matrix and most-confused pairs."""
     from posetune.evaluation import evaluate as run_eval
 
     reporter = _reporter(json_out)
-    metrics = run_eval(run, data, split=split, batch_size=batch_size, device=device, progress=reporter, tta=tta)
+    metrics = run_eval(run, data, split=split, batch_size=batch_size, device=device, tta=tta, label_level=label_level,
+                       out=out, progress=reporter)
     reporter.stop()
     if json_out:
         _print_json(metrics)
@@ -153,26 +161,24 @@ def predict(
     json_out: bool = typer.Option(False, "--json", help="Print predictions as JSON on stdout."),
 ):
     """Predict the class of images (files or folders), in batches; unreadable files are reported, not fatal."""
-    from posetune.io import write_csv
-    from posetune.predict import choose_engine, collect_paths, load
+    from posetune.predict import PredictOptions, choose_engine, collect_paths, load
+    from posetune.predict.prediction import write_predictions_csv
     from posetune.runtime import tune_allocator
 
-    if tta and engine == "onnx":
-        raise typer.BadParameter("--tta needs --engine torch", param_hint="--tta")
+    opts = PredictOptions(run=run, paths=paths, top_k=top_k, batch_size=batch_size, device=device, engine=engine,
+                          tta=tta, csv=csv).validate()
     tune_allocator()
     reporter = _reporter(json_out)
-    engine, why = choose_engine(run, engine, device, tta)
+    engine, why = choose_engine(opts.run, opts.engine, opts.device, opts.tta)
     reporter.info(f"engine: {engine} - {why}")
-    clf = load(run, device=device, engine=engine)
-    files = collect_paths(paths)
+    clf = load(opts.run, device=opts.device, engine=engine)
+    files = collect_paths(opts.paths)
     advance = reporter.start("predict", len(files))
-    preds = clf.predict(files, top_k=top_k, batch_size=batch_size, on_step=advance, **({"tta": True} if tta else {}))
+    preds = clf.predict(files, top_k=opts.top_k, batch_size=opts.batch_size, on_step=advance,
+                        **({"tta": True} if opts.tta else {}))
     reporter.stop()
-    if csv:
-        k = max((len(p.top_k) for p in preds), default=0)
-        header = ["path", "prediction", "probability"] + [f"{kind}{i + 1}" for i in range(k) for kind in ("top", "p")]
-        rows = [[p.path, p.label, p.probability] + [x for c, pr in p.top_k for x in (c, pr)] for p in preds]
-        write_csv(csv, rows, header=header)
+    if opts.csv:
+        write_predictions_csv(preds, opts.csv)
     if json_out:
         _print_json([p.as_dict() for p in preds])
     else:
@@ -257,17 +263,14 @@ def data_synth(
     json_out: bool = typer.Option(False, "--json"),
 ):
     """Render a synthetic yoga-pose dataset (articulated figures in asanas on varied backgrounds)."""
-    from posetune.data.synth import POSES, render_dataset
+    from posetune.data.synth import render_dataset
+    from posetune.data.synth.dataset import SynthOptions
 
+    opts = SynthOptions(out=out, poses=poses, per_class=per_class, test_per_class=test_per_class, size=size,
+                        seed=seed).validate()  # before the progress bar, which needs the pose count
     reporter = _reporter(json_out)
-    pose_list = [p.strip() for p in poses.split(",") if p.strip()] if poses else None
-    unknown = [p for p in pose_list or [] if p not in POSES]
-    if unknown:
-        raise typer.BadParameter(f"unknown pose(s) {', '.join(unknown)}; choose from {', '.join(POSES)}",
-                                 param_hint="--poses")
-    n_poses = len(pose_list) if pose_list else 5
-    advance = reporter.start("render", n_poses * (per_class + test_per_class))
-    info = render_dataset(out, poses=pose_list, per_class=per_class, test_per_class=test_per_class, size=size,
+    advance = reporter.start("render", len(opts.pose_names) * (opts.per_class + opts.test_per_class))
+    info = render_dataset(out, poses=opts.poses, per_class=per_class, test_per_class=test_per_class, size=size,
                           seed=seed, progress=lambda done, total: advance(1))
     reporter.stop()
     if json_out:
@@ -281,11 +284,12 @@ def data_check(
     data: str = typer.Argument(..., help="DATA in any supported layout."),
     json_out: bool = typer.Option(False, "--json"),
     near_duplicates: bool = typer.Option(True, help="Also look for near-duplicates (perceptual hash)."),
+    label_level: int = typer.Option(6, help="Yoga-82 only: 6, 20 or 82 classes."),
 ):
     """Audit DATA before training: counts, resolutions, bad files, duplicates and train/test leaks. Exit 1 on problems."""
     from posetune.data.check import check_data, print_report
 
-    report = check_data(data, near_duplicates=near_duplicates)
+    report = check_data(data, near_duplicates=near_duplicates, label_level=label_level)
     if json_out:
         _print_json(report)
     else:
@@ -323,6 +327,8 @@ def compare(
     image_size: Optional[int] = typer.Option(None, help="Default: each backbone's pretrained input size."),
     batch_size: int = typer.Option(32),
     device: str = typer.Option("auto", help="auto | cpu | cuda | mps."),
+    val_fraction: float = typer.Option(0.15, help="Held out of train when DATA has no val split."),
+    label_level: int = typer.Option(6, help="Yoga-82 only: 6, 20 or 82 classes."),
     json_out: bool = typer.Option(False, "--json", help="Print the leaderboard rows as JSON on stdout."),
 ):
     """Which backbone and strategy win on DATA, and what each costs: probe every backbone on cached features,
@@ -333,7 +339,7 @@ def compare(
     reporter = _reporter(json_out)
     result = run_compare(data, reporter=reporter, backbones=backbones, strategies=strategies, seeds=seeds,
                          epochs=epochs, top_k=top_k, budget_minutes=budget_minutes, out=out, image_size=image_size,
-                         batch_size=batch_size, device=device)
+                         batch_size=batch_size, device=device, val_fraction=val_fraction, label_level=label_level)
     shown = display_rows(result.rows)
     reporter.table(f"leaderboard, best val first ({result.seconds['total']:.0f} s)", shown,
                    ["#", "backbone", "strategy", "val acc", "test acc", "test macro-F1", "k-NN test acc", "status"])
@@ -365,9 +371,8 @@ def export(
     from posetune.exporting import export as run_export
 
     reporter = _reporter(json_out)
-    reporter.info(f"exporting {run} to {format}...")
-    result = run_export(run, format=format, opset=opset, dynamic_batch=dynamic_batch, out=out, images=images,
-                        strict=False)
+    result = run_export(run, format=format, opset=opset, dynamic_batch=dynamic_batch, out=out, images=images or None,
+                        strict=False, reporter=reporter)
     if json_out:
         _print_json(result)
     else:
@@ -401,7 +406,10 @@ def serve(
     from posetune.predict import choose_engine
     from posetune.runtime import tune_allocator
     from posetune.serve.app import create_app, parse_size
+    from posetune.serve.options import ServeOptions
 
+    ServeOptions(run=run, host=host, port=port, engine=engine, max_bytes=max_bytes, max_pixels=max_pixels,
+                 max_queue=max_queue, top_k=top_k, device=device).validate()  # before the model loads or a port binds
     tune_allocator()
     reporter = _reporter(False)
     engine, why = choose_engine(run, engine, device)
@@ -415,16 +423,17 @@ def serve(
     uvicorn.run(app_, host=host, port=port, log_level="info", timeout_keep_alive=5)
 
 def main() -> None:
-    """Entry point: errors become one line and an exit code (2 bad input, 1 a problem found)."""
+    """Entry point: errors become one line and an exit code (2 bad input, 1 a problem found).
+
+    Typer runs in standalone mode, so its own usage errors (an unknown command or option, a missing
+    argument, a value of the wrong type) print typer's usage message and exit 2 whichever click it
+    runs on: typer >= 0.16 vendors its own click, so catching ``click.ClickException`` here never matched.
+    """
     try:
-        # Without standalone mode click returns typer.Exit's code instead of exiting.
-        code = app(standalone_mode=False)
-        sys.exit(code if isinstance(code, int) else 0)
+        app()  # standalone: always leaves through SystemExit (typer.Exit's code, 2 for usage errors)
     except PosetuneError as exc:
-        typer.echo(f"error: {exc}", err=True)
+        typer.echo(f"error: {' '.join(str(exc).split())}", err=True)  # one line, whatever the message held
         sys.exit(exc.exit_code)
-    except (typer.Exit, SystemExit) as exc:
-        sys.exit(getattr(exc, "exit_code", getattr(exc, "code", 0)))
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
         sys.exit(130)
@@ -437,15 +446,6 @@ def main() -> None:
         typer.echo(f"error: this command needs {exc.name}, which is not installed; pip install 'posetune[{extra}]'",
                    err=True)
         sys.exit(2)
-    except Exception as exc:  # click usage errors when not in standalone mode
-        import click
-
-        if isinstance(exc, click.exceptions.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
-        if isinstance(exc, click.exceptions.Abort):
-            sys.exit(1)
-        raise
 
 
 # Commands that only read a run and print. Once their output is flushed, the interpreter's teardown of

@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
+from posetune.checks import Pattern
 from posetune.errors import UsageError
 
 if TYPE_CHECKING:
@@ -16,13 +17,12 @@ if TYPE_CHECKING:
     from posetune.data.preprocessing import PreprocessConfig
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
+DEVICE = Pattern(r"auto|cpu|cuda|cuda:[0-9]+|mps", "auto, cpu, cuda, cuda:N or mps")  # the check of --device
 
 
 def check_device_name(name: str) -> str:
     """``name`` if it is a device posetune knows (auto, cpu, cuda, cuda:N, mps), else a UsageError."""
-    if name not in DEVICES and not (name.startswith("cuda:") and name[5:].isdigit()):
-        raise UsageError(f"--device must be auto, cpu, cuda, cuda:N or mps, not '{name}'")
-    return name
+    return DEVICE(name, "--device")
 
 
 def nvidia_gpu_visible() -> bool:

@@ -13,6 +13,11 @@ class UsageError(PosetuneError):
     exit_code = 2
 
 
+class InvalidOption(UsageError, ValueError):
+    """An option value outside what the command accepts (exit code 2). Also a ValueError, as scikit-learn's
+    InvalidParameterError is, so Python callers may catch either."""
+
+
 class CheckFailed(PosetuneError):
     """The job ran and found a problem (e.g. ``data check``): exit code 1."""
 

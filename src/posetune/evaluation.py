@@ -2,10 +2,31 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+
+from posetune.checks import BATCH_SIZE, DATA, LABEL_LEVELS, Bool, Choice, Int, Options, OutputPath, Text, option
+from posetune.devices import DEVICE
+
+SPLITS = ("train", "val", "test")
+
+
+@dataclass
+class EvaluateOptions(Options):
+    """Every option of `posetune evaluate` (same names as the flags)."""
+
+    run: str = option("", Text("a run folder written by `posetune train`"), flag="RUN")
+    data: str = option("", DATA, flag="DATA")
+    split: str = option("test", Choice(*SPLITS))
+    batch_size: int = option(64, Int(*BATCH_SIZE))
+    device: str = option("auto", DEVICE)
+    tta: bool = option(False, Bool())
+    label_level: int = option(6, Choice(*LABEL_LEVELS))
+    plot: bool = option(True, Bool(), flag="plot")  # the outputs below (Python API only)
+    out: str | None = option(None, OutputPath(folder=True))  # default RUN/eval/<data>-<hash>-<split>/
 
 
 def compute_metrics(y_true: Sequence[int], y_pred: Sequence[int], classes: list[str]) -> dict:
@@ -47,25 +68,28 @@ def most_confused(cm: np.ndarray, classes: list[str], k: int = 5) -> list[dict]:
     return [{"true": t, "predicted": pr, "count": n} for n, t, pr in pairs[:k]]
 
 
-def evaluate(run: str | Path, data: str | Path, split: str = "test", batch_size: int = 64,
-             device: str = "auto", label_level: int = 6, plot: bool = True, progress=None, tta: bool = False,
-             out: str | Path | None = None) -> dict:
+def evaluate(run: str | Path, data: str | Path, progress=None, **options) -> dict:
     """Evaluate a run folder on one split of DATA; writes evaluation.json and confusion.png to ``out``
     (default RUN/eval/<data>-<hash>-<split>/: named by the data and split, so nothing of the run's own
     training outputs, or of another evaluation, is overwritten).
 
-    Classes are matched by name, so DATA may hold its classes in any order. With ``tta`` the
-    test-time-augmented scores are reported beside the plain ones under ``metrics["tta"]``.
+    Options as :class:`EvaluateOptions` (`posetune evaluate`). Classes are matched by name, so DATA may
+    hold its classes in any order. With ``tta`` the test-time-augmented scores are reported beside the
+    plain ones under ``metrics["tta"]``.
     """
     from posetune.data.layouts import discover
     from posetune.errors import UsageError
     from posetune.predict import load
 
-    clf = load(run, device=device)
-    index = discover(data, val_fraction=0.0, label_level=label_level)
+    opts = EvaluateOptions.build("posetune.evaluate", run=run, data=data, **options)
+    run, data, split, batch_size, tta = opts.run, opts.data, opts.split, opts.batch_size, opts.tta
+    clf = load(run, device=opts.device)
+    index = discover(data, val_fraction=0.0, label_level=opts.label_level)
     samples = index.split(split)
-    if not samples and split == "test" and not index.split("test"):
-        raise UsageError(f"{data} has no '{split}' split; pass --split train|val|test or a folder of class folders")
+    if not samples:
+        present = [s for s in SPLITS if index.split(s)]
+        raise UsageError(f"{data} has no '{split}' images (it has {', '.join(present) or 'none'}); pass --split "
+                         f"{' or '.join(present) or 'train'}, or DATA with a {split} split")
     unknown = sorted({index.classes[s.label] for s in samples} - set(clf.classes))
     if unknown:
         raise UsageError(f"classes in {data} that the model does not know: {', '.join(unknown)}")
@@ -84,10 +108,10 @@ def evaluate(run: str | Path, data: str | Path, split: str = "test", batch_size:
         tta_metrics = compute_metrics(y_true, [clf.classes.index(p.label) for p in tta_preds], clf.classes)
         metrics["tta"] = {k: tta_metrics[k] for k in ("accuracy", "balanced_accuracy", "macro_f1", "n")}
     metrics["skipped"] = [{"path": p.path, "reason": p.error} for p in preds if p.error]
-    if plot and metrics["n"]:
+    if opts.plot and metrics["n"]:
         from posetune.run import RunDir
 
-        folder = RunDir(run).evaluation_dir(data, split, out)
+        folder = RunDir(run).evaluation_dir(data, split, opts.out)
         metrics["confusion_png"] = str(folder.write_confusion(metrics))
         folder.write_metrics(metrics)
     return metrics

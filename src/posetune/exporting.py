@@ -22,11 +22,13 @@ import sys
 import tempfile
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
+from posetune.checks import Bool, Choice, Int, InvalidOption, Options, OutputPath, Paths, Text, option
 from posetune.errors import CheckFailed, UsageError
 
 if TYPE_CHECKING:
@@ -37,30 +39,49 @@ DEFAULT_OPSET = 18
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
 
 
-def export(run: str | Path, format: str = "onnx", opset: int | None = None, dynamic_batch: bool = False,
-           out: str | Path | None = None, images: Sequence[str | Path] | None = None, n_random: int = 8,
-           n_images: int = 16, strict: bool = True, reporter=None) -> dict:
+@dataclass
+class ExportOptions(Options):
+    """Every option of `posetune export` (same names as the flags; the last three are Python API only)."""
+
+    run: str = option("", Text("a run folder written by `posetune train`"), flag="RUN")
+    format: str = option("onnx", Choice(*FORMATS))
+    opset: int | None = option(None, Int(9, 23))  # default DEFAULT_OPSET
+    dynamic_batch: bool = option(False, Bool())
+    out: str | None = option(None, OutputPath(folder=False))
+    images: list[str] | None = option(None, Paths())  # default: the run's data, else rendered poses
+    n_random: int = option(8, Int(1, 1024), flag="n_random")
+    n_images: int = option(16, Int(1, 10_000), flag="n_images")
+    strict: bool = option(True, Bool(), flag="strict")  # raise CheckFailed on a parity problem
+
+    def check_together(self, label) -> None:
+        if self.opset is not None and self.format != "onnx":
+            raise InvalidOption(f"--opset applies to --format onnx only, not --format {self.format}; drop --opset")
+
+
+def export(run: str | Path, reporter=None, **options) -> dict:
     """Write RUN's model as ONNX (``RUN/model.onnx``) or TorchScript (``RUN/model.torchscript.pt``).
 
-    Parity is checked on ``n_random`` random tensors and on up to ``n_images`` real images (``images``,
-    else the run's own data, else rendered synthetic poses). With ``strict``, a top-1 disagreement or a
-    logit gap above tolerance raises :class:`CheckFailed` after the files are written; the result's
-    ``problems`` lists them either way.
+    Options as :class:`ExportOptions`. Parity is checked on ``n_random`` random tensors and on up to
+    ``n_images`` real images (``images``, else the run's own data, else rendered synthetic poses). With
+    ``strict``, a top-1 disagreement or a logit gap above tolerance raises :class:`CheckFailed` after the
+    files are written; the result's ``problems`` lists them either way.
     """
     import torch
 
     from posetune.io import file_sha256, write_json
+    from posetune.predict import collect_paths
     from posetune.predict.onnx_engine import METADATA_KEY
     from posetune.predict.torch_engine import Classifier
     from posetune.run import RunDir
     from posetune.version import __version__
 
-    if format not in FORMATS:
-        raise UsageError(f"--format must be one of {', '.join(FORMATS)}, not '{format}'")
-    if opset is not None and format != "onnx":
-        raise UsageError("--opset applies to --format onnx only")
-    if opset is not None and not 9 <= opset <= 23:
-        raise UsageError(f"--opset must be between 9 and 23, not {opset}")
+    opts = ExportOptions.build("posetune.export", run=run, **options)
+    run, format, opset, dynamic_batch, out, images = (opts.run, opts.format, opts.opset, opts.dynamic_batch, opts.out,
+                                                      opts.images)
+    if images:
+        collect_paths(images)  # a missing --images file fails now, not after the model file is written
+    if reporter is not None:
+        reporter.info(f"exporting {run} to {format}...")
     rundir = RunDir(run).require()
     clf = Classifier(rundir, device="cpu", optimize=False)  # the reference is the model exactly as trained
     out = Path(out) if out else rundir / FORMATS[format]
@@ -97,9 +118,9 @@ def export(run: str | Path, format: str = "onnx", opset: int | None = None, dyna
             return clf.model(torch.from_numpy(x)).float().numpy()
 
         gen = np.random.default_rng(0)
-        random_inputs = gen.standard_normal((n_random, 3, size, size)).astype(np.float32)
+        random_inputs = gen.standard_normal((opts.n_random, 3, size, size)).astype(np.float32)
         parity = {"random": parity_check(reference(random_inputs), _in_batches(run_exported, random_inputs, dynamic_batch))}
-        with _parity_images(clf.meta, images, n_images) as paths:
+        with _parity_images(clf.meta, images, opts.n_images) as paths:
             parity["images"] = _image_parity(clf, deployed, run_exported, paths, dynamic_batch)
 
     problems = [f"{kind}: {p}" for kind, check in parity.items() for p in check.pop("problems")]
@@ -110,7 +131,7 @@ def export(run: str | Path, format: str = "onnx", opset: int | None = None, dyna
     # Written last and bound to the bytes it checked: a model file replaced or half-written later no longer
     # matches, so --engine auto never takes an unchecked model.
     write_json(f"{out}.json", {**meta, "parity": parity, "ok": not problems, "model_sha256": file_sha256(out)})
-    if strict and problems:
+    if opts.strict and problems:
         raise CheckFailed(f"{out} disagrees with the PyTorch model: {'; '.join(problems)}")
     return result
 

@@ -12,29 +12,23 @@ import math
 from pathlib import Path
 
 from posetune.console import Reporter
-from posetune.errors import UsageError
 
 
-def lr_find(data: str | Path, start_lr: float = 1e-7, end_lr: float = 1.0, steps: int = 100,
-            reporter: Reporter | None = None, **options) -> dict:
-    """Run the range test with the options of `posetune train`; returns lrs, losses, suggestion, plot path."""
+def lr_find(data: str | Path, reporter: Reporter | None = None, **options) -> dict:
+    """Run the range test; options as :class:`posetune.options.LrFindOptions` (those of `posetune train` plus
+    ``start_lr``, ``end_lr``, ``steps``). Returns lrs, losses, the suggestion and the plot's path."""
     import torch.nn.functional as nnf
 
     from posetune.devices import Normalizer, autocast
-    from posetune.options import TrainOptions
+    from posetune.options import LrFindOptions
     from posetune.strategies import apply_freeze, param_groups, set_train_mode
     from posetune.training.loop import make_optimizer
     from posetune.training.prepare import prepare
 
-    if not 0 < start_lr < end_lr:
-        raise UsageError(f"need 0 < --start-lr < --end-lr (got {start_lr}, {end_lr})")
-    if steps < 10:
-        raise UsageError(f"--steps must be at least 10 (got {steps})")
     reporter = reporter or Reporter()
     options.setdefault("out", str(Path("runs") / f"lr-find-{Path(str(data)).stem}"))
-    opts = TrainOptions.from_sources(None, data=str(data), **options)
-    if not Path(opts.data).exists():
-        raise UsageError(f"DATA not found: {opts.data}")
+    opts = LrFindOptions.from_sources(None, data=str(data), **options)
+    start_lr, end_lr, steps = opts.start_lr, opts.end_lr, opts.steps
     p = prepare(opts, reporter, create=False)  # it writes lr_find.png only
     model, device = p.model, p.device
     groups = param_groups(model, p.stages, p.plan, p.settings.weight_decay)

@@ -1,136 +1,153 @@
 """The options of each command: one dataclass per command, checked at the door.
 
 The CLI and the Python API build the same dataclass, so a flag and its API keyword share a name
-(a test guards it), and every value is checked before any file is read or written.
+(tests/test_options.py guards it), and ``validate()`` checks every value before any file is read or
+written, with a message that says what was expected, what was found, and which flag to change.
+Each field declares its check and its bounds (:mod:`posetune.checks`).
+
+This module holds the options that need the strategy and backbone registries: train, lr-find and
+compare (it sits above strategies and backbones in the layer contract). The commands below it
+declare theirs beside their code, re-exported here so that one import finds them all (see
+:mod:`posetune.checks` for why):
+
+========================  ============================================
+``posetune evaluate``     :class:`EvaluateOptions` (posetune.evaluation)
+``posetune predict``      :class:`PredictOptions` (posetune.predict.loading)
+``posetune export``       :class:`ExportOptions` (posetune.exporting)
+``posetune serve``        :class:`ServeOptions` (posetune.serve.options)
+``posetune data check``   :class:`CheckOptions` (posetune.data.check)
+``posetune data synth``   :class:`SynthOptions` (posetune.data.synth.dataset)
+========================  ============================================
 """
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Sequence
+from dataclasses import dataclass
 
-from posetune.errors import UsageError
+from posetune.checks import (
+    BATCH_SIZE,
+    DATA,
+    IMAGE_SIZE,
+    LABEL_LEVELS,
+    SEED,
+    Bool,
+    Choice,
+    Float,
+    Int,
+    InvalidOption,
+    Names,
+    Options,
+    OutputPath,
+    Text,
+    option,
+    read_config,
+)
+from posetune.data.check import CheckOptions
+from posetune.data.synth.dataset import SynthOptions
+from posetune.devices import DEVICE
+from posetune.evaluation import EvaluateOptions
+from posetune.exporting import ExportOptions
+from posetune.predict.loading import PredictOptions
+from posetune.serve.options import ServeOptions
+
+__all__ = ["CheckOptions", "CompareOptions", "EvaluateOptions", "ExportOptions", "LrFindOptions", "PredictOptions",
+           "ServeOptions", "SynthOptions", "TrainOptions", "read_config"]
 
 DEFAULT_BACKBONES = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
 DEFAULT_STRATEGIES = ("linear", "partial", "full")
+EPOCHS = Int(1, 10_000)
+VAL_FRACTION = Float(0.0, 0.9)  # 0: no held-out val when DATA has none (no early stopping on it)
 
 
 @dataclass
-class TrainOptions:
-    """Every option of `posetune train` (the YAML config uses the same keys). None = the strategy default."""
+class TrainOptions(Options):
+    """Every option of `posetune train` (the YAML config uses the same keys). None = the strategy's default.
 
-    data: str = ""
-    backbone: str = "efficientnet_lite0"
-    strategy: str = "partial"
-    freeze_stages: int | None = None
-    epochs: int | None = None
-    lr: float | None = None
-    base_lr_ratio: float = 0.1
-    layer_decay: float | None = None
-    bn: str = "frozen"
-    batch_size: int = 32
-    image_size: int | None = None
-    crop_pct: float | None = None  # eval centre crop / resize ratio; 1.0 keeps the whole image (default: backbone's)
-    val_fraction: float = 0.15
-    patience: int = 5
-    weight_decay: float = 0.05
-    label_smoothing: float = 0.1
-    out: str | None = None
-    seed: int = 0
-    device: str = "auto"
-    weights: str | None = None
-    pretrained: bool = True
-    label_level: int = 6
-    freeze_epochs: int = 1  # gradual: epochs with only the head training
-    unfreeze_every: int = 1  # gradual: epochs between two stages unfreezing
-    ema: float | None = None  # EMA decay of the weights, e.g. 0.999 (off when None)
-    balance: str = "none"  # none | weights | sampler
-    mixup: float = 0.0
-    cutmix: float = 0.0
-    cache: str = "auto"  # decoded pixels: auto | memory | disk (memory-mapped, reused by later runs)
-    cache_dir: str | None = None  # default ~/.cache/posetune/decoded (or $POSETUNE_CACHE)
+    Bounds: image size 32..1024 px and batch size 1..4096 (beyond, one batch exhausts memory), learning
+    rates in (0, 1] (AdamW diverges above), epochs 1..10000, seed 0..2**32-1 (numpy's range)."""
 
-    @classmethod
-    def from_sources(cls, config: str | Path | None = None, **overrides) -> TrainOptions:
-        """YAML config first, then explicit overrides (flags) on top; unknown keys are an error."""
-        values: dict = {}
-        if config:
-            values.update(read_config(config))
-        values.update({k: v for k, v in overrides.items() if v is not None})
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise UsageError(f"unknown option(s) {', '.join(unknown)} in the config; valid keys: {', '.join(sorted(known))}")
-        return cls(**values).validate()
+    data: str = option("", DATA, flag="DATA")
+    backbone: str = option("efficientnet_lite0", Text("a timm model name, NAME@random or NAME@PATH"))
+    strategy: str = option("partial", Text("a strategy name (linear, partial, full, ...)"))
+    freeze_stages: int | None = option(None, Int(0, 1000))  # the backbone's own stage count is checked when built
+    epochs: int | None = option(None, EPOCHS)
+    lr: float | None = option(None, Float(0, 1, low_open=True))
+    base_lr_ratio: float = option(0.1, Float(0, 1, low_open=True))
+    layer_decay: float | None = option(None, Float(0, 1, low_open=True))
+    bn: str = option("frozen", Choice("frozen", "train"))
+    batch_size: int = option(32, Int(*BATCH_SIZE))
+    image_size: int | None = option(None, Int(*IMAGE_SIZE), hint="omit it for the backbone's pretrained size")
+    crop_pct: float | None = option(None, Float(0.3, 1.0))  # eval resize ratio; 1.0 keeps the whole image
+    val_fraction: float = option(0.15, VAL_FRACTION)
+    patience: int = option(5, Int(0, 10_000))
+    weight_decay: float = option(0.05, Float(0.0, 1.0))
+    label_smoothing: float = option(0.1, Float(0.0, 1.0, high_open=True))
+    out: str | None = option(None, OutputPath(folder=True))
+    seed: int = option(0, Int(*SEED))
+    device: str = option("auto", DEVICE)
+    weights: str | None = option(None, Text("a .safetensors/.pth/.bin file"))
+    pretrained: bool = option(True, Bool(), flag="pretrained (--no-pretrained)")
+    label_level: int = option(6, Choice(*LABEL_LEVELS))
+    freeze_epochs: int = option(1, Int(0, 10_000))  # gradual: epochs with only the head training
+    unfreeze_every: int = option(1, Int(1, 10_000))  # gradual: epochs between two stages unfreezing
+    ema: float | None = option(None, Float(0, 1, low_open=True, high_open=True), flag="--ema-decay")  # off when None
+    balance: str = option("none", Choice("none", "weights", "sampler"))
+    mixup: float = option(0.0, Float(0.0, 100.0))
+    cutmix: float = option(0.0, Float(0.0, 100.0))
+    cache: str = option("auto", Choice("auto", "memory", "disk"))  # disk: memory-mapped, reused by later runs
+    cache_dir: str | None = option(None, OutputPath(folder=True))  # default ~/.cache/posetune/decoded ($POSETUNE_CACHE)
 
-    def validate(self) -> TrainOptions:
-        """Every value checked before any file is read or written."""
-        if self.balance not in ("none", "weights", "sampler"):
-            raise UsageError(f"--balance must be none, weights or sampler, not '{self.balance}'")
-        if self.cache not in ("auto", "memory", "disk"):
-            raise UsageError(f"--cache must be auto, memory or disk, not '{self.cache}'")
-        return self
+    def check_together(self, label) -> None:
+        """The strategy is registered, the backbone exists (close names suggested), a --weights file is there."""
+        from posetune.backbones import parse_spec
+        from posetune.strategies import STRATEGIES
 
-
-def read_config(path: str | Path) -> dict:
-    import yaml
-
-    path = Path(path)
-    if not path.is_file():
-        raise UsageError(f"config file not found: {path}")
-    try:
-        values = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise UsageError(f"{path} is not valid YAML: {str(exc).splitlines()[0]}") from exc
-    if not isinstance(values, dict):
-        raise UsageError(f"{path} must hold a mapping of option: value")
-    return {k.replace("-", "_"): v for k, v in values.items()}
+        Choice(*STRATEGIES)(self.strategy, label("strategy"))
+        parse_spec(self.backbone, weights=self.weights, pretrained=self.pretrained)
 
 
 @dataclass
-class CompareOptions:
+class LrFindOptions(TrainOptions):
+    """`posetune lr-find`: the options of `train` (the model and data are built the same way) plus the sweep."""
+
+    start_lr: float = option(1e-7, Float(0, 10, low_open=True))
+    end_lr: float = option(1.0, Float(0, 10, low_open=True))
+    steps: int = option(100, Int(10, 100_000))
+
+    def check_together(self, label) -> None:
+        if self.start_lr >= self.end_lr:
+            raise InvalidOption(f"--start-lr must be below --end-lr, not {self.start_lr} >= {self.end_lr}")
+        super().check_together(label)
+
+
+@dataclass
+class CompareOptions(Options):
     """Every option of `posetune compare` (same names as the flags)."""
 
-    data: str = ""
-    backbones: list[str] = field(default_factory=lambda: list(DEFAULT_BACKBONES))
-    strategies: list[str] = field(default_factory=lambda: list(DEFAULT_STRATEGIES))
-    seeds: int = 1
-    epochs: int | None = None
-    top_k: int = 2
-    budget_minutes: float | None = None
-    out: str | None = None
-    image_size: int | None = None
-    batch_size: int = 32
-    device: str = "auto"
-    val_fraction: float = 0.15
-    label_level: int = 6
+    data: str = option("", DATA, flag="DATA")
+    backbones: list[str] = option(check=Names("efficientnet_lite0,efficientnet_lite2,resnet18@random"),
+                                  factory=lambda: list(DEFAULT_BACKBONES))
+    strategies: list[str] = option(check=Names("linear,partial,full"), factory=lambda: list(DEFAULT_STRATEGIES))
+    seeds: int = option(1, Int(1, 100))
+    epochs: int | None = option(None, EPOCHS)
+    top_k: int = option(2, Int(0, 100))  # 0: the stage-1 probes only
+    budget_minutes: float | None = option(None, Float(0, 1e6, low_open=True))
+    out: str | None = option(None, OutputPath(folder=True))
+    image_size: int | None = option(None, Int(*IMAGE_SIZE), hint="omit it for each backbone's pretrained size")
+    batch_size: int = option(32, Int(*BATCH_SIZE))
+    device: str = option("auto", DEVICE)
+    val_fraction: float = option(0.15, VAL_FRACTION)
+    label_level: int = option(6, Choice(*LABEL_LEVELS))
 
-    def validate(self) -> list:
-        """Check every option and backbone spec before any work; returns the parsed specs."""
-        from posetune.backbones import parse_spec
-        from posetune.strategies import get_strategy
+    def check_together(self, label) -> None:
+        from posetune.strategies import STRATEGIES
 
-        if not self.data:
-            raise UsageError("no DATA given: pass a folder of class folders, split folders or a CSV manifest")
-        self.backbones = list(dict.fromkeys(_split_list(self.backbones)))
-        self.strategies = list(dict.fromkeys(_split_list(self.strategies)))
-        if not self.backbones:
-            raise UsageError("--backbones is empty; give e.g. efficientnet_lite0,efficientnet_lite2,resnet18@random")
-        if not self.strategies:
-            raise UsageError("--strategies is empty; give some of linear,partial,full")
         for name in self.strategies:
-            get_strategy(name)
-        for key, low in (("seeds", 1), ("top_k", 0), ("epochs", 1), ("batch_size", 1), ("image_size", 32)):
-            value = getattr(self, key)
-            if value is not None and value < low:
-                raise UsageError(f"--{key.replace('_', '-')} must be at least {low}, not {value}")
-        if self.budget_minutes is not None and self.budget_minutes <= 0:
-            raise UsageError(f"--budget-minutes must be positive, not {self.budget_minutes}")
-        return [parse_spec(b) for b in self.backbones]  # unknown names fail here, with close names
+            Choice(*STRATEGIES)(name, label("strategies"))
+        self.backbone_specs()  # unknown names fail here, with close names
 
+    def backbone_specs(self) -> list:
+        """The parsed backbone specs (posetune.backbones.BackboneSpec), in the order given."""
+        from posetune.backbones import parse_spec
 
-def _split_list(value: str | Sequence[str]) -> list[str]:
-    items = value.split(",") if isinstance(value, str) else [x for v in value for x in str(v).split(",")]
-    return [x.strip() for x in items if x.strip()]
+        return [parse_spec(b) for b in self.backbones]

@@ -63,6 +63,9 @@ class RunMeta:
         missing = [k for k in ("backbone", "arch", "classes", "preprocessing", "strategy") if k not in obj]
         if missing:
             raise UsageError(f"{source} lacks {', '.join(missing)}; it was not written by posetune train")
+        problem = schema_problem(obj)
+        if problem:
+            raise UsageError(f"{source} is damaged: {problem}; restore it or train again")
         return cls(**{k: v for k, v in obj.items() if k in known},
                    extra={k: v for k, v in obj.items() if k not in known})
 
@@ -76,6 +79,34 @@ class RunMeta:
     def summarize(metrics: dict[str, dict]) -> dict[str, dict]:
         """The headline scores of each split, as model.json keeps them."""
         return {s: {k: m.get(k) for k in METRIC_KEYS} for s, m in metrics.items()}
+
+
+def schema_problem(obj: dict) -> str | None:
+    """What is wrong with the fields of model.json that loading a model relies on, or None."""
+    for key in ("backbone", "arch", "strategy"):
+        if not isinstance(obj[key], str) or not obj[key]:
+            return f"'{key}' must be a non-empty string, not {obj[key]!r}"
+    classes = obj["classes"]
+    if not (isinstance(classes, list) and classes and all(isinstance(c, str) for c in classes)
+            and len(set(classes)) == len(classes)):
+        return f"'classes' must be a list of distinct class names, not {str(classes)[:60]!r}"
+    pre = obj["preprocessing"]
+    if not isinstance(pre, dict):
+        return f"'preprocessing' must be an object, not {str(pre)[:60]!r}"
+    size = pre.get("input_size")
+    if not (isinstance(size, list) and len(size) == 3 and all(isinstance(v, int) and 0 < v <= 4096 for v in size)):
+        return f"'preprocessing.input_size' must be [3, H, W], not {size!r}"
+    for key in ("mean", "std"):
+        v = pre.get(key)
+        if not (isinstance(v, list) and len(v) == 3 and all(isinstance(x, (int, float)) and x == x for x in v)
+                and (key == "mean" or all(x > 0 for x in v))):
+            return f"'preprocessing.{key}' must be three numbers, not {v!r}"
+    crop = pre.get("crop_pct", 0.875)
+    if not (isinstance(crop, (int, float)) and 0.1 <= crop <= 1.0):
+        return f"'preprocessing.crop_pct' must be a number in 0.1..1, not {crop!r}"
+    if not isinstance(pre.get("interpolation", "bicubic"), str):
+        return f"'preprocessing.interpolation' must be a name like bicubic, not {pre['interpolation']!r}"
+    return None
 
 
 class EvaluationDir:

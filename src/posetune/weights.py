@@ -28,17 +28,27 @@ def read_state_dict(path: str | Path) -> dict:
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        return load_file(str(path))
+        try:
+            return load_file(str(path))
+        except Exception as exc:  # noqa: BLE001 - safetensors raises its own error type on a damaged file
+            raise UsageError(f"{path} is not a readable .safetensors file ({_first_line(exc)}); pass a state dict "
+                             "saved with safetensors.torch.save_file") from exc
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unpickling problem is the same user error
-        raise UsageError(f"cannot read weights from {path}: {exc}") from exc
+        raise UsageError(f"cannot read weights from {path} ({type(exc).__name__}: {_first_line(exc)}); pass a "
+                         "state dict saved with torch.save (.pth/.pt/.bin) or safetensors") from exc
     for key in ("state_dict", "model", "model_state_dict"):
         if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict):
             obj = obj[key]
     if not isinstance(obj, dict):
         raise UsageError(f"{path} does not hold a state dict (found {type(obj).__name__})")
     return {k.removeprefix("module."): v for k, v in obj.items()}
+
+
+def _first_line(exc: Exception) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0][:200] if lines else type(exc).__name__
 
 
 def load_into(model, state: dict, origin: str) -> list[str]:

@@ -77,12 +77,7 @@ def compare(data: str | Path | None = None, reporter: Reporter | None = None, ve
     """Rank backbones on cached features, fine-tune the top-k with each strategy, write the leaderboard."""
     from posetune.console import RichReporter
 
-    known = {f.name for f in dataclasses.fields(CompareOptions)}
-    unknown = sorted(set(options) - known)
-    if unknown:
-        raise UsageError(f"unknown option(s) {', '.join(unknown)}; valid: {', '.join(sorted(known - {'data'}))}")
-    opts = CompareOptions(data=str(data) if data is not None else "",
-                          **{k: v for k, v in options.items() if v is not None})
+    opts = CompareOptions.from_sources(None, data=str(data) if data is not None else None, **options)
     reporter = reporter or (RichReporter() if verbose else Reporter())
     return _compare(opts, reporter)
 
@@ -93,7 +88,7 @@ def _compare(opts: CompareOptions, reporter: Reporter) -> CompareResult:
     from posetune.runtime import tune_allocator
 
     t_start = time.perf_counter()
-    specs = opts.validate()
+    specs = opts.backbone_specs()  # validated at the door (CompareOptions.from_sources)
     device = resolve_device(opts.device)
     index = discover(opts.data, val_fraction=opts.val_fraction, seed=0, label_level=opts.label_level)
     for w in index.warnings:

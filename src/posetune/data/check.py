@@ -10,17 +10,29 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from posetune.checks import DATA, LABEL_LEVELS, Bool, Choice, Int, Options, option
 from posetune.data.images import ImageError, extension_mismatch, load_image
 from posetune.data.layouts import DataIndex, discover
 from posetune.io import file_digest
 
 NEAR_DUPLICATE_BITS = 6  # max Hamming distance between 64-bit pHashes to call two images near-duplicates
+
+
+@dataclass
+class CheckOptions(Options):
+    """Every option of `posetune data check` (same names as the flags; ``max_bits`` is Python API only)."""
+
+    data: str = option("", DATA, flag="DATA")
+    near_duplicates: bool = option(True, Bool())
+    label_level: int = option(6, Choice(*LABEL_LEVELS))
+    max_bits: int = option(NEAR_DUPLICATE_BITS, Int(0, 64), flag="max_bits")  # of a 64-bit perceptual hash
 
 
 def exact_duplicates(index: DataIndex) -> list[dict]:
@@ -72,10 +84,12 @@ def find_near_duplicates(index: DataIndex, hashes: dict[str, int], max_bits: int
     return pairs
 
 
-def check_data(data: str | Path, near_duplicates: bool = True, label_level: int = 6,
-               max_bits: int = NEAR_DUPLICATE_BITS) -> dict:
-    """Run the audit; returns a JSON-able report with ``problems`` (non-empty means exit 1)."""
-    index = discover(data, val_fraction=0.0, label_level=label_level, strict=False)
+def check_data(data: str | Path, **options) -> dict:
+    """Run the audit (options as :class:`CheckOptions`); returns a JSON-able report with ``problems``
+    (non-empty means exit 1)."""
+    opts = CheckOptions.build("posetune.check_data", data=data, **options)
+    data, near_duplicates, max_bits = opts.data, opts.near_duplicates, opts.max_bits
+    index = discover(data, val_fraction=0.0, label_level=opts.label_level, strict=False)
     with ThreadPoolExecutor(8) as pool:
         infos = list(pool.map(_inspect, [s.path for s in index.samples]))
     by_path = {i["path"]: i for i in infos}

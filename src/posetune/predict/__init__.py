@@ -5,7 +5,7 @@ RUN/model.onnx through ONNX Runtime without importing torch; :func:`load` picks 
 (``engine="auto"``: :func:`choose_engine`). Importing this package never imports torch.
 """
 
-from posetune.predict.loading import ENGINES, choose_engine, load
+from posetune.predict.loading import ENGINES, PredictOptions, choose_engine, load, predict_paths
 from posetune.predict.prediction import Prediction, collect_paths
 
-__all__ = ["ENGINES", "Prediction", "choose_engine", "collect_paths", "load"]
+__all__ = ["ENGINES", "Prediction", "PredictOptions", "choose_engine", "collect_paths", "load", "predict_paths"]

@@ -7,14 +7,34 @@ from __future__ import annotations
 
 import importlib.util
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
-from posetune.devices import check_device_name, nvidia_gpu_visible
-from posetune.errors import UsageError
+from posetune.checks import BATCH_SIZE, Bool, Choice, Int, InvalidOption, Options, OutputPath, Paths, Text, option
+from posetune.devices import DEVICE, check_device_name, nvidia_gpu_visible
 from posetune.io import file_sha256
 from posetune.predict.onnx_engine import ONNX_FILE
 
 ENGINES = ("auto", "torch", "onnx")
+RUN = Text("a run folder written by `posetune train`")
+
+
+@dataclass
+class PredictOptions(Options):
+    """Every option of `posetune predict` (``posetune.predict_paths`` takes the same names)."""
+
+    run: str = option("", RUN, flag="RUN")
+    paths: list[str] = option(check=Paths(), factory=list, flag="PATHS")
+    top_k: int = option(3, Int(1, 1000))
+    batch_size: int = option(32, Int(*BATCH_SIZE))
+    device: str = option("auto", DEVICE)
+    engine: str = option("auto", Choice(*ENGINES))
+    tta: bool = option(False, Bool())
+    csv: str | None = option(None, OutputPath(folder=False))  # path,prediction,probability,top1,p1,...
+
+    def check_together(self, label) -> None:
+        if self.tta and self.engine == "onnx":
+            raise InvalidOption("--tta needs the torch engine: pass --engine torch (or auto), not --engine onnx")
 
 
 def choose_engine(run: str | Path, engine: str = "auto", device: str = "auto", tta: bool = False) -> tuple[str, str]:
@@ -24,8 +44,7 @@ def choose_engine(run: str | Path, engine: str = "auto", device: str = "auto", t
     onnxruntime is installed, no GPU is asked for or visible, and no TTA is wanted: ONNX Runtime starts
     in ~0.3 s where torch + timm take ~3 s to import, and runs a CPU forward pass faster. Else 'torch'.
     """
-    if engine not in ENGINES:
-        raise UsageError(f"--engine must be one of {', '.join(ENGINES)}, not '{engine}'")
+    Choice(*ENGINES)(engine, "--engine")
     check_device_name(device)
     if engine != "auto":
         return engine, "as asked"
@@ -67,3 +86,18 @@ def load(run: str | Path, device: str = "auto", engine: str = "torch"):
     from posetune.run import RunDir
 
     return Classifier(RunDir(run), device=device)
+
+
+def predict_paths(run: str | Path, paths, on_step=None, **options) -> list:
+    """Predict files or folders with a run folder (as `posetune predict`; with ``csv`` the CSV is written too).
+    Options as :class:`PredictOptions`, except that the engine defaults to torch here (auto is the CLI's)."""
+    from posetune.predict.prediction import collect_paths, write_predictions_csv
+
+    opts = PredictOptions.build("posetune.predict_paths", run=run, paths=paths, **{"engine": "torch", **options})
+    engine, _ = choose_engine(opts.run, opts.engine, opts.device, opts.tta)
+    clf = load(opts.run, device=opts.device, engine=engine)
+    preds = clf.predict(collect_paths(opts.paths), top_k=opts.top_k, batch_size=opts.batch_size, on_step=on_step,
+                        **({"tta": True} if opts.tta else {}))
+    if opts.csv:
+        write_predictions_csv(preds, opts.csv)
+    return preds

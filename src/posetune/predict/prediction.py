@@ -28,6 +28,16 @@ class Prediction:
                 "top_k": [{"label": c, "probability": p} for c, p in self.top_k], "error": self.error}
 
 
+def write_predictions_csv(predictions: Sequence[Prediction], path: str | Path) -> None:
+    """path,prediction,probability, then top1,p1,top2,p2,... (an unreadable file keeps an empty prediction)."""
+    from posetune.io import write_csv
+
+    k = max((len(p.top_k) for p in predictions), default=0)
+    header = ["path", "prediction", "probability"] + [f"{kind}{i + 1}" for i in range(k) for kind in ("top", "p")]
+    rows = [[p.path, p.label, p.probability] + [x for c, pr in p.top_k for x in (c, pr)] for p in predictions]
+    write_csv(path, rows, header=header)
+
+
 def collect_paths(paths: Sequence[str | Path], allow_empty: bool = False) -> list[str]:
     """Files as given; folders expanded to the images inside them (recursively, sorted). Nothing to predict
     is a UsageError unless ``allow_empty``."""

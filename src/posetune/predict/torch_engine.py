@@ -14,6 +14,7 @@ import torch
 
 from posetune.data.pipeline import Preprocess
 from posetune.devices import Normalizer, autocast, place, resolve_device
+from posetune.errors import UsageError
 from posetune.predict.prediction import Prediction, batched_predictions, decoded
 from posetune.run import RunDir
 
@@ -36,8 +37,17 @@ class Classifier:
         self.classes: list[str] = self.meta.classes
         self.preprocess = Preprocess.from_config(self.meta.preprocessing)
         self.device = resolve_device(device)
-        model = build_model(self.meta.arch, len(self.classes))
-        model.load_state_dict(run.load_state(self.meta.arch))
+        try:
+            model = build_model(self.meta.arch, len(self.classes))
+        except RuntimeError as exc:  # timm: "Unknown model (...)"
+            raise UsageError(f"{run / 'model.json'} names the architecture '{self.meta.arch}', which timm does not "
+                             f"know ({exc}); restore model.json or train again") from exc
+        try:
+            model.load_state_dict(run.load_state(self.meta.arch))
+        except RuntimeError as exc:  # shapes or keys that do not match model.json's arch and classes
+            detail = "; ".join(line.strip() for line in str(exc).splitlines()[1:3])[:300]
+            raise UsageError(f"{run.model_file} does not fit {run / 'model.json'} ({self.meta.arch}, "
+                             f"{len(self.classes)} classes): {detail}; restore both from the same run") from exc
         self.model = place(model, self.device).eval()
         self.inference_changes: dict[str, int] = {}
         if optimize:

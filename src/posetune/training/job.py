@@ -47,10 +47,6 @@ def train(data: str | Path | None = None, reporter: Reporter | None = None, conf
     if resume is not None:
         return _resume(Path(resume), reporter, config, data, {k: v for k, v in options.items() if v is not None})
     opts = TrainOptions.from_sources(config, data=str(data) if data is not None else None, **options)
-    if not opts.data:
-        raise UsageError("no DATA given: pass a folder of class folders, split folders or a CSV manifest")
-    if not Path(opts.data).exists():  # before the slow imports: a typo should fail at once
-        raise UsageError(f"DATA not found: {opts.data} (give a folder of class folders, split folders, or a CSV)")
     if opts.out:
         RunDir(opts.out).check_free(overwrite)  # before the slow part: nothing is replaced without --overwrite
     return _train(opts, reporter, overwrite=overwrite)

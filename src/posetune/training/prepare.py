@@ -105,7 +105,7 @@ def prepare(opts: TrainOptions, reporter: Reporter, write_config: bool = True, d
     seed_everything(opts.seed)
     index = load_index(opts, reporter)
     model, stages, plan = build_model(opts, spec, len(index.classes), reporter)
-    epochs = opts.epochs or strategy.epochs
+    epochs = opts.epochs if opts.epochs is not None else strategy.epochs
     preprocess = Preprocess.from_config(backbones.data_config(model, opts.image_size, opts.crop_pct))
     out = _run_folder(opts, dist, write_config and create, overwrite, resume, create)
     reporter.info(f"backbone {spec.name} ({spec.arch}, weights: {spec.weight_source}), strategy {opts.strategy}, "

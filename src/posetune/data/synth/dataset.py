@@ -4,16 +4,41 @@ from __future__ import annotations
 
 import re
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from posetune.data.synth.poses import KAGGLE_POSES, POSES, check_pose
+from posetune.checks import SEED, Int, InvalidOption, Names, Options, OutputPath, option
+from posetune.data.synth.poses import KAGGLE_POSES, POSES
 from posetune.data.synth.render import MIN_SIZE, render_pose
 
 _SPLITS = {"TRAIN": 0, "TEST": 1}
+MAX_SIZE = 1024  # px; each image is drawn on a 2x canvas first
+MAX_PER_CLASS = 100_000
+
+
+@dataclass
+class SynthOptions(Options):
+    """Every option of `posetune data synth` (same names as the flags). ``poses`` None: the 5 Kaggle poses."""
+
+    out: str = option("", OutputPath(folder=True), flag="OUT")
+    poses: list[str] | None = option(None, Names("tree,plank,downdog", unique=True))
+    per_class: int = option(60, Int(0, MAX_PER_CLASS))
+    test_per_class: int = option(20, Int(0, MAX_PER_CLASS))
+    size: int = option(224, Int(MIN_SIZE, MAX_SIZE))
+    seed: int = option(0, Int(*SEED))
+
+    def check_together(self, label) -> None:
+        unknown = [p for p in self.poses or [] if p not in POSES]
+        if unknown:
+            raise InvalidOption(f"{label('poses')} has unknown pose(s) {', '.join(unknown)}; valid poses: {', '.join(POSES)}")
+
+    @property
+    def pose_names(self) -> list[str]:
+        return list(KAGGLE_POSES if self.poses is None else self.poses)
 
 
 def _image_rng(seed: int, split: str, pose: str, index: int) -> np.random.Generator:
@@ -43,12 +68,11 @@ def _contact_sheet(rows: list[tuple[str, list[Image.Image]]], thumb: int) -> Ima
     return sheet
 
 
-def render_dataset(out: str | Path, poses: Sequence[str] | None = None, per_class: int = 60,
-                   test_per_class: int = 20, size: int = 224, seed: int = 0,
-                   progress: Callable[[int, int], None] | None = None) -> dict:
+def render_dataset(out: str | Path, progress: Callable[[int, int], None] | None = None, **options) -> dict:
     """Write ``out/TRAIN/<pose>/<pose>_00000.jpg``, ``out/TEST/<pose>/...`` and ``out/preview.jpg``.
 
-    Each image is seeded from (seed, split, pose, index), so the same arguments give the same
+    Options as :class:`SynthOptions` (a bad one raises InvalidOption, a ValueError, before anything is
+    written). Each image is seeded from (seed, split, pose, index), so the same arguments give the same
     bytes and an image does not depend on how many others are rendered. Stale
     ``<pose>_NNNNN.jpg`` files beyond the requested counts are removed; nothing else is touched.
 
@@ -58,19 +82,9 @@ def render_dataset(out: str | Path, poses: Sequence[str] | None = None, per_clas
     >>> info["train"], info["test"], info["poses"]
     (4, 2, ['tree', 'plank'])
     """
-    names = list(KAGGLE_POSES if poses is None else poses)
-    if not names:
-        raise ValueError(f"no poses given; valid poses: {', '.join(POSES)}")
-    for name in names:
-        check_pose(name)
-    if len(set(names)) != len(names):
-        raise ValueError(f"duplicate pose names in {names}")
-    if per_class < 0 or test_per_class < 0:
-        raise ValueError("per_class and test_per_class must be >= 0")
-    if size < MIN_SIZE:
-        raise ValueError(f"size must be at least {MIN_SIZE} px, got {size}")
-    if seed < 0:
-        raise ValueError(f"seed must be >= 0, got {seed}")
+    opts = SynthOptions.build("posetune.synth", out=out, **options)
+    out, names, per_class, test_per_class, size, seed = (opts.out, opts.pose_names, opts.per_class,
+                                                         opts.test_per_class, opts.size, opts.seed)
 
     root = Path(out)
     total = len(names) * (per_class + test_per_class)
