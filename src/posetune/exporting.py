@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from posetune.run import RunMeta
 
 FORMATS = {"onnx": "model.onnx", "torchscript": "model.torchscript.pt"}
+EXPORT_FORMATS = (*FORMATS, "timm")  # timm: a folder for timm's loader, written by posetune.hub (the CLI/API send it there)
 DEFAULT_OPSET = 18
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
 
@@ -56,7 +57,7 @@ def export(run: str | Path, format: str = "onnx", opset: int | None = None, dyna
     from posetune.version import __version__
 
     if format not in FORMATS:
-        raise UsageError(f"--format must be one of {', '.join(FORMATS)}, not '{format}'")
+        raise UsageError(f"--format must be one of {', '.join(EXPORT_FORMATS)}, not '{format}'")
     if opset is not None and format != "onnx":
         raise UsageError("--opset applies to --format onnx only")
     if opset is not None and not 9 <= opset <= 23:
@@ -99,7 +100,7 @@ def export(run: str | Path, format: str = "onnx", opset: int | None = None, dyna
         gen = np.random.default_rng(0)
         random_inputs = gen.standard_normal((n_random, 3, size, size)).astype(np.float32)
         parity = {"random": parity_check(reference(random_inputs), _in_batches(run_exported, random_inputs, dynamic_batch))}
-        with _parity_images(clf.meta, images, n_images) as paths:
+        with parity_images(clf.meta, images, n_images) as paths:
             parity["images"] = _image_parity(clf, deployed, run_exported, paths, dynamic_batch)
 
     problems = [f"{kind}: {p}" for kind, check in parity.items() for p in check.pop("problems")]
@@ -236,7 +237,7 @@ def _image_parity(clf, deployed, run_exported, paths: list[str], dynamic_batch: 
 
 
 @contextlib.contextmanager
-def _parity_images(meta: RunMeta, images: Sequence[str | Path] | None, n: int):
+def parity_images(meta: RunMeta, images: Sequence[str | Path] | None, n: int):
     """Up to ``n`` image paths spread over the given ones, the run's data, or rendered synthetic poses."""
     from posetune.predict import collect_paths
 
