@@ -274,14 +274,15 @@ def test_push_dry_run_shows_the_folder_it_would_upload(run_copy: Path, tmp_path:
     assert code == 0 and "would upload to me/yoga-poses" in out and str(run_copy / "timm") in out
 
 
-def test_push_creates_the_repo_and_uploads_the_folder(run_copy: Path, monkeypatch) -> None:
-    """The upload path with huggingface_hub's client replaced (no network here): what it is asked to do, and
-    how its errors read."""
+def test_push_creates_the_repo_and_uploads_the_folder(run_copy: Path, tmp_path: Path, monkeypatch) -> None:
+    """The upload path with huggingface_hub's client replaced (no network here): what it is asked to do, when it
+    refuses, and how its errors read."""
     import huggingface_hub
 
     import posetune.weights
 
     calls = []
+    remote = {".gitattributes": b"*.safetensors filter=lfs\n"}  # a new repo
 
     class FakeApi:
         def __init__(self, token=None, **kwargs):
@@ -290,6 +291,14 @@ def test_push_creates_the_repo_and_uploads_the_folder(run_copy: Path, monkeypatc
         def create_repo(self, repo_id, private=False, exist_ok=False, repo_type=None):
             calls.append(("create_repo", repo_id, private, exist_ok))
             return _Url(repo_id)
+
+        def list_repo_files(self, repo_id, repo_type=None):
+            return sorted(remote)
+
+        def hf_hub_download(self, repo_id, filename, repo_type=None):
+            (tmp_path / "remote").mkdir(exist_ok=True)
+            (tmp_path / "remote" / filename).write_bytes(remote[filename])
+            return str(tmp_path / "remote" / filename)
 
         def upload_folder(self, repo_id, folder_path, allow_patterns=None, commit_message=None):
             calls.append(("upload_folder", repo_id, folder_path, sorted(allow_patterns)))
@@ -303,6 +312,15 @@ def test_push_creates_the_repo_and_uploads_the_folder(run_copy: Path, monkeypatc
     assert calls == [("init", "hf_x"), ("create_repo", "me/yoga-poses", True, True),
                      ("upload_folder", "me/yoga-poses", str(run_copy / "timm"),
                       ["README.md", "config.json", "confusion_test.png", "model.safetensors"])]
+
+    # A second push over posetune's own upload is a new commit; a repo with someone else's model is refused.
+    remote.update({"config.json": (run_copy / "timm" / "config.json").read_bytes(), "README.md": b"card"})
+    assert posetune.push(run_copy, "me/yoga-poses", token="hf_x")["uploaded"]
+    remote["config.json"] = json.dumps({"architecture": "resnet50", "num_classes": 1000}).encode()
+    calls.clear()
+    with pytest.raises(UsageError, match=r"already holds files posetune did not upload \(README.md, config.json\)"):
+        posetune.push(run_copy, "me/yoga-poses", token="hf_x")
+    assert not [c for c in calls if c[0] == "upload_folder"]
 
     from huggingface_hub.errors import HfHubHTTPError
 

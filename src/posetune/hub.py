@@ -462,7 +462,8 @@ def push(run: str | Path, repo_id: str, private: bool = False, token: str | None
 
     Before anything is exported: the repo id is checked, a token found (``token``, else HF_TOKEN or a stored
     login), and the Hub reached within seconds; otherwise a one-line :class:`UsageError` says what to check.
-    ``dry_run`` exports and returns the folder and its files without a token or the network.
+    ``dry_run`` exports and returns the folder and its files without a token or the network. A repo that already
+    holds a model or card posetune did not upload is refused; over an earlier push the upload is a new commit.
     """
     hf = _huggingface_hub()
     try:
@@ -490,6 +491,7 @@ def push(run: str | Path, repo_id: str, private: bool = False, token: str | None
     api = hf.HfApi(token=token, library_name="posetune", library_version=__version__)
     try:
         url = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+        _check_remote(api, url.repo_id)
         commit = api.upload_folder(repo_id=url.repo_id, folder_path=str(folder), allow_patterns=exported["files"],
                                    commit_message=commit_message or f"posetune {__version__}: {Path(run).name}")
     except hf.errors.HfHubHTTPError as exc:
@@ -503,6 +505,24 @@ def push(run: str | Path, repo_id: str, private: bool = False, token: str | None
         raise UsageError(f"the upload to {_endpoint()} failed ({type(exc).__name__}: {str(exc).splitlines()[0][:160]}); "
                          f"check the network and HF_ENDPOINT, then run the same command again") from exc
     return {**result, "uploaded": True, "url": str(url), "commit_url": getattr(commit, "commit_url", None)}
+
+
+def _check_remote(api, repo_id: str) -> None:
+    """Refuse a repo that holds a model or card posetune did not upload: it would be overwritten (the Hub keeps its
+    history, but posetune never replaces what it did not create)."""
+    present = set(api.list_repo_files(repo_id, repo_type="model")) & set(TIMM_FILES)
+    if not present:
+        return
+    theirs = sorted(present)
+    if "config.json" in present:
+        try:
+            config = json.loads(Path(api.hf_hub_download(repo_id, "config.json", repo_type="model")).read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            config = None
+        if isinstance(config, dict) and isinstance(config.get(MARKER), dict):
+            return  # an earlier push of posetune's: a new commit replaces it
+    raise UsageError(f"{repo_id} already holds files posetune did not upload ({', '.join(theirs)}); choose another "
+                     "REPO_ID (posetune never overwrites what it did not create); nothing was uploaded")
 
 
 def _huggingface_hub():
