@@ -38,3 +38,13 @@ def onnx_run(tiny_run, tmp_path_factory) -> Path:
     shutil.copytree(tiny_run, out)
     posetune.export(out, format="onnx")
     return out
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    """Name the tests marked slow and how long each took, so a slow suite says where its time went."""
+    slow = [r for r in terminalreporter.stats.get("passed", []) + terminalreporter.stats.get("failed", [])
+            if r.when == "call" and "slow" in r.keywords]
+    if slow:
+        terminalreporter.write_sep("-", "slow tests (marked @pytest.mark.slow; run by default)")
+        for report in slow:
+            terminalreporter.write_line(f"{report.duration:6.1f} s  {report.nodeid}")

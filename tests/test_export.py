@@ -127,8 +127,8 @@ def test_cli_export_json_exit_codes(tiny_run: Path, tmp_path: Path, monkeypatch,
     # A real disagreement (the exported logits reversed) is exit 1, and --json still says what happened.
     import posetune.exporting as exporting
 
-    honest = exporting.compare
-    monkeypatch.setattr(exporting, "compare", lambda ref, got, names=None: honest(ref, got[:, ::-1].copy(), names))
+    honest = exporting.parity_check
+    monkeypatch.setattr(exporting, "parity_check", lambda ref, got, names=None: honest(ref, got[:, ::-1].copy(), names))
     code, out, err = cli(monkeypatch, capsys, "export", tiny_run, "--out", tmp_path / "bad.onnx", "--json")
     assert code == 1 and "top-1 differs" in err and json.loads(out)["ok"] is False
     with pytest.raises(CheckFailed):

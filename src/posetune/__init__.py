@@ -19,7 +19,7 @@ from posetune.version import __version__
 # Implementation modules are named apart from these functions (training.py, evaluation.py, ...):
 # importing a submodule binds its name on the package and would shadow a function of that name.
 __all__ = ["train", "evaluate", "load", "predict_paths", "list_backbones", "check_data", "synth", "demo", "compare", "export",
-           "lr_find",
+           "push", "lr_find",
            "__version__"]
 
 
@@ -64,10 +64,24 @@ def predict_paths(run, paths, **options):
 
 
 def export(run, **options) -> dict:
-    """Write RUN/model.onnx (or model.torchscript.pt) and check parity with PyTorch (as `posetune export --json`)."""
+    """Write RUN/model.onnx (or model.torchscript.pt, or with ``format="timm"`` the folder RUN/timm/ that
+    ``timm.create_model("local-dir:RUN/timm", pretrained=True)`` loads) and check parity with PyTorch
+    (as `posetune export --json`)."""
+    if options.get("format") == "timm":
+        from posetune.hub import export_timm
+
+        return export_timm(run, **{k: v for k, v in options.items() if k != "format"})
     from posetune.exporting import export as _export
 
     return _export(run, **options)
+
+
+def push(run, repo_id: str, **options) -> dict:
+    """Export RUN as a timm folder and upload it to the Hugging Face Hub repo ``repo_id`` (as `posetune push --json`);
+    ``dry_run=True`` only exports and lists the files."""
+    from posetune.hub import push as _push
+
+    return _push(run, repo_id, **options)
 
 
 def list_backbones(name: str | None = None):

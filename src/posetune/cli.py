@@ -355,34 +355,82 @@ def compare(
 
 
 @app.command(epilog="Examples: `posetune export runs/yoga` · `posetune export runs/yoga --format torchscript` · "
-                    "`posetune export runs/yoga --dynamic-batch --opset 18 --json`")
+                    "`posetune export runs/yoga --dynamic-batch --opset 18 --json` · "
+                    "`posetune export runs/yoga --format timm` then `timm.create_model(\"local-dir:runs/yoga/timm\", "
+                    "pretrained=True)`")
 def export(
     run: str = typer.Argument(..., help="Run folder written by `posetune train`."),
-    format: str = typer.Option("onnx", "--format", help="onnx (RUN/model.onnx) | torchscript (RUN/model.torchscript.pt)."),
+    format: str = typer.Option("onnx", "--format", help="onnx (RUN/model.onnx) | torchscript (RUN/model.torchscript.pt) | "
+                                                        "timm (a folder timm loads: config.json, model.safetensors, "
+                                                        "README.md model card; RUN/timm/)."),
     opset: Optional[int] = typer.Option(None, help="ONNX opset (default 18)."),
     dynamic_batch: bool = typer.Option(False, "--dynamic-batch", help="Any batch size at run time (default: batch 1)."),
-    out: Optional[Path] = typer.Option(None, help="Where to write the model file (default inside RUN)."),
+    out: Optional[Path] = typer.Option(None, help="Where to write the model file (default inside RUN); for timm the "
+                                                  "folder (default RUN/timm/; an earlier export there is replaced, "
+                                                  "a folder with other files refused)."),
     images: Optional[List[str]] = typer.Option(None, help="Images/folders for the parity check (default: the run's data)."),
     json_out: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
 ):
-    """Export a run to ONNX or TorchScript with its classes and preprocessing, and check it against PyTorch:
-    max |delta logits| and top-1 agreement on random tensors and real images. Exit 1 on any top-1 disagreement."""
+    """Export a run to ONNX, TorchScript or a timm folder with its classes and preprocessing, and check it against
+    PyTorch: max |delta logits| and top-1 agreement on random tensors and real images (timm: loaded back with
+    `timm.create_model("local-dir:DIR")` and its own transform). Exit 1 on any top-1 disagreement."""
     from posetune.errors import CheckFailed
     from posetune.exporting import export as run_export
 
     reporter = _reporter(json_out)
-    result = run_export(run, format=format, opset=opset, dynamic_batch=dynamic_batch, out=out, images=images or None,
-                        strict=False, reporter=reporter)
+    if format == "timm":
+        from posetune.hub import export_timm
+
+        reporter.info(f"exporting {run} to timm...")
+        result = export_timm(run, out=out, images=images or None, strict=False, opset=opset, dynamic_batch=dynamic_batch)
+    else:
+        result = run_export(run, format=format, opset=opset, dynamic_batch=dynamic_batch, out=out, images=images or None,
+                            strict=False, reporter=reporter)
     if json_out:
         _print_json(result)
     else:
         reporter.table("parity with the PyTorch model",
                        [{"inputs": kind, "n": c["n"], "max |delta logits|": f"{c['max_abs_delta']:.2e}",
                          "top-1 agreement": f"{100 * c['top1_agreement']:.1f}%"} for kind, c in result["parity"].items()])
-        reporter.info(f"wrote {result['path']} ({result['bytes'] / 1e6:.1f} MB, input {result['input_shape']}) "
-                      f"+ {result['sidecar']}")
+        if format == "timm":
+            reporter.info(f"wrote {result['path']}/ ({', '.join(result['files'])}; {result['bytes'] / 1e6:.1f} MB); "
+                          f"load it with {result['load']}")
+        else:
+            reporter.info(f"wrote {result['path']} ({result['bytes'] / 1e6:.1f} MB, input {result['input_shape']}) "
+                          f"+ {result['sidecar']}")
     if result["problems"]:
         raise CheckFailed(f"the export disagrees with the PyTorch model: {'; '.join(result['problems'])}")
+
+
+@app.command(epilog="Examples: `posetune push runs/yoga you/yoga-poses` · `posetune push runs/yoga you/yoga-poses "
+                    "--private` · `posetune push runs/yoga you/yoga-poses --dry-run --json` (what would go up, offline)")
+def push(
+    run: str = typer.Argument(..., help="Run folder written by `posetune train`."),
+    repo_id: str = typer.Argument(..., help="Hugging Face model repo, USER/NAME or NAME (created when missing)."),
+    private: bool = typer.Option(False, "--private", help="Create the repo private (an existing repo keeps its visibility)."),
+    token: Optional[str] = typer.Option(None, help="Hugging Face token with write access (default: HF_TOKEN, else the "
+                                                   "token of `hf auth login`)."),
+    out: Optional[Path] = typer.Option(None, help="The timm folder to export and upload (default RUN/timm/)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Export and list the files that would be uploaded; needs no "
+                                                          "token or network."),
+    json_out: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
+):
+    """Upload a run to the Hugging Face Hub as a timm model: `export --format timm`, then create the repo and upload
+    the folder, so that `timm.create_model("hf-hub:REPO_ID", pretrained=True)` loads it anywhere. Without a token or
+    a reachable Hub it stops within seconds, before exporting (exit 2)."""
+    from posetune.hub import push as run_push
+
+    reporter = _reporter(json_out)
+    reporter.info(f"exporting {run} to a timm folder{' (dry run: nothing is uploaded)' if dry_run else ''}...")
+    result = run_push(run, repo_id, private=private, token=token, out=out, dry_run=dry_run)
+    if json_out:
+        _print_json(result)
+        return
+    reporter.table(f"{'would upload' if dry_run else 'uploaded'} to {repo_id}",
+                   [{"file": f["path"], "MB": f"{f['bytes'] / 1e6:.2f}"} for f in result["files"]])
+    reporter.info(f"the timm folder: {result['folder']}")
+    if result["uploaded"]:
+        reporter.info(f"{result['url']} - load it with timm.create_model(\"hf-hub:{repo_id}\", pretrained=True)")
 
 
 @app.command(epilog="Examples: `posetune serve runs/yoga` then open http://127.0.0.1:8000 · "

@@ -1,4 +1,5 @@
-"""Metrics: accuracy, balanced accuracy, macro-F1, per-class P/R/F1, confusion matrix, most-confused pairs."""
+"""Metrics: accuracy, balanced accuracy, macro-F1, per-class P/R/F1, confusion matrix, most-confused pairs,
+and bootstrap intervals of the headline scores over a confusion matrix (the leaderboard and the model card)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from posetune.checks import BATCH_SIZE, DATA, LABEL_LEVELS, Bool, Choice, Int, O
 from posetune.devices import DEVICE
 
 SPLITS = ("train", "val", "test")
+BOOTSTRAP_SAMPLES = 2000
 
 
 @dataclass
@@ -66,6 +68,26 @@ def most_confused(cm: np.ndarray, classes: list[str], k: int = 5) -> list[dict]:
              for j in range(len(classes)) if i != j and cm[i, j] > 0]
     pairs.sort(reverse=True)
     return [{"true": t, "predicted": pr, "count": n} for n, t, pr in pairs[:k]]
+
+
+def bootstrap_interval(confusion: Sequence[Sequence[int]], samples: int = BOOTSTRAP_SAMPLES,
+                       seed: int = 0) -> dict[str, tuple[float, float]]:
+    """95% percentile intervals of accuracy and macro-F1 over test images, resampled with replacement.
+
+    Both metrics depend only on the (true, predicted) counts, so a resample is a multinomial draw of
+    the confusion matrix.
+    """
+    cm = np.asarray(confusion, dtype=np.int64)
+    n, c = int(cm.sum()), cm.shape[0]
+    draws = np.random.default_rng(seed).multinomial(n, cm.ravel() / n, size=samples).reshape(samples, c, c)
+    tp = np.diagonal(draws, axis1=1, axis2=2).astype(float)
+    support, predicted = draws.sum(2), draws.sum(1)
+    f1 = np.divide(2 * tp, support + predicted, out=np.zeros_like(tp), where=(support + predicted) > 0)
+    present = support > 0  # as compute_metrics: macro over the classes present in y_true
+    macro = (f1 * present).sum(1) / np.maximum(present.sum(1), 1)
+    acc = tp.sum(1) / n
+    q = lambda v: (float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5)))  # noqa: E731
+    return {"accuracy": q(acc), "macro_f1": q(macro)}
 
 
 def evaluate(run: str | Path, data: str | Path, progress=None, **options) -> dict:

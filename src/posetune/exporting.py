@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from posetune.run import RunMeta
 
 FORMATS = {"onnx": "model.onnx", "torchscript": "model.torchscript.pt"}
+EXPORT_FORMATS = (*FORMATS, "timm")  # timm: a folder for timm's loader, written by posetune.hub (the CLI/API send it there)
 DEFAULT_OPSET = 18
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
 
@@ -44,7 +45,7 @@ class ExportOptions(Options):
     """Every option of `posetune export` (same names as the flags; the last three are Python API only)."""
 
     run: str = option("", Text("a run folder written by `posetune train`"), flag="RUN")
-    format: str = option("onnx", Choice(*FORMATS))
+    format: str = option("onnx", Choice(*EXPORT_FORMATS))
     opset: int | None = option(None, Int(9, 23))  # default DEFAULT_OPSET
     dynamic_batch: bool = option(False, Bool())
     out: str | None = option(None, OutputPath(folder=False))
@@ -80,6 +81,8 @@ def export(run: str | Path, reporter=None, **options) -> dict:
                                                       opts.images)
     if images:
         collect_paths(images)  # a missing --images file fails now, not after the model file is written
+    if format not in FORMATS:  # timm: a folder for timm's loader, a job of posetune.hub (the CLI/API send it there)
+        raise UsageError("--format timm is written by posetune.export(run, format='timm') / posetune.hub.export_timm")
     if reporter is not None:
         reporter.info(f"exporting {run} to {format}...")
     rundir = RunDir(run).require()
@@ -120,7 +123,7 @@ def export(run: str | Path, reporter=None, **options) -> dict:
         gen = np.random.default_rng(0)
         random_inputs = gen.standard_normal((opts.n_random, 3, size, size)).astype(np.float32)
         parity = {"random": parity_check(reference(random_inputs), _in_batches(run_exported, random_inputs, dynamic_batch))}
-        with _parity_images(clf.meta, images, opts.n_images) as paths:
+        with parity_images(clf.meta, images, opts.n_images) as paths:
             parity["images"] = _image_parity(clf, deployed, run_exported, paths, dynamic_batch)
 
     problems = [f"{kind}: {p}" for kind, check in parity.items() for p in check.pop("problems")]
@@ -257,7 +260,7 @@ def _image_parity(clf, deployed, run_exported, paths: list[str], dynamic_batch: 
 
 
 @contextlib.contextmanager
-def _parity_images(meta: RunMeta, images: Sequence[str | Path] | None, n: int):
+def parity_images(meta: RunMeta, images: Sequence[str | Path] | None, n: int):
     """Up to ``n`` image paths spread over the given ones, the run's data, or rendered synthetic poses."""
     from posetune.predict import collect_paths
 

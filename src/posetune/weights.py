@@ -179,7 +179,7 @@ class TimmHub:
 
         num_classes = model.num_classes
         cached = self.available()
-        if not cached and not _hub_reachable():
+        if not cached and not hub_reachable():
             raise UsageError(
                 f"pretrained weights for {self.arch} are not in the local cache and the Hugging Face hub is unreachable; "
                 "use an offline backbone (efficientnet_lite0/1/2), pass --weights PATH, or train from scratch "
@@ -200,19 +200,40 @@ class TimmHub:
         return []
 
 
-def _hub_reachable(timeout: float = 3.0) -> bool:
-    """A quick TCP check, so an offline machine gets an answer in seconds instead of download retries."""
+def hub_offline() -> bool:
+    """HF_HUB_OFFLINE is set: huggingface_hub itself will not touch the network."""
+    return os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+
+
+def hub_endpoint() -> str:
+    return os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """A quick TCP check, so an offline machine gets an answer in seconds instead of download retries.
+
+    The name lookup runs in a thread too: socket timeouts do not bound it, and a broken resolver can stall it."""
     import socket
+    import threading
     from urllib.parse import urlparse
 
-    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+    if hub_offline():
         return False
-    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
-    try:
-        socket.create_connection((host, 443), timeout=timeout).close()
-        return True
-    except OSError:
-        return False
+    url = urlparse(hub_endpoint())
+    answer: list[bool] = []
+
+    def probe() -> None:
+        try:
+            host, port = url.hostname or "huggingface.co", url.port or (80 if url.scheme == "http" else 443)
+            socket.create_connection((host, port), timeout=timeout).close()
+            answer.append(True)
+        except (OSError, ValueError):  # ValueError: a port in HF_ENDPOINT that is not a number
+            answer.append(False)
+
+    thread = threading.Thread(target=probe, daemon=True)
+    thread.start()
+    thread.join(timeout + 0.5)
+    return bool(answer and answer[0])
 
 
 @dataclass(frozen=True)

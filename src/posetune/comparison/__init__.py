@@ -35,9 +35,7 @@ from posetune.comparison.finetune import (
     train_cell,
 )
 from posetune.comparison.leaderboard import (
-    BOOTSTRAP_SAMPLES,
     LEADERBOARD_COLUMNS,
-    bootstrap_interval,
     display_rows,
     leaderboard_rows,
     link_best,
@@ -47,6 +45,7 @@ from posetune.comparison.leaderboard import (
 from posetune.comparison.probe import EXTRACT_BATCH, probe_backbone, run_stage1, top_backbones
 from posetune.console import Reporter
 from posetune.errors import UsageError
+from posetune.evaluation import BOOTSTRAP_SAMPLES, bootstrap_interval
 from posetune.io import write_json
 from posetune.options import CompareOptions
 

@@ -21,8 +21,8 @@ from typing import Sequence
 
 from posetune.comparison.cells import CELLS_DIR
 from posetune.errors import UsageError
+from posetune.evaluation import bootstrap_interval
 
-BOOTSTRAP_SAMPLES = 2000
 LEADERBOARD_COLUMNS = (
     "rank", "backbone", "strategy", "weights", "params_m", "gmacs", "image_size", "val_accuracy", "val_macro_f1",
     "test_accuracy", "test_accuracy_err", "test_macro_f1", "test_macro_f1_err", "err_kind", "knn_val_accuracy",
@@ -31,28 +31,6 @@ LEADERBOARD_COLUMNS = (
 
 
 # ---------------------------------------------------------------- errors of the test scores
-
-
-def bootstrap_interval(confusion: Sequence[Sequence[int]], samples: int = BOOTSTRAP_SAMPLES,
-                       seed: int = 0) -> dict[str, tuple[float, float]]:
-    """95% percentile intervals of accuracy and macro-F1 over test images, resampled with replacement.
-
-    Both metrics depend only on the (true, predicted) counts, so a resample is a multinomial draw of
-    the confusion matrix.
-    """
-    import numpy as np
-
-    cm = np.asarray(confusion, dtype=np.int64)
-    n, c = int(cm.sum()), cm.shape[0]
-    draws = np.random.default_rng(seed).multinomial(n, cm.ravel() / n, size=samples).reshape(samples, c, c)
-    tp = np.diagonal(draws, axis1=1, axis2=2).astype(float)
-    support, predicted = draws.sum(2), draws.sum(1)
-    f1 = np.divide(2 * tp, support + predicted, out=np.zeros_like(tp), where=(support + predicted) > 0)
-    present = support > 0  # as compute_metrics: macro over the classes present in y_true
-    macro = (f1 * present).sum(1) / np.maximum(present.sum(1), 1)
-    acc = tp.sum(1) / n
-    q = lambda v: (float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5)))  # noqa: E731
-    return {"accuracy": q(acc), "macro_f1": q(macro)}
 
 
 def _mean_err(values: list[float], confusion) -> tuple[float | None, float | None, float | None, float | None, str]:
