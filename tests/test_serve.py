@@ -114,7 +114,7 @@ def test_body_limit_is_enforced_while_streaming(client: TestClient) -> None:
 
     scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
              "path": "/predict", "raw_path": b"/predict", "root_path": "", "query_string": b"",
-             "headers": [(b"content-type", b"image/jpeg"), (b"host", b"test")], "client": ("127.0.0.1", 1),
+             "headers": [(b"content-type", b"image/jpeg"), (b"host", b"127.0.0.1")], "client": ("127.0.0.1", 1),
              "server": ("127.0.0.1", 80)}
     anyio.run(client.app, scope, receive, send)
     assert sent[0]["status"] == 413
@@ -150,6 +150,33 @@ def test_full_queue_answers_503_with_retry_after(onnx_run: Path) -> None:
     assert client.post("/predict", content=jpeg_bytes()).status_code == 200
 
 
+def test_upload_deadline_answers_408(onnx_run: Path) -> None:
+    """A body that does not arrive within read_timeout: 408 JSON, the connection closed, no slot taken."""
+    import anyio
+
+    client = TestClient(create_app(onnx_run, engine="onnx", max_queue=1, read_timeout=0.3))
+    sent, t0 = [], time.perf_counter()
+
+    async def receive():
+        if not sent:
+            await anyio.sleep(5)  # the rest of the body never comes
+        return {"type": "http.disconnect"}
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+             "path": "/predict", "raw_path": b"/predict", "root_path": "", "query_string": b"",
+             "headers": [(b"content-type", b"image/jpeg"), (b"content-length", b"5000"), (b"host", b"127.0.0.1")],
+             "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80)}
+    anyio.run(client.app, scope, receive, send)
+    assert sent[0]["status"] == 408 and time.perf_counter() - t0 < 3
+    headers = dict(sent[0]["headers"])
+    assert headers[b"connection"] == b"close"
+    assert b"not received within 0.3 s" in sent[1]["body"]
+    assert client.post("/predict", content=jpeg_bytes()).status_code == 200  # max_queue=1: the slot is free
+
+
 def test_concurrent_clients_all_answered(onnx_run: Path) -> None:
     client = TestClient(create_app(onnx_run, engine="onnx"))
     images = [jpeg_bytes(seed=i) for i in range(24)]
@@ -168,5 +195,7 @@ def test_parse_size_and_bad_settings(onnx_run: Path) -> None:
             parse_size(bad)
     with pytest.raises(UsageError):
         create_app(onnx_run, engine="onnx", max_queue=0)
+    with pytest.raises(UsageError, match="--read-timeout"):
+        create_app(onnx_run, engine="onnx", read_timeout=0)
     with pytest.raises(UsageError, match="--engine"):
         create_app(onnx_run, engine="tensorrt")

@@ -4,10 +4,14 @@ Every bad input gets a 4xx JSON ``{"detail": ...}`` that names the fix: an empty
 over ``max_bytes`` (413, counted while reading, so nothing unbounded is buffered), an image over
 ``max_pixels`` (413, checked from the header before decoding; Pillow's decompression-bomb guard
 maps there too), bytes that are no image (415), a truncated or corrupt image (422), a multipart
-upload without the ``file`` field (422), an upload slower than ``read_timeout`` (408). At most
-``max_queue`` requests are admitted at once; the next gets 503 with Retry-After. Decoding runs in
-the thread pool (two at a time), inference under a lock, so the event loop never blocks and
-memory stays bounded.
+upload without the ``file`` field (422), a body not received within ``read_timeout`` (408).
+
+A request's body is read in full before it takes one of the ``max_queue`` slots, so slow uploads
+cannot hold the model away from anyone: a slot covers decoding and inference only, and when all are
+taken the next request gets 503 with Retry-After. Bodies still arriving are bounded in total bytes
+(``max_queue * max_bytes``; a slow upload costs only what it has sent, beyond the total: 503).
+Decoding runs in the thread pool (two at a time), inference under a lock, so the event loop never
+blocks and memory stays bounded.
 
 >>> app = create_app("runs/yoga", engine="onnx")   # doctest: +SKIP
 >>> import uvicorn; uvicorn.run(app, host="127.0.0.1", port=8000)   # doctest: +SKIP
@@ -15,6 +19,7 @@ memory stays bounded.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import threading
@@ -29,6 +34,7 @@ from fastapi.responses import HTMLResponse
 from PIL import Image, ImageOps
 from starlette.concurrency import run_in_threadpool
 from starlette.formparsers import MultiPartException, MultiPartParser
+from starlette.requests import ClientDisconnect
 
 from posetune.data.images import to_rgb
 from posetune.errors import UsageError
@@ -36,6 +42,7 @@ from posetune.errors import UsageError
 DEFAULT_MAX_BYTES = 10_000_000
 DEFAULT_MAX_PIXELS = 50_000_000  # a 48 MP phone photo fits; below Pillow's own bomb threshold (~89 MP)
 MULTIPART_SLACK = 16_384  # multipart boundaries and part headers around the file itself
+DEFAULT_READ_TIMEOUT = 10.0  # seconds for a whole body: a 10 MB photo at 8 Mbit/s
 # Formats a photo arrives in. Pillow's other plugins (EPS runs Ghostscript, ...) stay off for uploads.
 UPLOAD_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "MPO")
 
@@ -100,13 +107,17 @@ def decode_upload(data: bytes, max_pixels: int, min_side: int) -> tuple[Image.Im
 
 
 class _Admission:
-    """Counts admitted requests (event-loop only, so a plain int is safe); beyond the limit: 503."""
+    """Counts requests doing model work (event-loop only, so a plain int is safe); beyond the limit: 503."""
 
     def __init__(self, limit: int):
         self.limit, self.active = limit, 0
 
+    @property
+    def full(self) -> bool:
+        return self.active >= self.limit
+
     def __enter__(self) -> _Admission:
-        if self.active >= self.limit:
+        if self.full:
             raise HTTPException(503, f"busy: {self.active} requests in progress; retry in a second",
                                 headers={"Retry-After": "1"})
         self.active += 1
@@ -116,14 +127,34 @@ class _Admission:
         self.active -= 1
 
 
-async def _limited(stream: AsyncIterator[bytes], limit: int) -> AsyncIterator[bytes]:
-    total = 0
-    async for chunk in stream:
-        total += len(chunk)
-        if total > limit:
-            raise HTTPException(413, f"upload is over this server's limit of {limit:,} bytes; send a smaller photo "
-                                     "(or start the server with a larger --max-bytes)")
-        yield chunk
+class _Receiving:
+    """Bytes of request bodies still arriving, over all requests (event-loop only). Bounds their memory
+    however many uploads arrive at once, while a slow upload costs only the bytes it has sent."""
+
+    def __init__(self, limit: int):
+        self.limit, self.held, self.uploads = limit, 0, 0
+
+    def take(self, n: int) -> None:
+        if self.held + n > self.limit:
+            raise HTTPException(503, f"busy: {self.held:,} bytes of uploads are arriving; retry in a second",
+                                headers={"Retry-After": "1"})
+        self.held += n
+
+    async def read(self, stream: AsyncIterator[bytes], limit: int) -> AsyncIterator[bytes]:
+        """``stream``, counted against this budget until it ends or is closed, and stopped past ``limit`` (413)."""
+        taken = 0
+        self.uploads += 1
+        try:
+            async for chunk in stream:
+                if taken + len(chunk) > limit:
+                    raise HTTPException(413, f"upload is over this server's limit of {limit:,} bytes; send a "
+                                             "smaller photo (or start the server with a larger --max-bytes)")
+                self.take(len(chunk))
+                taken += len(chunk)
+                yield chunk
+        finally:
+            self.uploads -= 1
+            self.held -= taken
 
 
 def run_info(clf, run: str | Path) -> dict:
@@ -140,21 +171,25 @@ def run_info(clf, run: str | Path) -> dict:
 
 def create_app(run: str | Path, engine: str = "torch", max_bytes: int = DEFAULT_MAX_BYTES, top_k: int = 5,
                max_pixels: int = DEFAULT_MAX_PIXELS, max_queue: int = 16, device: str = "auto",
-               read_timeout: float = 30.0, classifier=None) -> FastAPI:
+               read_timeout: float = DEFAULT_READ_TIMEOUT, classifier=None) -> FastAPI:
     """The FastAPI app serving RUN with ``engine`` ('auto', 'torch' or 'onnx'); the model loads here, not per request."""
     from posetune import __version__
     from posetune.run import load
 
     if max_bytes <= 0 or max_pixels <= 0 or max_queue <= 0 or top_k <= 0:
         raise UsageError("max_bytes, max_pixels, max_queue and top_k must be positive")
+    if not read_timeout > 0:
+        raise UsageError(f"--read-timeout must be a positive number of seconds (like 10), not {read_timeout}")
     clf = classifier or load(run, device=device, engine=engine)
     engine = clf.engine  # what 'auto' resolved to
     info = {**run_info(clf, run), "engine": engine, "top_k": min(top_k, len(clf.classes)), "max_bytes": max_bytes,
-            "max_pixels": max_pixels, "max_queue": max_queue, "posetune_version": __version__}
+            "max_pixels": max_pixels, "max_queue": max_queue, "read_timeout": read_timeout,
+            "posetune_version": __version__}
     page = resources.files("posetune.serve").joinpath("static/index.html").read_text(encoding="utf-8")
     model_lock = threading.Lock()  # one inference at a time: each already uses every core
     decode_slots = threading.BoundedSemaphore(2)  # bounds decoded full-size images held in memory
     admission = _Admission(max_queue)
+    receiving = _Receiving(max_queue * max_bytes)  # the same bound as when bodies were read inside a slot
     short_side, interpolation = clf.preprocess.short_side, clf.preprocess.interpolation
 
     app = FastAPI(title="posetune", version=__version__,
@@ -189,38 +224,50 @@ def create_app(run: str | Path, engine: str = "torch", max_bytes: int = DEFAULT_
         if declared is not None and int(declared) > limit:  # refuse before reading anything
             raise HTTPException(413, f"upload is {int(declared):,} bytes, over this server's limit of "
                                      f"{max_bytes:,}; send a smaller photo (or start with a larger --max-bytes)")
-        stream = _limited(request.stream(), limit)
-        if media == "multipart/form-data":
-            try:
-                form = await MultiPartParser(request.headers, stream, max_files=1, max_fields=8).parse()
-            except MultiPartException as exc:
-                raise HTTPException(400, f"bad multipart upload: {exc.message}; send the image in form field 'file'") from exc
-            try:
-                upload = form.get("file")
-                if upload is None or isinstance(upload, str):
-                    got = ", ".join(f"'{k}'" for k in form.keys()) or "none"
-                    raise HTTPException(422, f"send the image in the multipart form field 'file' (fields received: {got})")
-                data = await upload.read()
-            finally:
-                await form.close()
-        else:
-            data = b"".join([chunk async for chunk in stream])
+        async with contextlib.aclosing(receiving.read(request.stream(), limit)) as stream:
+            if media == "multipart/form-data":
+                try:
+                    form = await MultiPartParser(request.headers, stream, max_files=1, max_fields=8).parse()
+                except MultiPartException as exc:
+                    raise HTTPException(400, f"bad multipart upload: {exc.message}; "
+                                             "send the image in form field 'file'") from exc
+                try:
+                    upload = form.get("file")
+                    if upload is None or isinstance(upload, str):
+                        got = ", ".join(f"'{k}'" for k in form.keys()) or "none"
+                        raise HTTPException(422, "send the image in the multipart form field 'file' "
+                                                 f"(fields received: {got})")
+                    data = await upload.read()
+                finally:
+                    await form.close()
+            else:
+                data = b"".join([chunk async for chunk in stream])
         if not data:
             raise HTTPException(400, "empty upload: send image bytes as the body, or a multipart form field 'file'")
         if len(data) > max_bytes:
             raise HTTPException(413, f"image is {len(data):,} bytes, over this server's limit of {max_bytes:,}")
         return data
 
+    async def receive_upload(request: Request) -> bytes:
+        """The whole body within ``read_timeout``, or 408 and the connection closed. (After a 413 uvicorn reads
+        and discards the rest of the body instead: closing then would reset the connection under a client
+        still sending, which would never see the 413.)"""
+        try:
+            with anyio.fail_after(read_timeout):
+                return await read_image_bytes(request)
+        except ClientDisconnect as exc:  # nobody reads the answer; without this, a traceback in the log per upload
+            raise HTTPException(400, "the client closed the connection before the upload ended") from exc
+        except TimeoutError as exc:
+            raise HTTPException(408, f"the upload was not received within {read_timeout:g} s; try again "
+                                     "(or start the server with a longer --read-timeout)",
+                                headers={"Connection": "close"}) from exc
+
     @app.post("/predict", openapi_extra=_PREDICT_BODY, summary="Name the pose in one photo")
     async def predict(request: Request) -> dict:
         """Upload a photo (multipart field `file`, or the raw bytes as the body): the top-k poses with
         probabilities and the model latency in ms."""
+        data = await receive_upload(request)  # before a slot: the slot is for model work only
         with admission:
-            try:
-                with anyio.fail_after(read_timeout):
-                    data = await read_image_bytes(request)
-            except TimeoutError as exc:
-                raise HTTPException(408, f"the upload took over {read_timeout:g} s; try again") from exc
             return await run_in_threadpool(infer, data)
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
