@@ -68,7 +68,9 @@ def test_page_info_health_docs(client: TestClient) -> None:
     info = client.get("/info").json()
     assert info["classes"] == ["circle", "square", "triangle"] and info["backbone"] == "test_efficientnet"
     assert info["strategy"] == "partial" and 0 <= info["metrics"]["accuracy"] <= 1
-    assert client.get("/health").json()["status"] == "ok"
+    health = client.get("/health")
+    assert health.status_code == 200 and health.json()["status"] == "ok"
+    assert health.json()["queue"] == {"in_progress": 0, "max": 16}
     assert client.get("/docs").status_code == 200
     assert "/predict" in client.get("/openapi.json").json()["paths"]
 
@@ -144,10 +146,14 @@ def test_full_queue_answers_503_with_retry_after(onnx_run: Path) -> None:
         assert gated.entered.wait(30)
         busy = client.post("/predict", content=jpeg_bytes())
         assert busy.status_code == 503 and busy.headers["retry-after"] == "1"
-        assert client.get("/health").json()["in_flight"] == 1  # the event loop stays free while the model works
+        health = client.get("/health")  # the event loop stays free while the model works
+        assert health.status_code == 503 and health.headers["retry-after"] == "1"
+        assert health.json()["status"] == "saturated" and health.json()["queue"] == {"in_progress": 1, "max": 1}
+        assert health.json()["in_flight"] == 1
         gated.gate.set()
         assert first.result(30).status_code == 200
     assert client.post("/predict", content=jpeg_bytes()).status_code == 200
+    assert client.get("/health").json()["status"] == "ok"
 
 
 def test_upload_deadline_answers_408(onnx_run: Path) -> None:

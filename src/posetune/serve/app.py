@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import AsyncIterator
 
 import anyio
-from fastapi import FastAPI, HTTPException, Request
+from fastapi import FastAPI, HTTPException, Request, Response
 from fastapi.responses import HTMLResponse
 from PIL import Image, ImageOps
 from starlette.concurrency import run_in_threadpool
@@ -277,9 +277,20 @@ def create_app(run: str | Path, engine: str = "torch", max_bytes: int = DEFAULT_
                "script-src 'unsafe-inline'; connect-src 'self'; base-uri 'none'; form-action 'self'")
         return HTMLResponse(page, headers={"Content-Security-Policy": csp})
 
-    @app.get("/health", summary="Liveness: the model is loaded")
-    async def health() -> dict:
-        return {"status": "ok", "engine": engine, "in_flight": admission.active}
+    @app.get("/health", summary="Readiness: the model is loaded and a request would be taken now",
+             responses={503: {"description": "saturated: every queue slot is taken, or the upload budget is spent"}})
+    async def health(response: Response) -> dict:
+        """200 with ``status: ok`` when a request would be taken now; **503** with ``status: saturated`` (and
+        Retry-After) when every queue slot is busy or uploads already arriving fill the upload budget, so that a
+        load balancer routes elsewhere. As a liveness probe, accept 503 too (the process is alive) or use /info."""
+        saturated = admission.full or receiving.held + max_bytes > receiving.limit
+        if saturated:
+            response.status_code = 503
+            response.headers["Retry-After"] = "1"
+        return {"status": "saturated" if saturated else "ok", "engine": engine,
+                "queue": {"in_progress": admission.active, "max": admission.limit},
+                "uploads": {"receiving": receiving.uploads, "bytes": receiving.held, "max_bytes": receiving.limit},
+                "in_flight": admission.active}
 
     @app.get("/info", summary="The model: backbone, strategy, classes, test metrics, limits")
     async def get_info() -> dict:
