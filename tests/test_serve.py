@@ -75,6 +75,24 @@ def test_page_info_health_docs(client: TestClient) -> None:
     assert "/predict" in client.get("/openapi.json").json()["paths"]
 
 
+def test_host_allow_list(onnx_run: Path) -> None:
+    """Default: loopback names and TestClient's 'testserver'; a rebinding page's Host gets 400."""
+    clf = posetune.load(onnx_run, engine="onnx")
+    default = TestClient(create_app(onnx_run, engine="onnx", classifier=clf))
+    assert default.get("/health").status_code == 200  # Host: testserver
+    for host, status in [("localhost:8000", 200), ("127.0.0.1", 200), ("[::1]:8000", 200), ("evil.example", 400),
+                         ("evil.example:8000", 400), ("localhost.evil.example", 400), ("", 400)]:
+        assert default.get("/health", headers={"host": host}).status_code == status, host
+    named = TestClient(create_app(onnx_run, engine="onnx", classifier=clf, allowed_hosts="pose.example,*.lan"))
+    assert named.get("/health").status_code == 400
+    assert named.get("/health", headers={"host": "pose.example"}).status_code == 200
+    assert named.get("/health", headers={"host": "cam.home.lan:8000"}).status_code == 200
+    anyone = TestClient(create_app(onnx_run, engine="onnx", classifier=clf, allowed_hosts=["*"]))
+    assert anyone.get("/health", headers={"host": "evil.example"}).status_code == 200
+    with pytest.raises(UsageError, match="--allowed-hosts"):
+        create_app(onnx_run, engine="onnx", classifier=clf, allowed_hosts="a*b")
+
+
 def bomb_png(width: int, height: int) -> bytes:
     buf = io.BytesIO()
     Image.new("1", (width, height)).save(buf, "PNG")  # a few KB that decode to width*height pixels

@@ -12,6 +12,7 @@ taken the next request gets 503 with Retry-After. Bodies still arriving are boun
 (``max_queue * max_bytes``; a slow upload costs only what it has sent, beyond the total: 503).
 Decoding runs in the thread pool (two at a time), inference under a lock, so the event loop never
 blocks and memory stays bounded.
+Requests whose Host header is not in ``allowed_hosts`` get 400 (DNS-rebinding guard).
 
 >>> app = create_app("runs/yoga", engine="onnx")   # doctest: +SKIP
 >>> import uvicorn; uvicorn.run(app, host="127.0.0.1", port=8000)   # doctest: +SKIP
@@ -21,12 +22,13 @@ from __future__ import annotations
 
 import contextlib
 import io
+import ipaddress
 import json
 import threading
 import time
 from importlib import resources
 from pathlib import Path
-from typing import AsyncIterator
+from typing import AsyncIterator, Sequence
 
 import anyio
 from fastapi import FastAPI, HTTPException, Request, Response
@@ -34,6 +36,7 @@ from fastapi.responses import HTMLResponse
 from PIL import Image, ImageOps
 from starlette.concurrency import run_in_threadpool
 from starlette.formparsers import MultiPartException, MultiPartParser
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import ClientDisconnect
 
 from posetune.data.images import to_rgb
@@ -43,6 +46,8 @@ DEFAULT_MAX_BYTES = 10_000_000
 DEFAULT_MAX_PIXELS = 50_000_000  # a 48 MP phone photo fits; below Pillow's own bomb threshold (~89 MP)
 MULTIPART_SLACK = 16_384  # multipart boundaries and part headers around the file itself
 DEFAULT_READ_TIMEOUT = 10.0  # seconds for a whole body: a 10 MB photo at 8 Mbit/s
+LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "[::1]")
+TEST_CLIENT_HOST = "testserver"  # the Host header Starlette's (and FastAPI's) TestClient sends
 # Formats a photo arrives in. Pillow's other plugins (EPS runs Ghostscript, ...) stay off for uploads.
 UPLOAD_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "MPO")
 
@@ -157,6 +162,33 @@ class _Receiving:
             self.held -= taken
 
 
+def parse_hosts(text: str | Sequence[str]) -> list[str]:
+    """'pose.example, *.lan' -> ['pose.example', '*.lan']; '*' allows any Host header."""
+    hosts = [h.strip().lower() for h in (text.split(",") if isinstance(text, str) else text) if h.strip()]
+    for h in hosts:
+        if not h or "*" in h[1:] or (h.startswith("*") and h != "*" and not h.startswith("*.")):
+            raise UsageError(f"--allowed-hosts takes names like pose.example, 192.168.1.5, [::1] or *.example.lan "
+                             f"(or * for any), not '{h}'")
+    if not hosts:
+        raise UsageError("--allowed-hosts is empty: give host names separated by commas, or * for any")
+    return hosts
+
+
+def default_allowed_hosts(bind: str) -> list[str]:
+    """The Host headers `posetune serve --host BIND` accepts unless told: on loopback only the loopback names
+    (a page elsewhere cannot reach the server through DNS rebinding), else any (the server is meant to be reached
+    by whatever name the network gives it).
+
+    >>> default_allowed_hosts("127.0.0.1"), default_allowed_hosts("0.0.0.0")
+    (['localhost', '127.0.0.1', '[::1]'], ['*'])
+    """
+    try:
+        loopback = ipaddress.ip_address(bind.strip("[]")).is_loopback
+    except ValueError:
+        loopback = bind.lower() == "localhost"
+    return list(LOOPBACK_HOSTS) if loopback else ["*"]
+
+
 def run_info(clf, run: str | Path) -> dict:
     """What /info shows: the run's model.json where there is one, else the export's metadata."""
     meta = dict(getattr(clf, "meta", {}))
@@ -171,8 +203,13 @@ def run_info(clf, run: str | Path) -> dict:
 
 def create_app(run: str | Path, engine: str = "torch", max_bytes: int = DEFAULT_MAX_BYTES, top_k: int = 5,
                max_pixels: int = DEFAULT_MAX_PIXELS, max_queue: int = 16, device: str = "auto",
-               read_timeout: float = DEFAULT_READ_TIMEOUT, classifier=None) -> FastAPI:
-    """The FastAPI app serving RUN with ``engine`` ('auto', 'torch' or 'onnx'); the model loads here, not per request."""
+               read_timeout: float = DEFAULT_READ_TIMEOUT, allowed_hosts: str | Sequence[str] | None = None,
+               classifier=None) -> FastAPI:
+    """The FastAPI app serving RUN with ``engine`` ('auto', 'torch' or 'onnx'); the model loads here, not per request.
+
+    ``allowed_hosts`` (names, ``*.domain`` or ``*`` for any) defaults to the loopback names plus TestClient's
+    'testserver': pass ``["*"]``, or the names clients use, to serve on the network.
+    """
     from posetune import __version__
     from posetune.run import load
 
@@ -180,6 +217,7 @@ def create_app(run: str | Path, engine: str = "torch", max_bytes: int = DEFAULT_
         raise UsageError("max_bytes, max_pixels, max_queue and top_k must be positive")
     if not read_timeout > 0:
         raise UsageError(f"--read-timeout must be a positive number of seconds (like 10), not {read_timeout}")
+    hosts = parse_hosts(allowed_hosts) if allowed_hosts is not None else [*LOOPBACK_HOSTS, TEST_CLIENT_HOST]
     clf = classifier or load(run, device=device, engine=engine)
     engine = clf.engine  # what 'auto' resolved to
     info = {**run_info(clf, run), "engine": engine, "top_k": min(top_k, len(clf.classes)), "max_bytes": max_bytes,
@@ -194,6 +232,7 @@ def create_app(run: str | Path, engine: str = "torch", max_bytes: int = DEFAULT_
 
     app = FastAPI(title="posetune", version=__version__,
                   description=f"Names the pose in a photo: {', '.join(clf.classes)} ({info['backbone']}, {engine}).")
+    app.add_middleware(TrustedHostMiddleware, allowed_hosts=hosts, www_redirect=False)
 
     def infer(data: bytes) -> dict:
         from posetune.data.images import resize_short_side
