@@ -75,6 +75,35 @@ def test_page_info_health_docs(client: TestClient) -> None:
     assert "/predict" in client.get("/openapi.json").json()["paths"]
 
 
+def test_every_response_says_nosniff(client: TestClient, photo: Path) -> None:
+    responses = [client.get(path) for path in ("/", "/health", "/info", "/docs", "/openapi.json", "/nowhere")]
+    responses += [client.get("/predict"), client.post("/predict", content=photo.read_bytes()),
+                  client.post("/predict", content=b"text"), client.get("/health", headers={"host": "evil.example"})]
+    assert [r.status_code for r in responses] == [200, 200, 200, 200, 200, 404, 405, 200, 415, 400]
+    assert all(r.headers["x-content-type-options"] == "nosniff" for r in responses)
+
+
+class _Broken:
+    """A classifier whose model call fails: the server's own bug, not the client's."""
+
+    def __init__(self, inner):
+        self.inner = inner
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def predict(self, *args, **kwargs):
+        raise RuntimeError("model exploded")
+
+
+def test_internal_error_is_a_json_500_with_nosniff(onnx_run: Path) -> None:
+    broken = _Broken(posetune.load(onnx_run, engine="onnx"))
+    client = TestClient(create_app(onnx_run, engine="onnx", classifier=broken), raise_server_exceptions=False)
+    r = client.post("/predict", content=jpeg_bytes())
+    assert r.status_code == 500 and "RuntimeError" in r.json()["detail"] and "exploded" not in r.text
+    assert r.headers["x-content-type-options"] == "nosniff"
+
+
 def test_host_allow_list(onnx_run: Path) -> None:
     """Default: loopback names and TestClient's 'testserver'; a rebinding page's Host gets 400."""
     clf = posetune.load(onnx_run, engine="onnx")
@@ -117,6 +146,7 @@ def test_bad_input_is_a_clear_4xx(client: TestClient, name, kwargs, status, word
     r = client.post("/predict", **kwargs)
     assert r.status_code == status, (name, r.text)
     assert words in r.json()["detail"]
+    assert r.headers["x-content-type-options"] == "nosniff"
 
 
 def test_body_limit_is_enforced_while_streaming(client: TestClient) -> None:
@@ -196,7 +226,7 @@ def test_upload_deadline_answers_408(onnx_run: Path) -> None:
     anyio.run(client.app, scope, receive, send)
     assert sent[0]["status"] == 408 and time.perf_counter() - t0 < 3
     headers = dict(sent[0]["headers"])
-    assert headers[b"connection"] == b"close"
+    assert headers[b"connection"] == b"close" and headers[b"x-content-type-options"] == b"nosniff"
     assert b"not received within 0.3 s" in sent[1]["body"]
     assert client.post("/predict", content=jpeg_bytes()).status_code == 200  # max_queue=1: the slot is free
 

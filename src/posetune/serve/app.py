@@ -12,7 +12,8 @@ taken the next request gets 503 with Retry-After. Bodies still arriving are boun
 (``max_queue * max_bytes``; a slow upload costs only what it has sent, beyond the total: 503).
 Decoding runs in the thread pool (two at a time), inference under a lock, so the event loop never
 blocks and memory stays bounded.
-Requests whose Host header is not in ``allowed_hosts`` get 400 (DNS-rebinding guard).
+Requests whose Host header is not in ``allowed_hosts`` get 400 (DNS-rebinding guard); every
+response carries ``X-Content-Type-Options: nosniff``.
 
 >>> app = create_app("runs/yoga", engine="onnx")   # doctest: +SKIP
 >>> import uvicorn; uvicorn.run(app, host="127.0.0.1", port=8000)   # doctest: +SKIP
@@ -32,12 +33,14 @@ from typing import AsyncIterator, Sequence
 
 import anyio
 from fastapi import FastAPI, HTTPException, Request, Response
-from fastapi.responses import HTMLResponse
+from fastapi.responses import HTMLResponse, JSONResponse
 from PIL import Image, ImageOps
 from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import MutableHeaders
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import ClientDisconnect
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from posetune.data.images import to_rgb
 from posetune.errors import UsageError
@@ -162,6 +165,26 @@ class _Receiving:
             self.held -= taken
 
 
+class _SecurityHeaders:
+    """Adds ``X-Content-Type-Options: nosniff`` to every response (outermost, so the Host check's 400 gets it too)."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message.setdefault("headers", [])
+                MutableHeaders(scope=message).setdefault("X-Content-Type-Options", "nosniff")
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
 def parse_hosts(text: str | Sequence[str]) -> list[str]:
     """'pose.example, *.lan' -> ['pose.example', '*.lan']; '*' allows any Host header."""
     hosts = [h.strip().lower() for h in (text.split(",") if isinstance(text, str) else text) if h.strip()]
@@ -233,6 +256,13 @@ def create_app(run: str | Path, engine: str = "torch", max_bytes: int = DEFAULT_
     app = FastAPI(title="posetune", version=__version__,
                   description=f"Names the pose in a photo: {', '.join(clf.classes)} ({info['backbone']}, {engine}).")
     app.add_middleware(TrustedHostMiddleware, allowed_hosts=hosts, www_redirect=False)
+    app.add_middleware(_SecurityHeaders)  # added last = outermost
+
+    @app.exception_handler(Exception)
+    async def internal_error(request: Request, exc: Exception) -> JSONResponse:
+        # Runs outside the middleware above (Starlette's ServerErrorMiddleware), so it sets the header itself.
+        return JSONResponse({"detail": f"internal error ({type(exc).__name__}); the server log has the details"},
+                            status_code=500, headers={"X-Content-Type-Options": "nosniff"})
 
     def infer(data: bytes) -> dict:
         from posetune.data.images import resize_short_side
