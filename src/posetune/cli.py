@@ -445,6 +445,11 @@ def serve(
     max_pixels: int = typer.Option(50_000_000, help="Largest image in pixels (decompression-bomb guard)."),
     max_queue: int = typer.Option(16, help="Requests in progress at once; more get 503 with Retry-After."),
     top_k: int = typer.Option(5, help="Classes returned per image."),
+    read_timeout: float = typer.Option(10.0, help="Seconds to receive a whole upload; slower ones get 408 "
+                                                  "(10 s: a 10 MB photo at 8 Mbit/s). No queue slot is held meanwhile."),
+    allowed_hosts: Optional[str] = typer.Option(None, help="Host headers accepted, comma-separated (pose.example,*.lan; * any); "
+                                                 "others get 400. Default: loopback names when bound to loopback, "
+                                                 "else any."),
     device: str = typer.Option("auto"),
 ):
     """Serve a web page and a JSON API that name the pose in a photo (FastAPI + uvicorn): GET /, POST /predict,
@@ -453,19 +458,23 @@ def serve(
 
     from posetune.predict import choose_engine
     from posetune.runtime import tune_allocator
-    from posetune.serve.app import create_app, parse_size
+    from posetune.serve.app import create_app, default_allowed_hosts, parse_hosts, parse_size
     from posetune.serve.options import ServeOptions
 
     ServeOptions(run=run, host=host, port=port, engine=engine, max_bytes=max_bytes, max_pixels=max_pixels,
-                 max_queue=max_queue, top_k=top_k, device=device).validate()  # before the model loads or a port binds
+                 max_queue=max_queue, top_k=top_k, read_timeout=read_timeout, allowed_hosts=allowed_hosts,
+                 device=device).validate()  # before the model loads or a port binds
     tune_allocator()
     reporter = _reporter(False)
+    hosts = parse_hosts(allowed_hosts) if allowed_hosts is not None else default_allowed_hosts(host)
     engine, why = choose_engine(run, engine, device)
     reporter.info(f"engine: {engine} - {why}")
     app_ = create_app(run, engine=engine, max_bytes=parse_size(max_bytes), max_pixels=max_pixels, max_queue=max_queue,
-                      top_k=top_k, device=device)
+                      top_k=top_k, device=device, read_timeout=read_timeout, allowed_hosts=hosts)
     if host not in ("127.0.0.1", "localhost", "::1"):
         reporter.warn(f"binding {host}: anyone who can reach this machine can use the model")
+    reporter.info("allowed hosts: " + ("any (--allowed-hosts NAME,... to restrict)" if "*" in hosts
+                                       else f"{', '.join(hosts)} (others get 400; --allowed-hosts to change)"))
     reporter.info(f"serving {run} ({engine} engine) on http://{'[' + host + ']' if ':' in host else host}:{port}  "
                   "(Ctrl+C to stop)")
     uvicorn.run(app_, host=host, port=port, log_level="info", timeout_keep_alive=5)

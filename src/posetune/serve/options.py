@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from posetune.checks import Check, Choice, Int, Options, Text, option
+from posetune.checks import Check, Choice, Float, Int, Options, Text, option
 from posetune.devices import DEVICE
 from posetune.predict.loading import ENGINES, RUN
 
@@ -44,4 +44,6 @@ class ServeOptions(Options):
     max_pixels: int = option(50_000_000, Int(1, MAX_PIXELS))
     max_queue: int = option(16, Int(1, 1024))
     top_k: int = option(5, Int(1, 1000))
+    read_timeout: float = option(10.0, Float(0.1, 3600))
+    allowed_hosts: str | None = option(None, Text("Host names, comma-separated (pose.example,*.lan; * for any)"))
     device: str = option("auto", DEVICE)
