@@ -50,5 +50,7 @@ def test_a_damaged_model_json_is_a_one_line_error(tiny_run, tmp_path, content):
 
 
 def test_run_meta_round_trips():
-    meta = RunMeta(backbone="b", arch="a", classes=["x", "y"], preprocessing={"input_size": [3, 8, 8]}, strategy="full")
+    pre = {"input_size": [3, 8, 8], "mean": [0.5, 0.5, 0.5], "std": [0.2, 0.2, 0.2], "interpolation": "bicubic",
+           "crop_pct": 0.875}
+    meta = RunMeta(backbone="b", arch="a", classes=["x", "y"], preprocessing=pre, strategy="full")
     assert RunMeta.from_json(meta.to_json()) == meta
