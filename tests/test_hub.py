@@ -215,7 +215,7 @@ def test_cli_export_timm(run_copy: Path, monkeypatch, capsys) -> None:
     assert code == 2 and "--format must be one of onnx, torchscript, timm" in err
 
     # A folder timm cannot load is a problem found (exit 1), named in one line.
-    import posetune.hub as hub
+    import posetune.hub.folder as hub
 
     honest = hub.timm_config
     monkeypatch.setattr(hub, "timm_config", lambda meta, model: {**honest(meta, model), "architecture": "resnet18"})

@@ -1,0 +1,216 @@
+"""Commands on a trained run: `evaluate`, `predict`, `export`, `push`, `serve`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from posetune.cli.app import app, print_json, reporter_for
+from posetune.console import print_metrics
+
+
+@app.command(epilog="Example: `posetune evaluate runs/yoga DATASET --split test --json`")
+def evaluate(
+    run: str = typer.Argument(..., help="Run folder written by `posetune train`."),
+    data: str = typer.Argument(..., help="DATA in any supported layout."),
+    split: str = typer.Option("test", help="train | val | test (a plain class-folder DATA is 'train')."),
+    batch_size: int = typer.Option(64),
+    device: str = typer.Option("auto"),
+    tta: bool = typer.Option(False, "--tta", help="Also score with test-time augmentation (flips + 5 crops)."),
+    label_level: int = typer.Option(6, help="Yoga-82 only: 6, 20 or 82 classes."),
+    out: Optional[str] = typer.Option(None, help="Folder for evaluation.json and the plots (default RUN/eval/<data>-<hash>-<split>/)."),
+    json_out: bool = typer.Option(False, "--json", help="Print the metrics as JSON on stdout."),
+):
+    """Accuracy, balanced accuracy, macro-F1, per-class scores, confusion matrix and most-confused pairs."""
+    from posetune.evaluation import evaluate as run_eval
+
+    reporter = reporter_for(json_out)
+    metrics = run_eval(run, data, split=split, batch_size=batch_size, device=device, tta=tta, label_level=label_level,
+                       out=out, progress=reporter)
+    reporter.stop()
+    if json_out:
+        print_json(metrics)
+        return
+    print_metrics(reporter, metrics, f"{split} metrics ({metrics['n']} images)")
+    if "tta" in metrics:
+        reporter.table("plain vs test-time augmentation",
+                       [{"metric": k, "plain": metrics[k], "tta": metrics["tta"][k]}
+                        for k in ("accuracy", "balanced_accuracy", "macro_f1")])
+    for s in metrics["skipped"]:
+        reporter.warn(f"skipped {s['path']}: {s['reason']}")
+    if metrics.get("confusion_png"):
+        reporter.info(f"confusion matrix plot: {metrics['confusion_png']}")
+
+
+@app.command(epilog="Examples: `posetune predict runs/yoga photos/ --top-k 3 --csv predictions.csv` · "
+                    "`posetune predict runs/yoga photo.jpg --engine onnx` (after `posetune export runs/yoga`)")
+def predict(
+    run: str = typer.Argument(..., help="Run folder written by `posetune train`."),
+    paths: List[str] = typer.Argument(..., help="Image files and/or folders."),
+    top_k: int = typer.Option(3, help="How many classes to list per image."),
+    batch_size: int = typer.Option(32),
+    csv: Optional[Path] = typer.Option(None, "--csv", help="Write path,prediction,probability,top-k columns here."),
+    device: str = typer.Option("auto"),
+    engine: str = typer.Option("auto", help="auto: onnx when RUN/model.onnx matches the weights, else torch | torch "
+                                            "(model.safetensors) | onnx (RUN/model.onnx, no torch needed)."),
+    tta: bool = typer.Option(False, "--tta", help="Average flipped and multi-crop views (torch engine)."),
+    json_out: bool = typer.Option(False, "--json", help="Print predictions as JSON on stdout."),
+):
+    """Predict the class of images (files or folders), in batches; unreadable files are reported, not fatal."""
+    from posetune.predict import PredictOptions, choose_engine, collect_paths, load
+    from posetune.predict.prediction import write_predictions_csv
+    from posetune.runtime import tune_allocator
+
+    opts = PredictOptions(run=run, paths=paths, top_k=top_k, batch_size=batch_size, device=device, engine=engine,
+                          tta=tta, csv=csv).validate()
+    tune_allocator()
+    reporter = reporter_for(json_out)
+    engine, why = choose_engine(opts.run, opts.engine, opts.device, opts.tta)
+    reporter.info(f"engine: {engine} - {why}")
+    clf = load(opts.run, device=opts.device, engine=engine)
+    files = collect_paths(opts.paths)
+    advance = reporter.start("predict", len(files))
+    preds = clf.predict(files, top_k=opts.top_k, batch_size=opts.batch_size, on_step=advance,
+                        **({"tta": True} if opts.tta else {}))
+    reporter.stop()
+    if opts.csv:
+        write_predictions_csv(preds, opts.csv)
+    if json_out:
+        print_json([p.as_dict() for p in preds])
+    else:
+        reporter.table(f"predictions ({len(preds)} images)",
+                       [{"path": p.path, "prediction": p.label or "-", "probability": p.probability,
+                         "top-k": ", ".join(f"{c} {pr:.2f}" for c, pr in p.top_k) or p.error} for p in preds])
+        if csv:
+            reporter.info(f"wrote {csv}")
+    errors = [p for p in preds if p.error]
+    for p in errors:
+        reporter.warn(f"could not read {p.path}: {p.error}")
+
+
+@app.command(epilog="Examples: `posetune export runs/yoga` · `posetune export runs/yoga --format torchscript` · "
+                    "`posetune export runs/yoga --dynamic-batch --opset 18 --json` · "
+                    "`posetune export runs/yoga --format timm` then `timm.create_model(\"local-dir:runs/yoga/timm\", "
+                    "pretrained=True)`")
+def export(
+    run: str = typer.Argument(..., help="Run folder written by `posetune train`."),
+    format: str = typer.Option("onnx", "--format", help="onnx (RUN/model.onnx) | torchscript (RUN/model.torchscript.pt) | "
+                                                        "timm (a folder timm loads: config.json, model.safetensors, "
+                                                        "README.md model card; RUN/timm/)."),
+    opset: Optional[int] = typer.Option(None, help="ONNX opset (default 18)."),
+    dynamic_batch: bool = typer.Option(False, "--dynamic-batch", help="Any batch size at run time (default: batch 1)."),
+    out: Optional[Path] = typer.Option(None, help="Where to write the model file (default inside RUN); for timm the "
+                                                  "folder (default RUN/timm/; an earlier export there is replaced, "
+                                                  "a folder with other files refused)."),
+    images: Optional[List[str]] = typer.Option(None, help="Images/folders for the parity check (default: the run's data)."),
+    json_out: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
+):
+    """Export a run to ONNX, TorchScript or a timm folder with its classes and preprocessing, and check it against
+    PyTorch: max |delta logits| and top-1 agreement on random tensors and real images (timm: loaded back with
+    `timm.create_model("local-dir:DIR")` and its own transform). Exit 1 on any top-1 disagreement."""
+    from posetune.errors import CheckFailed
+    from posetune.exporting import export as run_export
+
+    reporter = reporter_for(json_out)
+    if format == "timm":
+        from posetune.hub import export_timm
+
+        reporter.info(f"exporting {run} to timm...")
+        result = export_timm(run, out=out, images=images or None, strict=False, opset=opset, dynamic_batch=dynamic_batch)
+    else:
+        result = run_export(run, format=format, opset=opset, dynamic_batch=dynamic_batch, out=out, images=images or None,
+                            strict=False, reporter=reporter)
+    if json_out:
+        print_json(result)
+    else:
+        reporter.table("parity with the PyTorch model",
+                       [{"inputs": kind, "n": c["n"], "max |delta logits|": f"{c['max_abs_delta']:.2e}",
+                         "top-1 agreement": f"{100 * c['top1_agreement']:.1f}%"} for kind, c in result["parity"].items()])
+        if format == "timm":
+            reporter.info(f"wrote {result['path']}/ ({', '.join(result['files'])}; {result['bytes'] / 1e6:.1f} MB); "
+                          f"load it with {result['load']}")
+        else:
+            reporter.info(f"wrote {result['path']} ({result['bytes'] / 1e6:.1f} MB, input {result['input_shape']}) "
+                          f"+ {result['sidecar']}")
+    if result["problems"]:
+        raise CheckFailed(f"the export disagrees with the PyTorch model: {'; '.join(result['problems'])}")
+
+
+@app.command(epilog="Examples: `posetune push runs/yoga you/yoga-poses` · `posetune push runs/yoga you/yoga-poses "
+                    "--private` · `posetune push runs/yoga you/yoga-poses --dry-run --json` (what would go up, offline)")
+def push(
+    run: str = typer.Argument(..., help="Run folder written by `posetune train`."),
+    repo_id: str = typer.Argument(..., help="Hugging Face model repo, USER/NAME or NAME (created when missing)."),
+    private: bool = typer.Option(False, "--private", help="Create the repo private (an existing repo keeps its visibility)."),
+    token: Optional[str] = typer.Option(None, help="Hugging Face token with write access (default: HF_TOKEN, else the "
+                                                   "token of `hf auth login`)."),
+    out: Optional[Path] = typer.Option(None, help="The timm folder to export and upload (default RUN/timm/)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Export and list the files that would be uploaded; needs no "
+                                                          "token or network."),
+    json_out: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
+):
+    """Upload a run to the Hugging Face Hub as a timm model: `export --format timm`, then create the repo and upload
+    the folder, so that `timm.create_model("hf-hub:REPO_ID", pretrained=True)` loads it anywhere. Without a token or
+    a reachable Hub it stops within seconds, before exporting (exit 2)."""
+    from posetune.hub import push as run_push
+
+    reporter = reporter_for(json_out)
+    reporter.info(f"exporting {run} to a timm folder{' (dry run: nothing is uploaded)' if dry_run else ''}...")
+    result = run_push(run, repo_id, private=private, token=token, out=out, dry_run=dry_run)
+    if json_out:
+        print_json(result)
+        return
+    reporter.table(f"{'would upload' if dry_run else 'uploaded'} to {repo_id}",
+                   [{"file": f["path"], "MB": f"{f['bytes'] / 1e6:.2f}"} for f in result["files"]])
+    reporter.info(f"the timm folder: {result['folder']}")
+    if result["uploaded"]:
+        reporter.info(f"{result['url']} - load it with timm.create_model(\"hf-hub:{repo_id}\", pretrained=True)")
+
+
+@app.command(epilog="Examples: `posetune serve runs/yoga` then open http://127.0.0.1:8000 · "
+                    "`posetune serve runs/yoga --engine onnx --host 0.0.0.0 --port 8080 --max-bytes 20MB`")
+def serve(
+    run: str = typer.Argument(..., help="Run folder written by `posetune train` (for --engine onnx: after `posetune export`)."),
+    host: str = typer.Option("127.0.0.1", help="Address to bind; 0.0.0.0 exposes the server to your network."),
+    port: int = typer.Option(8000),
+    engine: str = typer.Option("auto", help="auto: onnx when RUN/model.onnx matches the weights, else torch | torch | "
+                                            "onnx (RUN/model.onnx through ONNX Runtime)."),
+    max_bytes: str = typer.Option("10MB", help="Largest upload accepted (413 beyond it)."),
+    max_pixels: int = typer.Option(50_000_000, help="Largest image in pixels (decompression-bomb guard)."),
+    max_queue: int = typer.Option(16, help="Requests in progress at once; more get 503 with Retry-After."),
+    top_k: int = typer.Option(5, help="Classes returned per image."),
+    read_timeout: float = typer.Option(10.0, help="Seconds to receive a whole upload; slower ones get 408 "
+                                                  "(10 s: a 10 MB photo at 8 Mbit/s). No queue slot is held meanwhile."),
+    allowed_hosts: Optional[str] = typer.Option(None, help="Host headers accepted, comma-separated (pose.example,*.lan; * any); "
+                                                 "others get 400. Default: loopback names when bound to loopback, "
+                                                 "else any."),
+    device: str = typer.Option("auto"),
+):
+    """Serve a web page and a JSON API that name the pose in a photo (FastAPI + uvicorn): GET /, POST /predict,
+    GET /info, GET /health, docs at /docs."""
+    import uvicorn
+
+    from posetune.predict import choose_engine
+    from posetune.runtime import tune_allocator
+    from posetune.serve.app import create_app, default_allowed_hosts, parse_hosts, parse_size
+    from posetune.serve.options import ServeOptions
+
+    ServeOptions(run=run, host=host, port=port, engine=engine, max_bytes=max_bytes, max_pixels=max_pixels,
+                 max_queue=max_queue, top_k=top_k, read_timeout=read_timeout, allowed_hosts=allowed_hosts,
+                 device=device).validate()  # before the model loads or a port binds
+    tune_allocator()
+    reporter = reporter_for(False)
+    hosts = parse_hosts(allowed_hosts) if allowed_hosts is not None else default_allowed_hosts(host)
+    engine, why = choose_engine(run, engine, device)
+    reporter.info(f"engine: {engine} - {why}")
+    app_ = create_app(run, engine=engine, max_bytes=parse_size(max_bytes), max_pixels=max_pixels, max_queue=max_queue,
+                      top_k=top_k, device=device, read_timeout=read_timeout, allowed_hosts=hosts)
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        reporter.warn(f"binding {host}: anyone who can reach this machine can use the model")
+    reporter.info("allowed hosts: " + ("any (--allowed-hosts NAME,... to restrict)" if "*" in hosts
+                                       else f"{', '.join(hosts)} (others get 400; --allowed-hosts to change)"))
+    reporter.info(f"serving {run} ({engine} engine) on http://{'[' + host + ']' if ':' in host else host}:{port}  "
+                  "(Ctrl+C to stop)")
+    uvicorn.run(app_, host=host, port=port, log_level="info", timeout_keep_alive=5)
