@@ -74,7 +74,7 @@ def test_wheel_installs_with_onnx_and_serve_only_and_deploys_without_torch(onnx_
     wheels, sdists = sorted(dist.glob("posetune-*.whl")), sorted(dist.glob("posetune-*.tar.gz"))
     assert len(wheels) == 1 and len(sdists) == 1
     names = zipfile.ZipFile(wheels[0]).namelist()
-    assert "posetune/serve/static/index.html" in names and "posetune/hub.py" in names
+    assert "posetune/serve/static/index.html" in names and "posetune/hub/__init__.py" in names
     assert not any(n.startswith(("tests/", "benchmarks/")) for n in names)
 
     venv = tmp_path / "venv"
