@@ -13,6 +13,19 @@ DEMO_TRAIN = {"backbone": "efficientnet_lite0", "strategy": "partial", "image_si
               "batch_size": 32, "seed": 0}
 
 
+MARKER = ".posetune-demo"
+
+
+def _claim(out: Path) -> None:
+    """The demo folder holds data/ and run/ of earlier demos at most; anything else is the user's: refused."""
+    from posetune.errors import UsageError
+
+    if out.is_dir() and {p.name for p in out.iterdir()} - {"data", "run", MARKER}:
+        raise UsageError(f"--out {out} holds files that are not a posetune demo; choose another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MARKER).write_text("written by posetune demo: data/ (synthetic poses) and run/ (the trained run)\n")
+
+
 def run_demo(out: str | Path = "demo", reporter: Reporter | None = None) -> dict:
     from posetune.data.synth import render_dataset
     from posetune.evaluation import evaluate
@@ -22,6 +35,7 @@ def run_demo(out: str | Path = "demo", reporter: Reporter | None = None) -> dict
     reporter = reporter or Reporter()
     out = Path(out)
     data, run = out / "data", out / "run"
+    _claim(out)
     t0 = time.perf_counter()
     if (data / "TRAIN").is_dir():
         reporter.info(f"using the synthetic yoga data already in {data}")
@@ -32,7 +46,7 @@ def run_demo(out: str | Path = "demo", reporter: Reporter | None = None) -> dict
         reporter.stop()
         reporter.info(f"rendered {info['train']} train + {info['test']} test images into {data} "
                       f"(preview: {info['preview']})")
-    result = train(data, reporter=reporter, out=str(run), **DEMO_TRAIN)
+    result = train(data, reporter=reporter, out=str(run), overwrite=True, **DEMO_TRAIN)  # the demo's own run
     metrics = evaluate(run, data, split="test", progress=reporter)
     reporter.stop()
     print_metrics(reporter, metrics, f"test metrics ({metrics['n']} images)")

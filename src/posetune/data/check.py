@@ -55,16 +55,20 @@ def _inspect(path: str) -> dict:
     import imagehash
 
     info: dict = {"path": path}
-    mismatch = extension_mismatch(path) if Path(path).stat().st_size else None
-    if mismatch:
-        info["mislabelled"] = mismatch
     try:
+        mismatch = extension_mismatch(path) if Path(path).stat().st_size else None
+        if mismatch:
+            info["mislabelled"] = mismatch
+        img = load_image(path, min_side=64)  # first: it names every reason a file cannot be used
         with Image.open(path) as raw:
             info["size"] = raw.size
-        img = load_image(path, min_side=64)
         info["phash"] = int(str(imagehash.phash(img)), 16)
-    except (ImageError, OSError) as exc:
+    except ImageError as exc:
         info["error"] = str(exc)
+    except Image.DecompressionBombError as exc:
+        info["error"] = f"too many pixels (decompression bomb guard): {exc}"
+    except OSError as exc:  # gone, a dangling link, no permission
+        info["error"] = f"unreadable: {exc.strerror or exc}"
     return info
 
 

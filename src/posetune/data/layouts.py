@@ -101,8 +101,13 @@ def _link_into_tree(p: Path) -> bool:
 def _scan_class_dir(class_dir: Path, skipped: list) -> list[str]:
     paths = []
     for p in sorted(class_dir.rglob("*")):
-        if any(part.startswith(".") for part in p.relative_to(class_dir).parts) or not p.is_file():
+        if any(part.startswith(".") for part in p.relative_to(class_dir).parts):
             continue  # hidden files and folders are not data
+        if p.is_symlink() and not p.exists():
+            skipped.append((str(p), "a link to a file that does not exist"))
+            continue
+        if not p.is_file():
+            continue
         if is_image_path(p):
             paths.append(str(p))
         else:

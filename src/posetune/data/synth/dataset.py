@@ -68,13 +68,30 @@ def _contact_sheet(rows: list[tuple[str, list[Image.Image]]], thumb: int) -> Ima
     return sheet
 
 
+MARKER = ".posetune-synth"  # in OUT: a folder `data synth` rendered, which a rerun may render again
+OWN_ENTRIES = {"TRAIN", "TEST", "preview.jpg", MARKER}
+
+
+def claim_folder(root: Path) -> None:
+    """Refuse an OUT that holds anything but an earlier render; mark OUT as a render before writing into it."""
+    from posetune.errors import UsageError
+
+    if root.is_dir() and any(root.iterdir()) and not (root / MARKER).is_file():
+        if {p.name for p in root.iterdir()} - OWN_ENTRIES:  # an earlier render (before the marker) is only these
+            raise UsageError(f"{root} already holds files that `posetune data synth` did not write; give a new or "
+                             "empty folder (posetune never writes into a folder it did not create)")
+    root.mkdir(parents=True, exist_ok=True)
+    (root / MARKER).write_text("rendered by posetune data synth; a rerun may replace the images it rendered\n")
+
+
 def render_dataset(out: str | Path, progress: Callable[[int, int], None] | None = None, **options) -> dict:
     """Write ``out/TRAIN/<pose>/<pose>_00000.jpg``, ``out/TEST/<pose>/...`` and ``out/preview.jpg``.
 
     Options as :class:`SynthOptions` (a bad one raises InvalidOption, a ValueError, before anything is
     written). Each image is seeded from (seed, split, pose, index), so the same arguments give the same
-    bytes and an image does not depend on how many others are rendered. Stale
-    ``<pose>_NNNNN.jpg`` files beyond the requested counts are removed; nothing else is touched.
+    bytes and an image does not depend on how many others are rendered. OUT must be new, empty or an earlier
+    render; there, stale ``<pose>_NNNNN.jpg`` files beyond the requested counts are removed; nothing else is
+    touched.
 
     >>> import tempfile
     >>> with tempfile.TemporaryDirectory() as tmp:
@@ -87,6 +104,7 @@ def render_dataset(out: str | Path, progress: Callable[[int, int], None] | None 
                                                          opts.test_per_class, opts.size, opts.seed)
 
     root = Path(out)
+    claim_folder(root)
     total = len(names) * (per_class + test_per_class)
     done, n_cols = 0, 8
     examples: dict[str, list[Image.Image]] = {n: [] for n in names}
