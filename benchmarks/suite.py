@@ -20,6 +20,7 @@ summary.json holds the headline keys; benchmarks/README.md gets the tables.
   help_seconds, predict_one_seconds, peak_rss_mb_train, peak_rss_mb_predict
 
 Run: python benchmarks/suite.py --quick | --full [--only train_efficiency,onnx,...] [--skip-fmnist]
+(--full also runs bench_fmnist.py and bench_label_issues.py, the label-issue finder against flipped labels.)
 
 The sections are in sections/ (train, inference, cli), the measurements that each need a fresh interpreter
 in workers.py, and what they share (child processes, photo sets, results files) in common.py.
@@ -116,6 +117,10 @@ def main(argv: list[str] | None = None) -> int:
         import bench_fmnist
 
         bench_fmnist.main([])
+    if args.full and not args.only:  # results/label_issues.json; its Fashion-MNIST set goes with --skip-fmnist
+        import bench_label_issues
+
+        bench_label_issues.main(["--sets", "synth"] if args.skip_fmnist else [])
     from tables import write_readme
 
     write_readme()

@@ -94,8 +94,9 @@ def list_backbones(name: str | None = None):
 
 
 def check_data(data, **options) -> dict:
-    """The data audit (as `posetune data check --json`)."""
-    from posetune.data.check import check_data as _check
+    """The data audit (as `posetune data check --json`); ``label_issues=True`` adds likely mislabelled and
+    out-of-place images (``report["label_issues"]``), ``fix_manifest="fixed.csv"`` a manifest to train from."""
+    from posetune.label_issues import check_data as _check
 
     return _check(data, **options)
 

@@ -38,7 +38,7 @@ def main() -> None:
         sys.exit(130)
     except ModuleNotFoundError as exc:
         extra = {"torch": "train", "torchvision": "train", "timm": "train", "safetensors": "train", "sklearn": "train",
-                 "matplotlib": "train", "imagehash": "train", "onnxruntime": "onnx", "onnx": "export",
+                 "matplotlib": "train", "imagehash": "train", "cleanlab": "train", "onnxruntime": "onnx", "onnx": "export",
                  "onnxscript": "export", "fastapi": "serve", "uvicorn": "serve"}.get((exc.name or "").split(".")[0])
         if extra is None:
             raise

@@ -36,21 +36,43 @@ def data_synth(
                   f"preview: {info['preview']}")
 
 
-@data_app.command("check", epilog="Example: `posetune data check DATASET --json`")
+@data_app.command("check", epilog="Examples: `posetune data check DATASET --json` · "
+                                   "`posetune data check DATASET --label-issues --fix-manifest fixed.csv`, then "
+                                   "`posetune train fixed.csv`")
 def data_check(
     data: str = typer.Argument(..., help="DATA in any supported layout."),
     json_out: bool = typer.Option(False, "--json"),
     near_duplicates: bool = typer.Option(True, help="Also look for near-duplicates (perceptual hash)."),
     label_level: int = typer.Option(6, help="Yoga-82 only: 6, 20 or 82 classes."),
+    label_issues: bool = typer.Option(False, "--label-issues",
+                                      help="Also find likely mislabelled and out-of-place images: pretrained features, "
+                                           "out-of-fold logistic regression, cleanlab; a ranked table and a contact sheet."),
+    backbone: str = typer.Option("efficientnet_lite0", help="--label-issues: the feature extractor (NAME, NAME@random "
+                                                            "or NAME@PATH)."),
+    image_size: Optional[int] = typer.Option(None, help="--label-issues: input size (default the backbone's pretrained size)."),
+    folds: int = typer.Option(5, help="--label-issues: stratified folds; every image is judged by a model that never saw it."),
+    batch_size: int = typer.Option(32, help="--label-issues: feature-extraction batch."),
+    device: str = typer.Option("auto", help="--label-issues: auto | cpu | cuda | mps."),
+    seed: int = typer.Option(0, help="--label-issues: seed of the fold shuffles."),
+    fix_manifest: Optional[str] = typer.Option(None, help="--label-issues: write a CSV manifest with the suggested labels "
+                                                          "applied and outliers excluded (your files are never touched)."),
+    contact_sheet: Optional[str] = typer.Option(None, help="--label-issues: PNG of the flagged images (default "
+                                                           "NAME-label-issues.png here, NAME = the DATA folder)."),
 ):
-    """Audit DATA before training: counts, resolutions, bad files, duplicates and train/test leaks. Exit 1 on problems."""
-    from posetune.data.check import check_data, print_report
+    """Audit DATA before training: counts, resolutions, bad files, duplicates and train/test leaks; with
+    --label-issues, likely mislabelled and out-of-place images too. Exit 1 on problems."""
+    from posetune.data.check import print_report
+    from posetune.label_issues import check_data
 
-    report = check_data(data, near_duplicates=near_duplicates, label_level=label_level)
+    reporter = reporter_for(json_out)
+    report = check_data(data, reporter=reporter, near_duplicates=near_duplicates, label_level=label_level,
+                        label_issues=label_issues, backbone=backbone, image_size=image_size, folds=folds,
+                        batch_size=batch_size, device=device, seed=seed, fix_manifest=fix_manifest,
+                        contact_sheet=contact_sheet)
     if json_out:
         print_json(report)
     else:
-        print_report(report, reporter_for(False))
+        print_report(report, reporter)
     if report["problems"]:
         raise typer.Exit(1)
 

@@ -4,6 +4,10 @@ Counts and resolutions per split and class, unreadable / truncated / zero-byte /
 exact duplicates (content hash) and near-duplicates (perceptual hash) within and across splits —
 a train/test leak is the most common hidden error in yoga datasets — and class folders that
 differ between splits. Problems make the exit code 1.
+
+``--label-issues`` (likely mislabelled and out-of-place images, judged from a pretrained backbone's
+features) needs the backbone layer, which this data layer may not import: its options are declared here
+with the others, and :func:`posetune.label_issues.check_data` runs the audit below and then that job.
 """
 
 from __future__ import annotations
@@ -17,22 +21,73 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from posetune.checks import DATA, LABEL_LEVELS, Bool, Choice, Int, Options, option
+from posetune.checks import (
+    BATCH_SIZE,
+    DATA,
+    IMAGE_SIZE,
+    LABEL_LEVELS,
+    SEED,
+    Bool,
+    Choice,
+    Int,
+    InvalidOption,
+    Options,
+    OutputPath,
+    Text,
+    option,
+)
 from posetune.data.images import ImageError, extension_mismatch, load_image
-from posetune.data.layouts import DataIndex, discover
+from posetune.data.layouts import EXCLUDED, DataIndex, discover
+from posetune.devices import DEVICE
+from posetune.errors import UsageError
 from posetune.io import file_digest
 
 NEAR_DUPLICATE_BITS = 6  # max Hamming distance between 64-bit pHashes to call two images near-duplicates
 
 
+LABEL_ISSUE_OUTPUTS = ("fix_manifest", "contact_sheet")
+
+
 @dataclass
 class CheckOptions(Options):
-    """Every option of `posetune data check` (same names as the flags; ``max_bits`` is Python API only)."""
+    """Every option of `posetune data check` (same names as the flags; ``max_bits`` is Python API only).
+
+    The label-issue options (``label_issues`` and those after it) apply with ``label_issues=True`` only; the
+    backbone spec is resolved by :mod:`posetune.label_issues` before any image is read."""
 
     data: str = option("", DATA, flag="DATA")
     near_duplicates: bool = option(True, Bool())
     label_level: int = option(6, Choice(*LABEL_LEVELS))
     max_bits: int = option(NEAR_DUPLICATE_BITS, Int(0, 64), flag="max_bits")  # of a 64-bit perceptual hash
+    label_issues: bool = option(False, Bool())
+    backbone: str = option("efficientnet_lite0", Text("a timm model name, NAME@random or NAME@PATH"))
+    image_size: int | None = option(None, Int(*IMAGE_SIZE), hint="omit it for the backbone's pretrained size")
+    folds: int = option(5, Int(2, 20))  # of the stratified k-fold that gives every image an out-of-fold prediction
+    batch_size: int = option(32, Int(*BATCH_SIZE))
+    device: str = option("auto", DEVICE)
+    seed: int = option(0, Int(*SEED))  # the folds' shuffle
+    fix_manifest: str | None = option(None, OutputPath(folder=False))
+    contact_sheet: str | None = option(None, OutputPath(folder=False))
+
+    def check_together(self, label) -> None:
+        """The output files need --label-issues, have the right suffix, and lie outside DATA (never touched)."""
+        for name, suffix in zip(LABEL_ISSUE_OUTPUTS, (".csv", ".png")):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if not self.label_issues:
+                raise InvalidOption(f"{label(name)} needs --label-issues (it is one of that job's outputs)")
+            if Path(value).suffix.lower() != suffix:
+                raise InvalidOption(f"{label(name)} must be a {suffix} file, not {value!r}")
+            inside_data(value, self.data, label(name))
+
+
+def inside_data(path: str | Path, data: str | Path, label: str) -> None:
+    """Refuse an output path inside the DATA folder, or the DATA manifest itself: posetune never writes there."""
+    target, root = Path(path).resolve(), Path(data).resolve()
+    if target == root or (root.is_dir() and root in target.parents):
+        raise UsageError(f"{label} {path} is inside DATA ({data}); give a path outside it "
+                         "(posetune never writes into the data it checks)")
 
 
 def exact_duplicates(index: DataIndex) -> list[dict]:
@@ -90,15 +145,23 @@ def find_near_duplicates(index: DataIndex, hashes: dict[str, int], max_bits: int
 
 def check_data(data: str | Path, **options) -> dict:
     """Run the audit (options as :class:`CheckOptions`); returns a JSON-able report with ``problems``
-    (non-empty means exit 1)."""
+    (non-empty means exit 1). ``label_issues=True`` is :func:`posetune.check_data`'s (the backbone layer's)."""
     opts = CheckOptions.build("posetune.check_data", data=data, **options)
+    if opts.label_issues:
+        raise UsageError("label_issues=True needs the backbone layer: call posetune.check_data(DATA, label_issues=True)")
+    return audit(opts)[0]
+
+
+def audit(opts: CheckOptions) -> tuple[dict, DataIndex]:
+    """The audit of validated options: (the report, the index of DATA without the unreadable files)."""
     data, near_duplicates, max_bits = opts.data, opts.near_duplicates, opts.max_bits
     index = discover(data, val_fraction=0.0, label_level=opts.label_level, strict=False)
     with ThreadPoolExecutor(8) as pool:
         infos = list(pool.map(_inspect, [s.path for s in index.samples]))
     by_path = {i["path"]: i for i in infos}
     unreadable = [{"path": i["path"], "reason": i["error"]} for i in infos if "error" in i]
-    unreadable += [{"path": p, "reason": r} for p, r in index.skipped]
+    unreadable += [{"path": p, "reason": r} for p, r in index.skipped if r != EXCLUDED]
+    excluded = [p for p, r in index.skipped if r == EXCLUDED]
     mislabelled = [{"path": i["path"], "reason": i["mislabelled"]} for i in infos if "mislabelled" in i]
 
     table = []
@@ -134,12 +197,13 @@ def check_data(data: str | Path, **options) -> dict:
     if leaks:
         problems.append(f"{len(leaks)} duplicates across splits (train/test leak)")
     problems += index.problems
+    index.drop({i["path"]: i["error"] for i in infos if "error" in i})
     return {
         "data": str(data), "layout": index.layout, "classes": index.classes, "counts": table,
         "imbalance_ratio": imbalance, "unreadable": unreadable, "mislabelled": mislabelled,
         "exact_duplicates": exact, "near_duplicates": near, "leaks": leaks,
-        "class_mismatch": index.problems, "warnings": index.warnings, "problems": problems,
-    }
+        "class_mismatch": index.problems, "warnings": index.warnings, "problems": problems, "excluded": excluded,
+    }, index
 
 
 def print_report(report: dict, reporter) -> None:
@@ -154,6 +218,8 @@ def print_report(report: dict, reporter) -> None:
                   + ", ".join(f"{s} {r}" for s, r in sorted(report["imbalance_ratio"].items())))
     if report["unreadable"]:
         reporter.table("unreadable files", rel(report["unreadable"]))
+    if report["excluded"]:
+        reporter.info(f"{len(report['excluded'])} rows of the manifest are excluded (its exclude column) and not checked")
     if report["mislabelled"]:
         reporter.table("mislabelled extensions", rel(report["mislabelled"]))
     if report["leaks"]:
@@ -164,6 +230,8 @@ def print_report(report: dict, reporter) -> None:
         reporter.table("duplicates within a split", rel([_pair_row(g) for g in within]))
     for w in report["warnings"] + report["class_mismatch"]:
         reporter.warn(w)
+    if report.get("label_issues"):
+        _print_label_issues(report["label_issues"], reporter, root)
     if report["problems"]:
         reporter.info("[red]problems:[/red] " + "; ".join(report["problems"]))
     else:
@@ -175,3 +243,28 @@ def _pair_row(group: dict) -> dict:
     first, second = (group["a"], group["b"]) if "bits" in group else (group["paths"][0], ", ".join(group["paths"][1:]))
     return {"first": first, "second": second, "splits": "/".join(group["splits"]),
             "kind": f"near ({group['bits']} bits)" if "bits" in group else "exact"}
+
+
+SHOWN_ISSUES = 30  # rows of the label-issue table printed; --json has them all
+
+
+def _print_label_issues(result: dict, reporter, root: str) -> None:
+    """The ranked label-issue table (most suspect first), how it was judged, and the files written."""
+    for w in result["warnings"]:
+        reporter.warn(w)
+    issues = result["issues"]
+    rows = [{"#": i + 1, "path": r["path"].replace(root, ""), "split": r["split"], "given": r["given"],
+             "suggested": r["suggested"] or "(remove?)", "score": r["score"], "kind": r["kind"]}
+            for i, r in enumerate(issues[:SHOWN_ISSUES])]
+    more = f", {len(issues) - SHOWN_ISSUES} more in --json" if len(issues) > SHOWN_ISSUES else ""
+    reporter.table(f"label issues, most suspect first ({result['counts']['mislabel']} likely mislabelled, "
+                   f"{result['counts']['outlier']} out of place{more})", rows)
+    reporter.info(f"label issues: {result['images']} images judged by {result['backbone']} features at "
+                  f"{result['image_size']} px; out-of-fold accuracy of the given labels "
+                  f"{result['oof_accuracy']:.3f} ({result['folds']}-fold x {result['repeats']} logistic regression, "
+                  f"C {result['C']}); {result['seconds']['total']:.1f} s")
+    if result.get("contact_sheet"):
+        reporter.info(f"contact sheet of the flagged images: {result['contact_sheet']}")
+    if result.get("fix_manifest"):
+        reporter.info(f"fix manifest: {result['fix_manifest']} (suggested labels applied, outliers excluded; review it, "
+                      f"then posetune train {result['fix_manifest']})")

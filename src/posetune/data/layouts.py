@@ -151,16 +151,32 @@ def _from_split_folders(root: Path, split_dirs: dict[str, Path], strict: bool = 
     return DataIndex(str(root), "split-folders", classes, samples, skipped, warnings, problems)
 
 
+EXCLUDED = "excluded by the manifest (exclude column)"  # the skipped reason of such a row: not a bad file
+EXCLUDE_VALUES = {"": False, "0": False, "false": False, "no": False, "1": True, "true": True, "yes": True}
+
+
 def _from_csv(path: Path) -> DataIndex:
+    """path,label[,split][,exclude]: a row whose ``exclude`` is 1 / true / yes is left out (and recorded as
+    skipped), so a manifest can mark removals without losing the rows (``data check --fix-manifest``)."""
     with open(path, newline="") as fh:
         rows = list(csv.DictReader(fh))
     if not rows or not {"path", "label"} <= set(rows[0]):
         raise UsageError(f"{path}: a manifest needs a header with columns path,label[,split]")
-    classes = sorted({r["label"] for r in rows})
-    samples, skipped = [], []
+    excluded = []
     for r in rows:
+        value = (r.get("exclude") or "").strip().lower()
+        if value not in EXCLUDE_VALUES:
+            raise UsageError(f"{path}: exclude must be 1 or 0 (true/false, yes/no), not '{r.get('exclude')}' "
+                             f"for {r['path']}")
+        excluded.append(EXCLUDE_VALUES[value])
+    classes = sorted({r["label"] for r, out in zip(rows, excluded) if not out})
+    samples, skipped = [], []
+    for r, out in zip(rows, excluded):
         p = Path(r["path"])
         p = p if p.is_absolute() else path.parent / p
+        if out:
+            skipped.append((str(p), EXCLUDED))
+            continue
         split = SPLIT_NAMES.get((r.get("split") or "train").strip().lower())
         if split is None:
             raise UsageError(f"{path}: unknown split '{r.get('split')}' for {r['path']}; use train, val or test")
