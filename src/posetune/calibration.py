@@ -135,7 +135,8 @@ def fit_temperature(logits, labels) -> tuple[float, str]:
         after = float(torch.nn.functional.cross_entropy(logits / t, labels))
     if not after < before:
         return 1.0, f"fitted on {len(labels)} val images: no temperature lowers the NLL ({before:.4f}); 1.0"
-    return t, f"fitted on {len(labels)} val images: NLL {before:.4f} -> {after:.4f}"
+    bound = " (at the bound of the search range: the logits are nearly flat or extreme)" if t in (low, high) else ""
+    return t, f"fitted on {len(labels)} val images: NLL {before:.4f} -> {after:.4f}{bound}"
 
 
 def calibration_summary(temperature: float, note: str, splits: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict:

@@ -85,7 +85,7 @@ def plot_reliability(bins: list[dict], ece: float | None, out: str | Path, title
     ax.bar(lows, [b["accuracy"] for b in full], width, align="edge", color="tab:blue", edgecolor="white",
            label="accuracy")
     ax.bar(lows, [b["confidence"] - b["accuracy"] for b in full], width, bottom=[b["accuracy"] for b in full],
-           align="edge", color="tab:red", alpha=0.35, edgecolor="tab:red", label="gap to confidence")
+           align="edge", fill=False, hatch="///", edgecolor="tab:red", lw=0.8, label="gap to mean confidence")
     ax.plot([0, 1], [0, 1], "k--", lw=1, label="perfectly calibrated")
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)
@@ -105,12 +105,16 @@ def plot_risk_coverage(curve: dict, out: str | Path, point: dict | None = None, 
     threshold falls; ``point``: the threshold asked for (``calibration.selective``), marked."""
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(5.2, 3.8))
-    ax.step(curve["coverage"], curve["risk"], where="post", color="tab:blue", lw=1.5)
+    ax.plot(curve["coverage"], curve["risk"], color="tab:blue", lw=1.5, marker="o", ms=2.5, label="risk at coverage")
+    if curve["risk"]:
+        ax.axhline(curve["risk"][-1], color="grey", lw=0.8, ls=":", label="error rate answering every image")
     if point and point.get("n_covered"):
         ax.scatter([point["coverage"]], [1 - point["accuracy"]], s=60, color="crimson", zorder=3,
                    label=f"min confidence {point['min_confidence']:g}: coverage {point['coverage']:.2f}, "
                          f"risk {1 - point['accuracy']:.3f}")
-        ax.legend(fontsize=7, loc="upper left")
+    elif point:
+        ax.axvline(0, color="crimson", lw=1.5, label=f"min confidence {point['min_confidence']:g}: no image covered")
+    ax.legend(fontsize=7, loc="best")
     ax.set_xlim(0, 1.02)
     ax.set_ylim(0, max([0.05, *curve["risk"]]) * 1.1)
     ax.set_xlabel("coverage (share of images answered)")
@@ -135,7 +139,7 @@ def plot_top_losses(items: list[dict], out: str | Path, title: str = "the most c
         return save_figure(fig, out)
     cols = min(columns, len(items))
     rows = -(-len(items) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(2.3 * cols, 2.6 * rows + 0.3), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(2.3 * cols, 2.9 * rows + 0.4), squeeze=False)
     for ax in axes.ravel():
         ax.axis("off")
     for ax, item in zip(axes.ravel(), items):
@@ -145,8 +149,8 @@ def plot_top_losses(items: list[dict], out: str | Path, title: str = "the most c
             ax.imshow(img)
         except (ImageError, OSError):
             ax.text(0.5, 0.5, "unreadable", ha="center", va="center")
-        ax.set_title(f"true {item['true']}\npredicted {item['predicted']} {item['probability']:.2f}\n"
-                     f"loss {item['loss']:.2f}", fontsize=7)
+        ax.set_title(f"{Path(item['path']).name}\ntrue {item['true']}, predicted {item['predicted']}\n"
+                     f"p {item['probability']:.2f}, loss {item['loss']:.2f}", fontsize=7)
     fig.suptitle(title, fontsize=9)
     return save_figure(fig, out)
 
