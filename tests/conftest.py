@@ -40,6 +40,23 @@ def onnx_run(tiny_run, tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def calibrated_run(tiny_run, tmp_path_factory) -> Path:
+    """A copy of tiny_run whose model.json holds temperature 0.25 (sharper than its raw logits), exported to ONNX
+    after the change: both engines must apply it, the ONNX one from the export's metadata alone."""
+    import json
+    import shutil
+
+    import posetune
+
+    out = tmp_path_factory.mktemp("runs") / "tiny-calibrated"
+    shutil.copytree(tiny_run, out)
+    meta = json.loads((out / "model.json").read_text())
+    (out / "model.json").write_text(json.dumps({**meta, "temperature": 0.25}))
+    posetune.export(out, format="onnx")
+    return out
+
+
 def pytest_terminal_summary(terminalreporter) -> None:
     """Name the tests marked slow and how long each took, so a slow suite says where its time went."""
     slow = [r for r in terminalreporter.stats.get("passed", []) + terminalreporter.stats.get("failed", [])

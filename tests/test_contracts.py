@@ -112,9 +112,12 @@ def contract_images(shapes_kaggle, tmp_path_factory) -> list:
 
 
 @pytest.mark.parametrize("engine", ENGINES)
-def test_prediction_engine_contract(engine, onnx_run: Path, contract_images):
-    clf = posetune.load(onnx_run, engine=engine, device="cpu")
+def test_prediction_engine_contract(engine, calibrated_run: Path, contract_images):
+    """Same answers from every engine's .predict, probabilities = softmax(.logits / .temperature) with the run's
+    temperature (the ONNX engine reads it from the export alone), and 'unsure' below min_confidence."""
+    clf = posetune.load(calibrated_run, engine=engine, device="cpu")
     assert clf.engine == engine and list(clf.classes) == list(CLASSES)
+    assert clf.temperature == 0.25  # calibrated_run's model.json, and its export's metadata
     preds = clf.predict(contract_images, top_k=2, batch_size=2)
     assert len(preds) == len(contract_images)
     bad = preds[2]
@@ -132,3 +135,24 @@ def test_prediction_engine_contract(engine, onnx_run: Path, contract_images):
     else:
         batch = clf.normalize(np.zeros((2, size, size, 3), np.uint8))
     assert tuple(clf.logits(batch).shape) == (2, len(CLASSES))
+    good = [p for p in preds if p.error is None]
+    logits = np.asarray(clf.logits(clf.normalize(_uint8_batch(engine, contract_images[0], clf.preprocess))))
+    z = logits[0] / clf.temperature
+    expected = np.exp(z - z.max()) / np.exp(z - z.max()).sum()
+    np.testing.assert_allclose(preds[0].probabilities, expected, atol=1e-5)
+    assert all(abs(p.probabilities.sum() - 1) < 1e-5 and p.probabilities.max() == pytest.approx(p.probability, abs=1e-6)
+               for p in good)
+    threshold = max(p.probability for p in good)  # every image but the most confident one(s) is unsure
+    gated = clf.predict(contract_images, top_k=2, batch_size=2, min_confidence=threshold)
+    for p, g in zip(preds, gated):
+        if p.error is None:
+            assert g.unsure == (p.probability < threshold) and g.top_k == p.top_k
+            assert g.label == ("unsure" if g.unsure else p.label)
+    assert any(g.unsure for g in gated) and not all(g.unsure for g in gated if g.error is None)
+
+
+def _uint8_batch(engine: str, path: str, preprocess):
+    """One image as the engine's own decoding gives it to .normalize (torch: NCHW tensor; onnx: NHWC array)."""
+    if engine == "torch":
+        return torch.stack([preprocess.eval_crop(preprocess.decode(path))])
+    return np.stack([preprocess.crop(preprocess.pixels(path))])

@@ -31,7 +31,8 @@ def train(data=None, **options):
 
 
 def evaluate(run, data, **options) -> dict:
-    """Metrics of a run folder on one split of DATA (as `posetune evaluate --json`; split="test" by default)."""
+    """Metrics of a run folder on one split of DATA (as `posetune evaluate --json`; split="test" by default;
+    ``min_confidence=P`` adds the coverage and accuracy at P)."""
     from posetune.evaluation import evaluate as _evaluate
 
     return _evaluate(run, data, **options)
@@ -56,8 +57,8 @@ def load(run, device: str = "auto", engine: str = "torch"):
 
 
 def predict_paths(run, paths, **options):
-    """Predict files or folders with a run folder (as `posetune predict`: top_k, batch_size, device, engine, tta;
-    the engine is torch unless asked)."""
+    """Predict files or folders with a run folder (as `posetune predict`: top_k, batch_size, device, engine, tta,
+    min_confidence ('unsure' below it); the engine is torch unless asked)."""
     from posetune.predict import predict_paths as _predict_paths
 
     return _predict_paths(run, paths, **options)

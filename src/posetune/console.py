@@ -109,10 +109,16 @@ class RichReporter(Reporter):
 
 
 def print_metrics(reporter: Reporter, metrics: dict, title: str) -> None:
-    """Metrics, per-class scores, confusion matrix and most-confused pairs as tables."""
+    """Metrics (with their 95% intervals where known), per-class scores, confusion matrix and most-confused pairs
+    as tables."""
     if not metrics.get("n"):
         return
-    reporter.table(title, [{"metric": k, "value": metrics[k]} for k in ("accuracy", "balanced_accuracy", "macro_f1", "n")])
+    intervals = metrics.get("intervals") or {}
+    rows = [{"metric": k, "value": metrics[k]} for k in ("accuracy", "balanced_accuracy", "macro_f1", "n")]
+    if intervals:  # 95% bootstrap intervals over the images
+        rows = [{**r, "95% interval": "{:.3f} - {:.3f}".format(*intervals[r["metric"]])
+                 if r["metric"] in intervals else ""} for r in rows]
+    reporter.table(title, rows)
     reporter.table("per class", [{"class": c, **v} for c, v in metrics["per_class"].items()])
     classes = metrics["classes"]
     reporter.table("confusion matrix (rows: true, columns: predicted)",

@@ -1,5 +1,8 @@
 """Metrics: accuracy, balanced accuracy, macro-F1, per-class P/R/F1, confusion matrix, most-confused pairs,
-and bootstrap intervals of the headline scores over a confusion matrix (the leaderboard and the model card)."""
+bootstrap intervals of the headline scores over a confusion matrix (every metrics dict, the leaderboard and the
+model card); and `evaluate`, which adds how far the probabilities can be trusted (posetune.calibration):
+ECE with a reliability diagram, selective prediction (coverage at --min-confidence, the risk-coverage curve)
+and the most confidently wrong images."""
 
 from __future__ import annotations
 
@@ -11,9 +14,11 @@ import numpy as np
 
 from posetune.checks import BATCH_SIZE, DATA, LABEL_LEVELS, Bool, Choice, Int, Options, OutputPath, Text, option
 from posetune.devices import DEVICE
+from posetune.predict.prediction import MIN_CONFIDENCE
 
 SPLITS = ("train", "val", "test")
 BOOTSTRAP_SAMPLES = 2000
+TOP_LOSSES = 16  # images on the contact sheet (a 4 x 4 grid) and in --json
 
 
 @dataclass
@@ -27,6 +32,7 @@ class EvaluateOptions(Options):
     device: str = option("auto", DEVICE)
     tta: bool = option(False, Bool())
     label_level: int = option(6, Choice(*LABEL_LEVELS))
+    min_confidence: float | None = option(None, MIN_CONFIDENCE)  # coverage, and accuracy on the images >= it
     plot: bool = option(True, Bool(), flag="plot")  # the outputs below (Python API only)
     out: str | None = option(None, OutputPath(folder=True))  # default RUN/eval/<data>-<hash>-<split>/
 
@@ -45,7 +51,7 @@ def compute_metrics(y_true: Sequence[int], y_pred: Sequence[int], classes: list[
     labels = list(range(len(classes)))
     if len(y_true) == 0:
         return {"accuracy": None, "balanced_accuracy": None, "macro_f1": None, "per_class": {},
-                "confusion_matrix": [], "classes": classes, "n": 0, "most_confused": []}
+                "confusion_matrix": [], "classes": classes, "n": 0, "most_confused": [], "intervals": {}}
     p, r, f, support = precision_recall_fscore_support(y_true, y_pred, labels=labels, zero_division=0)
     cm = confusion_matrix(y_true, y_pred, labels=labels)
     present = [i for i in labels if support[i] > 0]
@@ -59,6 +65,7 @@ def compute_metrics(y_true: Sequence[int], y_pred: Sequence[int], classes: list[
         "classes": classes,
         "n": int(len(y_true)),
         "most_confused": most_confused(cm, classes),
+        "intervals": {k: list(v) for k, v in bootstrap_interval(cm).items()},  # 95%, resampling the images
     }
 
 
@@ -90,31 +97,60 @@ def bootstrap_interval(confusion: Sequence[Sequence[int]], samples: int = BOOTST
     return {"accuracy": q(acc), "macro_f1": q(macro)}
 
 
-def evaluate(run: str | Path, data: str | Path, progress=None, **options) -> dict:
-    """Evaluate a run folder on one split of DATA; writes evaluation.json and confusion.png to ``out``
-    (default RUN/eval/<data>-<hash>-<split>/: named by the data and split, so nothing of the run's own
-    training outputs, or of another evaluation, is overwritten).
+def trust_metrics(probabilities: np.ndarray, y_true: Sequence[int], confidence: Sequence[float], paths: Sequence[str],
+                  classes: list[str], min_confidence: float | None) -> tuple[dict, dict]:
+    """What `evaluate` adds to the scores: (its JSON keys, the risk-coverage curve to plot).
 
-    Options as :class:`EvaluateOptions` (`posetune evaluate`). Classes are matched by name, so DATA may
-    hold its classes in any order. With ``tta`` the test-time-augmented scores are reported beside the
-    plain ones under ``metrics["tta"]``.
-    """
-    from posetune.data.layouts import discover
+    ``probabilities`` are after the run's temperature; ``confidence`` is each image's top probability as
+    `predict` shows it, so coverage at P counts exactly the images `predict --min-confidence P` answers."""
+    from posetune.calibration import expected_calibration_error, nll, reliability_bins, risk_coverage, selective, top_losses
+
+    labels = np.asarray(y_true, dtype=np.int64)
+    correct = probabilities.argmax(1) == labels
+    curve = risk_coverage(confidence, correct)
+    out = {"ece": expected_calibration_error(probabilities, labels), "nll": nll(probabilities, labels),
+           "reliability": reliability_bins(probabilities, labels), "aurc": curve["aurc"]}
+    if min_confidence is not None:
+        out["coverage"] = selective(confidence, correct, min_confidence)
+    out["top_losses"] = [{"path": paths[t["index"]], "true": classes[t["true"]], "predicted": classes[t["predicted"]],
+                          "probability": round(t["probability"], 6), "loss": round(t["loss"], 6)}
+                         for t in top_losses(probabilities, labels, TOP_LOSSES)]
+    return out, curve
+
+
+def _split_samples(index, data, split: str, classes: list[str]) -> list:
     from posetune.errors import UsageError
-    from posetune.predict import load
 
-    opts = EvaluateOptions.build("posetune.evaluate", run=run, data=data, **options)
-    run, data, split, batch_size, tta = opts.run, opts.data, opts.split, opts.batch_size, opts.tta
-    clf = load(run, device=opts.device)
-    index = discover(data, val_fraction=0.0, label_level=opts.label_level)
     samples = index.split(split)
     if not samples:
         present = [s for s in SPLITS if index.split(s)]
         raise UsageError(f"{data} has no '{split}' images (it has {', '.join(present) or 'none'}); pass --split "
                          f"{' or '.join(present) or 'train'}, or DATA with a {split} split")
-    unknown = sorted({index.classes[s.label] for s in samples} - set(clf.classes))
+    unknown = sorted({index.classes[s.label] for s in samples} - set(classes))
     if unknown:
         raise UsageError(f"classes in {data} that the model does not know: {', '.join(unknown)}")
+    return samples
+
+
+def evaluate(run: str | Path, data: str | Path, progress=None, **options) -> dict:
+    """Evaluate a run folder on one split of DATA; writes evaluation.json, confusion.png, reliability.png,
+    risk_coverage.png and top_losses.png to ``out`` (default RUN/eval/<data>-<hash>-<split>/: named by the data
+    and split, so nothing of the run's own training outputs, or of another evaluation, is overwritten).
+
+    Options as :class:`EvaluateOptions` (`posetune evaluate`). Classes are matched by name, so DATA may
+    hold its classes in any order. Scores carry 95% bootstrap ``intervals``; probabilities are after the run's
+    ``temperature`` (``ece``, ``nll``, ``reliability``, ``aurc``, ``top_losses``; with ``min_confidence``,
+    ``coverage``). With ``tta`` the test-time-augmented scores are reported beside the plain ones under
+    ``metrics["tta"]``.
+    """
+    from posetune.data.layouts import discover
+    from posetune.predict import load
+
+    opts = EvaluateOptions.build("posetune.evaluate", run=run, data=data, **options)
+    run, data, split, batch_size = opts.run, opts.data, opts.split, opts.batch_size
+    clf = load(run, device=opts.device)
+    index = discover(data, val_fraction=0.0, label_level=opts.label_level)
+    samples = _split_samples(index, data, split, clf.classes)
     paths = [s.path for s in samples]
     on_step = progress.start("evaluate", len(paths)) if progress else None
     preds = clf.predict(paths, top_k=1, batch_size=batch_size, on_step=on_step)
@@ -123,7 +159,12 @@ def evaluate(run: str | Path, data: str | Path, progress=None, **options) -> dic
     y_pred = [clf.classes.index(p.label) for _, p in ok]
     metrics = compute_metrics(y_true, y_pred, clf.classes)
     metrics["split"] = split
-    if tta:
+    metrics["temperature"] = clf.temperature
+    probabilities = np.stack([p.probabilities for _, p in ok]) if ok else np.zeros((0, len(clf.classes)))
+    trust, curve = trust_metrics(probabilities, y_true, [p.probability for _, p in ok], [p.path for _, p in ok],
+                                 clf.classes, opts.min_confidence)
+    metrics.update(trust)
+    if opts.tta:
         on_step = progress.start("evaluate with TTA", len(paths)) if progress else None
         tta_preds = [p for p in clf.predict(paths, top_k=1, batch_size=max(1, batch_size // 10),
                                                 on_step=on_step, tta=True) if p.error is None]
@@ -135,5 +176,6 @@ def evaluate(run: str | Path, data: str | Path, progress=None, **options) -> dic
 
         folder = RunDir(run).evaluation_dir(data, split, opts.out)
         metrics["confusion_png"] = str(folder.write_confusion(metrics))
+        metrics.update(folder.write_trust_plots(metrics, curve))
         folder.write_metrics(metrics)
     return metrics

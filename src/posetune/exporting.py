@@ -1,7 +1,7 @@
 """Export a run to ONNX or TorchScript, and check the export against the PyTorch model.
 
-The model file carries what a deployment needs: class names in index order and the
-preprocessing (ONNX: ``metadata_props["posetune"]``; TorchScript: the ``posetune.json`` extra
+The model file carries what a deployment needs: class names in index order, the
+preprocessing and the temperature the logits are divided by before the softmax (ONNX: ``metadata_props["posetune"]``; TorchScript: the ``posetune.json`` extra
 file), and the same JSON sits beside it in ``<file>.json`` together with the parity results.
 
 The input is fixed at the run's image size: timm's ``tf_`` EfficientNets pad 'same' from the
@@ -95,6 +95,7 @@ def export(run: str | Path, reporter=None, **options) -> dict:
         "format_version": 1, "posetune_version": __version__, "format": format,
         "backbone": clf.meta.backbone, "arch": clf.meta.arch, "strategy": clf.meta.strategy,
         "classes": clf.classes, "preprocessing": clf.preprocess.to_config(),
+        "temperature": clf.temperature,  # probabilities = softmax(logits / temperature); the engines apply it
         "input_name": INPUT_NAME, "output_name": OUTPUT_NAME,
         "input_shape": ["batch" if dynamic_batch else 1, 3, size, size],
         "input": "float32 NCHW, RGB, (pixel / 255 - mean) / std after resize + center crop",

@@ -1,4 +1,5 @@
-"""Plots (PNG) and the markdown report of a run."""
+"""Plots (PNG) and the markdown report of a run: training curves, confusion matrix, reliability diagram,
+risk-coverage curve, the contact sheet of the most confidently wrong images, and the leaderboard's plots."""
 
 from __future__ import annotations
 
@@ -73,9 +74,127 @@ def plot_history(history: list[dict], out: str | Path) -> Path:
     return save_figure(fig, out)
 
 
+def plot_reliability(bins: list[dict], ece: float | None, out: str | Path, title: str = "reliability") -> Path:
+    """Reliability diagram: accuracy per equal-width confidence bin against the diagonal (the gap in red),
+    and below it how many images fall in each bin."""
+    plt = pyplot()
+    fig, (ax, hist) = plt.subplots(2, 1, figsize=(4.8, 5.6), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    width = bins[0]["upper"] - bins[0]["lower"] if bins else 1.0
+    full = [b for b in bins if b["count"]]
+    lows = [b["lower"] for b in full]
+    ax.bar(lows, [b["accuracy"] for b in full], width, align="edge", color="tab:blue", edgecolor="white",
+           label="accuracy")
+    ax.bar(lows, [b["confidence"] - b["accuracy"] for b in full], width, bottom=[b["accuracy"] for b in full],
+           align="edge", fill=False, hatch="///", edgecolor="tab:red", lw=0.8, label="gap to mean confidence")
+    ax.plot([0, 1], [0, 1], "k--", lw=1, label="perfectly calibrated")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("accuracy")
+    ax.set_title(f"{title}: ECE {ece:.3f}" if ece is not None else title, fontsize=10)
+    ax.legend(fontsize=7, loc="upper left")
+    ax.grid(alpha=0.3)
+    hist.bar([b["lower"] for b in bins], [b["count"] for b in bins], width, align="edge", color="grey",
+             edgecolor="white")
+    hist.set_xlabel("confidence (top probability)")
+    hist.set_ylabel("images")
+    return save_figure(fig, out)
+
+
+def plot_risk_coverage(curve: dict, out: str | Path, point: dict | None = None, title: str = "risk vs coverage") -> Path:
+    """Selective risk (error rate of the images kept) against coverage (the share kept) as the confidence
+    threshold falls; ``point``: the threshold asked for (``calibration.selective``), marked."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(5.2, 3.8))
+    ax.plot(curve["coverage"], curve["risk"], color="tab:blue", lw=1.5, marker="o", ms=2.5, label="risk at coverage")
+    if curve["risk"]:
+        ax.axhline(curve["risk"][-1], color="grey", lw=0.8, ls=":", label="error rate answering every image")
+    if point and point.get("n_covered"):
+        ax.scatter([point["coverage"]], [1 - point["accuracy"]], s=60, color="crimson", zorder=3,
+                   label=f"min confidence {point['min_confidence']:g}: coverage {point['coverage']:.2f}, "
+                         f"risk {1 - point['accuracy']:.3f}")
+    elif point:
+        ax.axvline(0, color="crimson", lw=1.5, label=f"min confidence {point['min_confidence']:g}: no image covered")
+    ax.legend(fontsize=7, loc="best")
+    ax.set_xlim(0, 1.02)
+    ax.set_ylim(0, max([0.05, *curve["risk"]]) * 1.1)
+    ax.set_xlabel("coverage (share of images answered)")
+    ax.set_ylabel("selective risk (error rate)")
+    aurc = curve.get("aurc")
+    ax.set_title(f"{title} (AURC {aurc:.3f})" if aurc is not None else title, fontsize=10)
+    ax.grid(alpha=0.3)
+    return save_figure(fig, out)
+
+
+def plot_top_losses(items: list[dict], out: str | Path, title: str = "the most confidently wrong images",
+                    columns: int = 4) -> Path:
+    """A contact sheet like fastai's plot_top_losses: each image with its true and predicted label, the
+    predicted probability and the loss (items: path, true, predicted, probability, loss)."""
+    from posetune.data.images import ImageError, load_image
+
+    plt = pyplot()
+    if not items:
+        fig, ax = plt.subplots(figsize=(4, 1.2))
+        ax.axis("off")
+        ax.text(0.5, 0.5, "no misclassified images", ha="center", va="center")
+        return save_figure(fig, out)
+    cols = min(columns, len(items))
+    rows = -(-len(items) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(2.3 * cols, 2.9 * rows + 0.4), squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for ax, item in zip(axes.ravel(), items):
+        try:
+            img = load_image(item["path"], min_side=192)
+            img.thumbnail((192, 192))
+            ax.imshow(img)
+        except (ImageError, OSError):
+            ax.text(0.5, 0.5, "unreadable", ha="center", va="center")
+        ax.set_title(f"{Path(item['path']).name}\ntrue {item['true']}, predicted {item['predicted']}\n"
+                     f"p {item['probability']:.2f}, loss {item['loss']:.2f}", fontsize=7)
+    fig.suptitle(title, fontsize=9)
+    return save_figure(fig, out)
+
+
+def _interval(metrics: dict, key: str) -> str:
+    ci = (metrics.get("intervals") or {}).get(key)
+    return f" (95% interval {ci[0]:.3f}-{ci[1]:.3f})" if ci else ""
+
+
+def _calibration_lines(cal: dict) -> list[str]:
+    if not cal:
+        return []
+    lines = ["", "## Calibration", "", f"Temperature **{cal.get('temperature', 1.0):.4g}**: {cal.get('note', '')}. "
+             "Predictions divide the logits by it before the softmax; ECE over "
+             f"{cal.get('bins', 15)} equal-width confidence bins.", "",
+             "| split | n | ECE before | ECE after | NLL before | NLL after |", "|---|---:|---:|---:|---:|---:|"]
+    f = lambda v: f"{v:.4f}" if v is not None else "-"  # noqa: E731
+    for split in ("val", "test"):
+        if cal.get(split):
+            c = cal[split]
+            lines.append(f"| {split} | {c['n']} | {f(c['ece_before'])} | {f(c['ece_after'])} | {f(c['nll_before'])} | "
+                         f"{f(c['nll_after'])} |")
+    return lines
+
+
+def _error_lines(errors: dict | None, shown: int = 5) -> list[str]:
+    if errors is None:
+        return []
+    items = errors["top_losses"]
+    lines = ["", "## Error analysis", ""]
+    if not items:
+        return lines + [f"No {errors['split']} image is misclassified."]
+    lines += [f"The most confidently wrong {errors['split']} images (all {len(items)} on "
+              f"top_losses_{errors['split']}.png):", "", "| image | true | predicted | probability | loss |",
+              "|---|---|---|---:|---:|"]
+    return lines + [f"| `{Path(t['path']).name}` | {t['true']} | {t['predicted']} | {t['probability']:.3f} | "
+                    f"{t['loss']:.3f} |" for t in items[:shown]]
+
+
 def write_run_report(run_path: str | Path, meta: dict, plan_rows: list[dict], history: list[dict],
-                     test: dict | None, skipped: list[tuple[str, str]], plots: list[Path]) -> Path:
-    """report.md: what was trained, how, the per-epoch table, test metrics and what was skipped."""
+                     test: dict | None, skipped: list[tuple[str, str]], plots: list[Path],
+                     errors: dict | None = None) -> Path:
+    """report.md: what was trained, how, the per-epoch table, test metrics, calibration, the most confidently
+    wrong images and what was skipped."""
     run_path = Path(run_path)
     lines = [f"# posetune run: {meta['backbone']} / {meta['strategy']}", "",
              f"- data: `{meta.get('data')}` ({meta.get('layout')}), classes: {', '.join(meta['classes'])}",
@@ -90,14 +209,16 @@ def write_run_report(run_path: str | Path, meta: dict, plan_rows: list[dict], hi
                      f"{r.get('train_accuracy', 0):.3f} | {r.get('val_loss', float('nan')):.4f} | "
                      f"{r.get('val_accuracy', float('nan')):.3f} | {r.get('seconds', 0):.1f} |")
     if test and test.get("n"):
-        lines += ["", "## Test", "", f"accuracy {test['accuracy']:.4f}, balanced accuracy "
-                  f"{test['balanced_accuracy']:.4f}, macro-F1 {test['macro_f1']:.4f} on {test['n']} images", "",
+        lines += ["", "## Test", "", f"accuracy {test['accuracy']:.4f}{_interval(test, 'accuracy')}, balanced accuracy "
+                  f"{test['balanced_accuracy']:.4f}, macro-F1 {test['macro_f1']:.4f}{_interval(test, 'macro_f1')} "
+                  f"on {test['n']} images", "",
                   "| class | precision | recall | F1 | n |", "|---|---:|---:|---:|---:|"]
         lines += [f"| {c} | {v['precision']:.3f} | {v['recall']:.3f} | {v['f1']:.3f} | {v['support']} |"
                   for c, v in test["per_class"].items()]
         if test.get("most_confused"):
             lines += ["", "Most confused: " + "; ".join(f"{p['true']} -> {p['predicted']} ({p['count']})"
                                                         for p in test["most_confused"])]
+    lines += _calibration_lines(meta.get("calibration") or {}) + _error_lines(errors)
     lines += ["", "## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots]
     if skipped:
         lines += ["", f"## Skipped files ({len(skipped)})", "", "| file | reason |", "|---|---|"]

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +28,7 @@ METRIC_KEYS = ("accuracy", "balanced_accuracy", "macro_f1", "n")
 # The files a run folder may hold that posetune wrote (train, compare cells, export): the only ones it
 # replaces with --overwrite, and whose orphaned temporary files it clears.
 RUN_FILES = ("model.safetensors", "model.json", "config.yaml", "metrics.csv", "metrics.json", "skipped.csv",
-             "report.md", "training.png", "confusion_test.png", "cell.json", "model.onnx", "model.onnx.json",
+             "report.md", "training.png", "confusion_test.png", "top_losses_test.png", "top_losses_val.png", "cell.json", "model.onnx", "model.onnx.json",
              "model.torchscript.pt", "model.torchscript.pt.json")
 CHECKPOINT_DIR = "checkpoint"
 
@@ -52,6 +53,8 @@ class RunMeta:
     layout: str = ""
     device: str = ""
     metrics: dict[str, dict] = field(default_factory=dict)  # split -> METRIC_KEYS
+    temperature: float = 1.0  # predictions are softmax(logits / temperature); fitted on val (older runs: 1.0)
+    calibration: dict = field(default_factory=dict)  # how the temperature was chosen; ECE and NLL before/after
     head: dict | None = None  # how the head was fitted, when not by the epoch loop (compare's probe)
     created: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%S"))
     format_version: int = FORMAT_VERSION
@@ -106,6 +109,13 @@ def schema_problem(obj: dict) -> str | None:
         return f"'preprocessing.crop_pct' must be a number in 0.1..1, not {crop!r}"
     if not isinstance(pre.get("interpolation", "bicubic"), str):
         return f"'preprocessing.interpolation' must be a name like bicubic, not {pre['interpolation']!r}"
+    return temperature_problem(obj.get("temperature", 1.0))
+
+
+def temperature_problem(value) -> str | None:
+    """Why ``value`` cannot be a temperature (of model.json, or of an export's metadata), or None."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        return f"'temperature' must be a positive number, not {value!r}"
     return None
 
 
@@ -128,6 +138,19 @@ class EvaluationDir:
 
         self.path.mkdir(parents=True, exist_ok=True)
         return plot_confusion(metrics, self.path / "confusion.png")
+
+    def write_trust_plots(self, metrics: dict, curve: dict) -> dict[str, str]:
+        """reliability.png, risk_coverage.png and top_losses.png from `evaluate`'s metrics: {json key: path}."""
+        from posetune.report import plot_reliability, plot_risk_coverage, plot_top_losses
+
+        self.path.mkdir(parents=True, exist_ok=True)
+        split, t = metrics.get("split", ""), metrics.get("temperature", 1.0)
+        return {"reliability_png": str(plot_reliability(metrics["reliability"], metrics["ece"], self.path / "reliability.png",
+                                                        f"{split} reliability (temperature {t:.3g})")),
+                "risk_coverage_png": str(plot_risk_coverage(curve, self.path / "risk_coverage.png",
+                                                            metrics.get("coverage"), f"{split} risk vs coverage")),
+                "top_losses_png": str(plot_top_losses(metrics["top_losses"], self.path / "top_losses.png",
+                                                      f"{split}: the most confidently wrong images"))}
 
     def write_metrics(self, metrics: dict) -> None:
         write_json(self.path / self.MARKER, metrics)
@@ -256,9 +279,10 @@ class RunDir:
 
     def write_results(self, meta: RunMeta, history: list[dict], metrics: dict[str, dict],
                       skipped: Sequence[tuple[str, str]], stage_table: list[dict],
-                      history_columns: Sequence[str] | None = None) -> list[Path]:
-        """Everything after the weights: metrics.csv, skipped.csv, metrics.json, the plots, report.md."""
-        from posetune.report import plot_history, write_run_report
+                      history_columns: Sequence[str] | None = None, errors: dict | None = None) -> list[Path]:
+        """Everything after the weights: metrics.csv, skipped.csv, metrics.json, the plots, report.md.
+        ``errors``: {"split": name, "top_losses": [...]}, the most confidently wrong images of that split."""
+        from posetune.report import plot_history, plot_top_losses, write_run_report
 
         rows = [{k: r.get(k) for k in history_columns} for r in history] if history_columns else history
         write_csv(self.path / "metrics.csv", rows)
@@ -267,5 +291,9 @@ class RunDir:
         plots = [plot_history(history, self.path / "training.png")] if any("train_loss" in r for r in history) else []
         if metrics.get("test"):
             plots.append(self.write_confusion(metrics["test"], "test"))
-        write_run_report(self.path, meta.to_json(), stage_table, history, metrics.get("test"), list(skipped), plots)
+        if errors is not None:
+            plots.append(plot_top_losses(errors["top_losses"], self.path / f"top_losses_{errors['split']}.png",
+                                         f"{errors['split']}: the most confidently wrong images"))
+        write_run_report(self.path, meta.to_json(), stage_table, history, metrics.get("test"), list(skipped), plots,
+                         errors)
         return plots

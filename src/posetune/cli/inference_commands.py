@@ -11,7 +11,9 @@ from posetune.cli.app import app, print_json, reporter_for
 from posetune.console import print_metrics
 
 
-@app.command(epilog="Example: `posetune evaluate runs/yoga DATASET --split test --json`")
+@app.command(epilog="Examples: `posetune evaluate runs/yoga DATASET --split test --json` · "
+                    "`posetune evaluate runs/yoga DATASET --min-confidence 0.8` (how many images it would answer, "
+                    "and how well)")
 def evaluate(
     run: str = typer.Argument(..., help="Run folder written by `posetune train`."),
     data: str = typer.Argument(..., help="DATA in any supported layout."),
@@ -20,15 +22,21 @@ def evaluate(
     device: str = typer.Option("auto"),
     tta: bool = typer.Option(False, "--tta", help="Also score with test-time augmentation (flips + 5 crops)."),
     label_level: int = typer.Option(6, help="Yoga-82 only: 6, 20 or 82 classes."),
+    min_confidence: Optional[float] = typer.Option(None, help="A threshold P in 0..1: report the coverage (share of "
+                                                   "images whose top probability is >= P, which `predict "
+                                                   "--min-confidence P` answers) and the accuracy on them; marked "
+                                                   "on risk_coverage.png."),
     out: Optional[str] = typer.Option(None, help="Folder for evaluation.json and the plots (default RUN/eval/<data>-<hash>-<split>/)."),
     json_out: bool = typer.Option(False, "--json", help="Print the metrics as JSON on stdout."),
 ):
-    """Accuracy, balanced accuracy, macro-F1, per-class scores, confusion matrix and most-confused pairs."""
+    """Accuracy, balanced accuracy and macro-F1 with 95% bootstrap intervals, per-class scores, confusion matrix,
+    most-confused pairs; calibration (ECE, reliability.png), selective prediction (risk_coverage.png) and the most
+    confidently wrong images (top_losses.png)."""
     from posetune.evaluation import evaluate as run_eval
 
     reporter = reporter_for(json_out)
     metrics = run_eval(run, data, split=split, batch_size=batch_size, device=device, tta=tta, label_level=label_level,
-                       out=out, progress=reporter)
+                       min_confidence=min_confidence, out=out, progress=reporter)
     reporter.stop()
     if json_out:
         print_json(metrics)
@@ -38,14 +46,37 @@ def evaluate(
         reporter.table("plain vs test-time augmentation",
                        [{"metric": k, "plain": metrics[k], "tta": metrics["tta"][k]}
                         for k in ("accuracy", "balanced_accuracy", "macro_f1")])
+    print_trust(reporter, metrics)
     for s in metrics["skipped"]:
         reporter.warn(f"skipped {s['path']}: {s['reason']}")
-    if metrics.get("confusion_png"):
-        reporter.info(f"confusion matrix plot: {metrics['confusion_png']}")
+    for key, what in (("confusion_png", "confusion matrix"), ("reliability_png", "reliability diagram"),
+                      ("risk_coverage_png", "risk-coverage curve"), ("top_losses_png", "most confidently wrong")):
+        if metrics.get(key):
+            reporter.info(f"{what} plot: {metrics[key]}")
+
+
+def print_trust(reporter, metrics: dict) -> None:
+    """Calibration and selective prediction as one table, then the most confidently wrong images."""
+    if not metrics.get("n"):
+        return
+    rows = [{"measure": "temperature (logits / T)", "value": metrics["temperature"]},
+            {"measure": "ECE (15 bins)", "value": metrics["ece"]}, {"measure": "NLL", "value": metrics["nll"]},
+            {"measure": "AURC (area under risk-coverage)", "value": metrics["aurc"]}]
+    cov = metrics.get("coverage")
+    if cov:
+        rows += [{"measure": f"coverage at min confidence {cov['min_confidence']:g}",
+                  "value": f"{cov['coverage']:.3f} ({cov['n_covered']} of {cov['n']})"},
+                 {"measure": "accuracy on the covered images",
+                  "value": "-" if cov["accuracy"] is None else f"{cov['accuracy']:.4f}"}]
+    reporter.table("calibration and selective prediction", rows)
+    if metrics["top_losses"]:
+        reporter.table("most confidently wrong", [{k: t[k] for k in ("path", "true", "predicted", "probability", "loss")}
+                                                  for t in metrics["top_losses"][:5]])
 
 
 @app.command(epilog="Examples: `posetune predict runs/yoga photos/ --top-k 3 --csv predictions.csv` · "
-                    "`posetune predict runs/yoga photo.jpg --engine onnx` (after `posetune export runs/yoga`)")
+                    "`posetune predict runs/yoga photo.jpg --engine onnx` (after `posetune export runs/yoga`) · "
+                    "`posetune predict runs/yoga photo.jpg --min-confidence 0.8` ('unsure' below 80%)")
 def predict(
     run: str = typer.Argument(..., help="Run folder written by `posetune train`."),
     paths: List[str] = typer.Argument(..., help="Image files and/or folders."),
@@ -56,15 +87,20 @@ def predict(
     engine: str = typer.Option("auto", help="auto: onnx when RUN/model.onnx matches the weights, else torch | torch "
                                             "(model.safetensors) | onnx (RUN/model.onnx, no torch needed)."),
     tta: bool = typer.Option(False, "--tta", help="Average flipped and multi-crop views (torch engine)."),
+    min_confidence: Optional[float] = typer.Option(None, help="A threshold P in 0..1: an image whose top probability "
+                                                   "is below P gets the label 'unsure' (its top-k still listed, "
+                                                   "\"unsure\": true in --json). `evaluate --min-confidence P` "
+                                                   "shows how many images that leaves and how well they score."),
     json_out: bool = typer.Option(False, "--json", help="Print predictions as JSON on stdout."),
 ):
-    """Predict the class of images (files or folders), in batches; unreadable files are reported, not fatal."""
+    """Predict the class of images (files or folders), in batches; unreadable files are reported, not fatal.
+    Probabilities are after the run's temperature (fitted on val when it was trained)."""
     from posetune.predict import PredictOptions, choose_engine, collect_paths, load
     from posetune.predict.prediction import write_predictions_csv
     from posetune.runtime import tune_allocator
 
     opts = PredictOptions(run=run, paths=paths, top_k=top_k, batch_size=batch_size, device=device, engine=engine,
-                          tta=tta, csv=csv).validate()
+                          tta=tta, csv=csv, min_confidence=min_confidence).validate()
     tune_allocator()
     reporter = reporter_for(json_out)
     engine, why = choose_engine(opts.run, opts.engine, opts.device, opts.tta)
@@ -73,7 +109,7 @@ def predict(
     files = collect_paths(opts.paths)
     advance = reporter.start("predict", len(files))
     preds = clf.predict(files, top_k=opts.top_k, batch_size=opts.batch_size, on_step=advance,
-                        **({"tta": True} if opts.tta else {}))
+                        min_confidence=opts.min_confidence, **({"tta": True} if opts.tta else {}))
     reporter.stop()
     if opts.csv:
         write_predictions_csv(preds, opts.csv)
@@ -83,6 +119,9 @@ def predict(
         reporter.table(f"predictions ({len(preds)} images)",
                        [{"path": p.path, "prediction": p.label or "-", "probability": p.probability,
                          "top-k": ", ".join(f"{c} {pr:.2f}" for c, pr in p.top_k) or p.error} for p in preds])
+        unsure = sum(p.unsure for p in preds)
+        if opts.min_confidence is not None:
+            reporter.info(f"{unsure} of {len(preds)} images unsure (top probability below {opts.min_confidence:g})")
         if csv:
             reporter.info(f"wrote {csv}")
     errors = [p for p in preds if p.error]
@@ -186,6 +225,9 @@ def serve(
     allowed_hosts: Optional[str] = typer.Option(None, help="Host headers accepted, comma-separated (pose.example,*.lan; * any); "
                                                  "others get 400. Default: loopback names when bound to loopback, "
                                                  "else any."),
+    min_confidence: Optional[float] = typer.Option(None, help="A threshold P in 0..1: answer the label 'unsure' "
+                                                   "(top-k still given, \"unsure\": true) when the top probability "
+                                                   "is below P."),
     device: str = typer.Option("auto"),
 ):
     """Serve a web page and a JSON API that name the pose in a photo (FastAPI + uvicorn): GET /, POST /predict,
@@ -199,14 +241,15 @@ def serve(
 
     ServeOptions(run=run, host=host, port=port, engine=engine, max_bytes=max_bytes, max_pixels=max_pixels,
                  max_queue=max_queue, top_k=top_k, read_timeout=read_timeout, allowed_hosts=allowed_hosts,
-                 device=device).validate()  # before the model loads or a port binds
+                 min_confidence=min_confidence, device=device).validate()  # before the model loads or a port binds
     tune_allocator()
     reporter = reporter_for(False)
     hosts = parse_hosts(allowed_hosts) if allowed_hosts is not None else default_allowed_hosts(host)
     engine, why = choose_engine(run, engine, device)
     reporter.info(f"engine: {engine} - {why}")
     app_ = create_app(run, engine=engine, max_bytes=parse_size(max_bytes), max_pixels=max_pixels, max_queue=max_queue,
-                      top_k=top_k, device=device, read_timeout=read_timeout, allowed_hosts=hosts)
+                      top_k=top_k, device=device, read_timeout=read_timeout, allowed_hosts=hosts,
+                      min_confidence=min_confidence)
     if host not in ("127.0.0.1", "localhost", "::1"):
         reporter.warn(f"binding {host}: anyone who can reach this machine can use the model")
     reporter.info("allowed hosts: " + ("any (--allowed-hosts NAME,... to restrict)" if "*" in hosts

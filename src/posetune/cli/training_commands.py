@@ -86,10 +86,16 @@ def train(
         reporter.info(f"{len(result.skipped)} files skipped (see {result.run / 'skipped.csv'})")
     if "test" in result.metrics:
         print_metrics(reporter, result.metrics["test"], "test metrics")
+    if result.calibration:
+        cal = result.calibration
+        eces = "; ".join(f"{s} ECE {cal[s]['ece_before']:.3f} -> {cal[s]['ece_after']:.3f}" for s in ("val", "test")
+                         if s in cal)
+        reporter.info(f"temperature {cal['temperature']:.3g} ({cal['note']})" + (f"; {eces}" if eces else ""))
     reporter.info(f"run folder: {result.run}  (report: {result.run / 'report.md'})")
     if json_out and os.environ.get("RANK", "0") == "0":
-        print_json({"run": str(result.run), "metrics": result.metrics, "train_seconds": result.train_seconds,
-                     "skipped": [{"path": p, "reason": r} for p, r in result.skipped]})
+        print_json({"run": str(result.run), "metrics": result.metrics, "calibration": result.calibration,
+                    "train_seconds": result.train_seconds,
+                    "skipped": [{"path": p, "reason": r} for p, r in result.skipped]})
 
 
 @app.command("lr-find", epilog="Example: `posetune lr-find DATASET --strategy full --image-size 128`")

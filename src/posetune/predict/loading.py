@@ -14,6 +14,7 @@ from posetune.checks import BATCH_SIZE, Bool, Choice, Int, InvalidOption, Option
 from posetune.devices import DEVICE, check_device_name, nvidia_gpu_visible
 from posetune.io import file_sha256
 from posetune.predict.onnx_engine import ONNX_FILE
+from posetune.predict.prediction import MIN_CONFIDENCE
 
 ENGINES = ("auto", "torch", "onnx")
 RUN = Text("a run folder written by `posetune train`")
@@ -31,6 +32,7 @@ class PredictOptions(Options):
     engine: str = option("auto", Choice(*ENGINES))
     tta: bool = option(False, Bool())
     csv: str | None = option(None, OutputPath(folder=False))  # path,prediction,probability,top1,p1,...
+    min_confidence: float | None = option(None, MIN_CONFIDENCE)  # below it the label is 'unsure'
 
     def check_together(self, label) -> None:
         if self.tta and self.engine == "onnx":
@@ -66,7 +68,16 @@ def choose_engine(run: str | Path, engine: str = "auto", device: str = "auto", t
         return "torch", f"{ONNX_FILE} is stale or failed its parity check; re-run `posetune export {run}`"
     if meta.get("model_sha256") != file_sha256(onnx):  # replaced or half-written after its check
         return "torch", f"{ONNX_FILE} is not the file its parity check passed on; re-run `posetune export {run}`"
+    if meta.get("temperature", 1.0) != _run_temperature(path):
+        return "torch", f"{ONNX_FILE} carries another temperature than model.json; re-run `posetune export {run}`"
     return "onnx", f"{onnx} matches the weights; --engine torch to use PyTorch"
+
+
+def _run_temperature(run: Path):
+    try:
+        return json.loads((run / "model.json").read_text()).get("temperature", 1.0)
+    except (OSError, ValueError, AttributeError):
+        return None  # loading the run folder names what is wrong with it
 
 
 def load(run: str | Path, device: str = "auto", engine: str = "torch"):
@@ -74,8 +85,8 @@ def load(run: str | Path, device: str = "auto", engine: str = "torch"):
 
     ``engine="onnx"`` runs RUN/model.onnx (from `posetune export`) in ONNX Runtime without importing torch;
     ``"auto"`` picks it when it matches the weights (see :func:`choose_engine`). Both engines return an
-    object with ``.classes``, ``.normalize(uint8 batch)``, ``.logits(normalised batch)`` and
-    ``.predict(images, top_k, batch_size)``.
+    object with ``.classes``, ``.temperature``, ``.normalize(uint8 batch)``, ``.logits(normalised batch)`` (before
+    the temperature) and ``.predict(images, top_k, batch_size, min_confidence=None)``.
     """
     engine, _ = choose_engine(run, engine, device)
     if engine == "onnx":
@@ -97,7 +108,7 @@ def predict_paths(run: str | Path, paths, on_step=None, **options) -> list:
     engine, _ = choose_engine(opts.run, opts.engine, opts.device, opts.tta)
     clf = load(opts.run, device=opts.device, engine=engine)
     preds = clf.predict(collect_paths(opts.paths), top_k=opts.top_k, batch_size=opts.batch_size, on_step=on_step,
-                        **({"tta": True} if opts.tta else {}))
+                        min_confidence=opts.min_confidence, **({"tta": True} if opts.tta else {}))
     if opts.csv:
         write_predictions_csv(preds, opts.csv)
     return preds

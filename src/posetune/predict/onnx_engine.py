@@ -20,11 +20,13 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
+from posetune.calibration import softmax
 from posetune.data.preprocessing import PreprocessConfig
 from posetune.devices import check_device_name
 from posetune.errors import UsageError
 from posetune.io import file_sha256
 from posetune.predict.prediction import Prediction, batched_predictions, decoded
+from posetune.run import temperature_problem
 
 ONNX_FILE = "model.onnx"
 METADATA_KEY = "posetune"  # metadata_props key holding the JSON written by `posetune export`
@@ -69,12 +71,6 @@ def resolve_onnx(run: str | Path) -> tuple[Path, Path | None]:
     raise UsageError(f"no such run folder or .onnx file: {path}")
 
 
-def softmax(logits: np.ndarray) -> np.ndarray:
-    z = logits - logits.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
-
-
 def _providers(device: str) -> list[str]:
     import onnxruntime as ort
 
@@ -111,12 +107,22 @@ class OnnxClassifier:
             raise UsageError(f"{self.model_file} has no posetune metadata; re-export it with `posetune export RUN`")
         self.meta: dict = json.loads(raw)
         self.classes: list[str] = list(self.meta["classes"])
+        self.temperature = self._temperature()
         self.preprocess = ImageTransform.from_config(self.meta["preprocessing"])
         self.normalize = self.preprocess.normalize  # uint8 NHWC -> normalised float32 NCHW
         self.input = self.session.get_inputs()[0]
         batch = self.input.shape[0]
         self.fixed_batch: int | None = batch if isinstance(batch, int) else None
         self._check_fresh(run_dir)
+
+    def _temperature(self) -> float:
+        """The run's temperature as exported (exports from before temperature scaling: 1.0)."""
+        value = self.meta.get("temperature", 1.0)
+        problem = temperature_problem(value)
+        if problem:
+            raise UsageError(f"{self.model_file}'s posetune metadata is damaged: {problem}; re-export it with "
+                             "`posetune export RUN`")
+        return float(value)
 
     def _check_fresh(self, run_dir: Path | None) -> None:
         """Refuse an export older than the run's weights: it would silently predict with the old model."""
@@ -140,13 +146,14 @@ class OnnxClassifier:
         return np.concatenate(out)[:n]
 
     def predict(self, images: Iterable, top_k: int = 3, batch_size: int = 32,
-                on_step: Callable[[int], None] | None = None) -> list[Prediction]:
-        """Predict paths, PIL images or uint8 arrays. Unreadable files get a Prediction with ``error`` set."""
+                on_step: Callable[[int], None] | None = None, min_confidence: float | None = None) -> list[Prediction]:
+        """Predict paths, PIL images or uint8 arrays. Unreadable files get a Prediction with ``error`` set.
+        Probabilities are ``softmax(logits / temperature)``; below ``min_confidence`` the label is 'unsure'."""
         items = list(images)
 
         def probabilities(arrays: list) -> np.ndarray:
-            return softmax(self.logits(self.normalize(np.stack(arrays))))
+            return softmax(self.logits(self.normalize(np.stack(arrays))), self.temperature)
 
         pre = self.preprocess
         return batched_predictions(decoded(items, lambda item: pre.crop(pre.pixels(item))), len(items),
-                                   probabilities, self.classes, top_k, batch_size, on_step)
+                                   probabilities, self.classes, top_k, batch_size, on_step, min_confidence)

@@ -11,21 +11,32 @@ from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
+from posetune.checks import Float
 from posetune.data.images import ImageError, is_image_path, map_threaded
 from posetune.errors import UsageError
+
+UNSURE = "unsure"  # the label of a prediction whose top probability is below ``min_confidence``
+MIN_CONFIDENCE = Float(0.0, 1.0)
 
 
 @dataclass
 class Prediction:
+    """One image's answer. ``probability`` is the top class's (after the run's temperature); when it is below
+    the ``min_confidence`` asked for, ``label`` is ``"unsure"``, ``unsure`` is True and ``top_k`` still ranks
+    the classes. ``probabilities``: every class's, in class order (not in ``as_dict``)."""
+
     path: str
     label: str
     probability: float
     top_k: list[tuple[str, float]] = field(default_factory=list)
     error: str | None = None
+    unsure: bool = False
+    probabilities: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     def as_dict(self) -> dict:
         return {"path": self.path, "prediction": self.label, "probability": self.probability,
-                "top_k": [{"label": c, "probability": p} for c, p in self.top_k], "error": self.error}
+                "top_k": [{"label": c, "probability": p} for c, p in self.top_k], "unsure": self.unsure,
+                "error": self.error}
 
 
 def write_predictions_csv(predictions: Sequence[Prediction], path: str | Path) -> None:
@@ -75,14 +86,27 @@ def decoded(items: list, decode: Callable[[object], object]) -> Iterator[tuple[s
     return map_threaded(one, items)
 
 
+def check_min_confidence(min_confidence: float | None, classes: Sequence[str]) -> float | None:
+    """A threshold in [0, 1] (None: always answer a class); refused when a class is itself named 'unsure'."""
+    if min_confidence is None:
+        return None
+    min_confidence = MIN_CONFIDENCE(min_confidence, "--min-confidence")
+    if UNSURE in classes:
+        raise UsageError(f"--min-confidence answers '{UNSURE}' below the threshold, but this model has a class "
+                         f"named '{UNSURE}'; drop --min-confidence or rename that class")
+    return min_confidence
+
+
 def batched_predictions(decoded: Iterable[tuple[str, object, str | None]], n: int,
                         probabilities: Callable[[list], np.ndarray], classes: list[str], top_k: int = 3,
-                        batch_size: int = 32, on_step: Callable[[int], None] | None = None) -> list[Prediction]:
+                        batch_size: int = 32, on_step: Callable[[int], None] | None = None,
+                        min_confidence: float | None = None) -> list[Prediction]:
     """The batching both engines share: (name, pixels, error) in input order -> one Prediction each.
 
-    ``probabilities(list_of_pixels)`` returns a (len, classes) array for one batch; unreadable items keep
-    their error and never stop the rest.
+    ``probabilities(list_of_pixels)`` returns a (len, classes) array for one batch (after the temperature);
+    unreadable items keep their error and never stop the rest. Below ``min_confidence`` the label is 'unsure'.
     """
+    min_confidence = check_min_confidence(min_confidence, classes)
     top_k = max(1, min(top_k, len(classes)))
     results: list[Prediction | None] = [None] * n
     pending: list[tuple[int, str, object]] = []
@@ -93,7 +117,9 @@ def batched_predictions(decoded: Iterable[tuple[str, object, str | None]], n: in
         for (i, name, _), p in zip(pending, probabilities([px for _, _, px in pending])):
             order = np.argsort(-p, kind="stable")[:top_k]
             ranked = [(classes[j], round(float(p[j]), 6)) for j in order]
-            results[i] = Prediction(name, ranked[0][0], ranked[0][1], ranked)
+            unsure = min_confidence is not None and ranked[0][1] < min_confidence  # as shown: rounded
+            results[i] = Prediction(name, UNSURE if unsure else ranked[0][0], ranked[0][1], ranked, unsure=unsure,
+                                    probabilities=np.array(p, dtype=np.float32))
         if on_step:
             on_step(len(pending))
         pending.clear()

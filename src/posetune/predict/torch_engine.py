@@ -36,6 +36,7 @@ class Classifier:
         self.meta = run.meta()
         self.classes: list[str] = self.meta.classes
         self.preprocess = Preprocess.from_config(self.meta.preprocessing)
+        self.temperature = float(self.meta.temperature)  # fitted on val after training; 1.0 in older runs
         self.device = resolve_device(device)
         try:
             model = build_model(self.meta.arch, len(self.classes))
@@ -63,22 +64,25 @@ class Classifier:
             return self.model(batch).float().cpu()
 
     def predict(self, images: Iterable, top_k: int = 3, batch_size: int = 32,
-                on_step: Callable[[int], None] | None = None, tta: bool = False) -> list[Prediction]:
+                on_step: Callable[[int], None] | None = None, tta: bool = False,
+                min_confidence: float | None = None) -> list[Prediction]:
         """Predict paths, PIL images or uint8 arrays. Unreadable files get a Prediction with ``error`` set.
-        ``tta=True`` averages flipped and multi-crop views (10 per image)."""
+        Probabilities are ``softmax(logits / temperature)``. ``tta=True`` averages flipped and multi-crop views
+        (10 per image); below ``min_confidence`` the label is 'unsure'."""
         items = list(images)
-        pre, n_classes = self.preprocess, len(self.classes)
+        pre, n_classes, temperature = self.preprocess, len(self.classes), self.temperature
 
         def probabilities(tensors: list) -> np.ndarray:
             if tta:
-                views = torch.stack([v for t in tensors for v in pre.tta_views(t)])
-                probs = self.logits(self.normalize(views)).softmax(1).view(len(tensors), -1, n_classes).mean(1)
+                views = self.normalize(torch.stack([v for t in tensors for v in pre.tta_views(t)]))
+                probs = (self.logits(views) / temperature).softmax(1).view(len(tensors), -1, n_classes).mean(1)
             else:
-                probs = self.logits(self.normalize(torch.stack([pre.eval_crop(t) for t in tensors]))).softmax(1)
+                batch = self.normalize(torch.stack([pre.eval_crop(t) for t in tensors]))
+                probs = (self.logits(batch) / temperature).softmax(1)
             return probs.numpy()
 
         return batched_predictions(decoded(items, pre.decode), len(items), probabilities, self.classes,
-                                   top_k, batch_size, on_step)
+                                   top_k, batch_size, on_step, min_confidence)
 
 
 @torch.inference_mode()

@@ -258,13 +258,15 @@ def run_info(clf, run: str | Path) -> dict:
 def create_app(run: str | Path, engine: str = "torch", max_bytes: int = DEFAULT_MAX_BYTES, top_k: int = 5,
                max_pixels: int = DEFAULT_MAX_PIXELS, max_queue: int = 16, device: str = "auto",
                read_timeout: float = DEFAULT_READ_TIMEOUT, allowed_hosts: str | Sequence[str] | None = None,
-               classifier=None) -> FastAPI:
+               classifier=None, min_confidence: float | None = None) -> FastAPI:
     """The FastAPI app serving RUN with ``engine`` ('auto', 'torch' or 'onnx'); the model loads here, not per request.
 
     ``allowed_hosts`` (names, ``*.domain`` or ``*`` for any) defaults to the loopback names plus TestClient's
-    'testserver': pass ``["*"]``, or the names clients use, to serve on the network.
+    'testserver': pass ``["*"]``, or the names clients use, to serve on the network. Below ``min_confidence`` the
+    answer is 'unsure' (with ``"unsure": true`` and the top-k still given).
     """
     from posetune.predict import load
+    from posetune.predict.prediction import check_min_confidence
     from posetune.version import __version__
 
     if max_bytes <= 0 or max_pixels <= 0 or max_queue <= 0 or top_k <= 0:
@@ -273,6 +275,7 @@ def create_app(run: str | Path, engine: str = "torch", max_bytes: int = DEFAULT_
         raise UsageError(f"--read-timeout must be a positive number of seconds (like 10), not {read_timeout}")
     hosts = parse_hosts(allowed_hosts) if allowed_hosts is not None else [*LOOPBACK_HOSTS, TEST_CLIENT_HOST]
     clf = classifier or load(run, device=device, engine=engine)
+    min_confidence = check_min_confidence(min_confidence, clf.classes)  # at start, not as a 500 per request
     engine = clf.engine  # what 'auto' resolved to
     info = {**run_info(clf, run), "engine": engine, "top_k": min(top_k, len(clf.classes)), "max_bytes": max_bytes,
             "max_pixels": max_pixels, "max_queue": max_queue, "read_timeout": read_timeout,
@@ -306,11 +309,11 @@ def create_app(run: str | Path, engine: str = "torch", max_bytes: int = DEFAULT_
         t1 = time.perf_counter()
         with model_lock:
             t2 = time.perf_counter()
-            pred = clf.predict([img], top_k=info["top_k"], batch_size=1)[0]
+            pred = clf.predict([img], top_k=info["top_k"], batch_size=1, min_confidence=min_confidence)[0]
             t3 = time.perf_counter()
         if pred.error:
             raise HTTPException(422, f"cannot use this image: {pred.error}")
-        return {"prediction": pred.label, "probability": pred.probability,
+        return {"prediction": pred.label, "probability": pred.probability, "unsure": pred.unsure,
                 "top_k": [{"label": c, "probability": p} for c, p in pred.top_k],
                 "latency_ms": round((t3 - t2) * 1000, 2), "decode_ms": round((t1 - t0) * 1000, 2),
                 "queue_ms": round((t2 - t1) * 1000, 2), "engine": engine, "image": {"width": width, "height": height}}

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from posetune.checks import Check, Choice, Float, Int, Options, Text, option
 from posetune.devices import DEVICE
 from posetune.predict.loading import ENGINES, RUN
+from posetune.predict.prediction import MIN_CONFIDENCE
 
 MAX_BYTES = 10**9  # an upload is held in memory while it is decoded
 MAX_PIXELS = 200_000_000  # Pillow refuses images beyond ~179 MP (twice its bomb warning) anyway
@@ -46,4 +47,5 @@ class ServeOptions(Options):
     top_k: int = option(5, Int(1, 1000))
     read_timeout: float = option(10.0, Float(0.1, 3600))
     allowed_hosts: str | None = option(None, Text("Host names, comma-separated (pose.example,*.lan; * for any)"))
+    min_confidence: float | None = option(None, MIN_CONFIDENCE)  # below it the answer is 'unsure'
     device: str = option("auto", DEVICE)

@@ -30,6 +30,18 @@ class TrainResult:
     history: list[dict] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)
     train_seconds: float = 0.0
+    calibration: dict = field(default_factory=dict)  # model.json's: the temperature, ECE/NLL before and after
+
+
+@dataclass
+class Scores:
+    """What the kept weights score: metrics per split, the temperature fitted on val (and its calibration
+    summary), and the most confidently wrong images of one split (test, else val) for the report."""
+
+    metrics: dict[str, dict]
+    temperature: float = 1.0
+    calibration: dict = field(default_factory=dict)
+    errors: dict | None = None  # {"split": ..., "top_losses": [...]}
 
 
 def train(data: str | Path | None = None, reporter: Reporter | None = None, config: str | Path | None = None,
@@ -103,10 +115,10 @@ def _train_ranked(opts: TrainOptions, reporter: Reporter, resume: bool, overwrit
     train_seconds = time.perf_counter() - t0
     if not dist.is_main:
         return TrainResult(run=p.out.path, history=history, train_seconds=train_seconds)
-    metrics = score_splits(p)
-    write_run(p, history, best_epoch, metrics, train_seconds, images_seen)
-    return TrainResult(run=p.out.path, metrics=metrics, history=history, skipped=p.index.skipped,
-                       train_seconds=train_seconds)
+    scores = score_splits(p)
+    write_run(p, history, best_epoch, scores, train_seconds, images_seen)
+    return TrainResult(run=p.out.path, metrics=scores.metrics, history=history, skipped=p.index.skipped,
+                       train_seconds=train_seconds, calibration=scores.calibration)
 
 
 def head_phase(p: Prepared, phase, reporter: Reporter):
@@ -200,21 +212,42 @@ def _saver(p: Prepared, reporter: Reporter):
     return save
 
 
-def score_splits(p: Prepared) -> dict[str, dict]:
-    """The metrics of the kept weights on val and test."""
+def score_splits(p: Prepared) -> Scores:
+    """The metrics of the kept weights on val and test; the temperature fitted on val's logits, with ECE and NLL
+    before and after it on each split; the most confidently wrong images of test (else val)."""
+    from posetune.calibration import calibration_summary, fit_temperature
     from posetune.evaluation import compute_metrics
     from posetune.predict.torch_engine import predict_logits
 
-    metrics = {}
+    metrics, scored = {}, {}
     for split, ds in (("val", p.val_ds), ("test", p.test_ds)):
         if len(ds):
             logits, labels = predict_logits(p.model, p.loader(ds), p.device, p.preprocess)
+            scored[split] = (logits.double().numpy(), labels.numpy())
             metrics[split] = compute_metrics(labels.tolist(), logits.argmax(1).tolist(), p.index.classes)
             metrics[split]["split"] = split
-    return metrics
+    if "val" in scored:
+        temperature, note = fit_temperature(*scored["val"])
+    else:
+        temperature, note = 1.0, "not fitted: the run has no val split; temperature 1.0"
+    calibration = calibration_summary(temperature, note, scored)
+    split = "test" if "test" in scored else "val" if "val" in scored else None
+    errors = _top_losses(p, split, *scored[split], temperature) if split else None
+    return Scores(metrics, temperature, calibration, errors)
 
 
-def write_run(p: Prepared, history: list[dict], best_epoch: int, metrics: dict, train_seconds: float,
+def _top_losses(p: Prepared, split: str, logits, labels, temperature: float) -> dict:
+    from posetune.calibration import softmax, top_losses
+    from posetune.evaluation import TOP_LOSSES
+
+    paths, classes = [s.path for s in p.index.split(split)], p.index.classes
+    items = top_losses(softmax(logits, temperature), labels, TOP_LOSSES)
+    return {"split": split, "top_losses": [{"path": paths[t["index"]], "true": classes[t["true"]],
+                                            "predicted": classes[t["predicted"]], "probability": t["probability"],
+                                            "loss": t["loss"]} for t in items]}
+
+
+def write_run(p: Prepared, history: list[dict], best_epoch: int, scores: Scores, train_seconds: float,
               images_seen: int) -> None:
     from posetune.run import RunMeta
 
@@ -224,7 +257,8 @@ def write_run(p: Prepared, history: list[dict], best_epoch: int, metrics: dict, 
         frozen_stages=p.plan.frozen_at(max(1, len(history))), stage_lrs=p.plan.lrs, best_epoch=best_epoch,
         epochs_run=len(history), train_seconds=round(train_seconds, 2),
         train_images_per_s=round(images_seen / max(train_seconds, 1e-9), 2),
-        data=str(p.opts.data), layout=p.index.layout, device=str(p.device), metrics=RunMeta.summarize(metrics))
+        data=str(p.opts.data), layout=p.index.layout, device=str(p.device),
+        metrics=RunMeta.summarize(scores.metrics), temperature=scores.temperature, calibration=scores.calibration)
     p.model.to("cpu")
     p.out.save_model(p.model, meta)
-    p.out.write_results(meta, history, metrics, p.index.skipped, p.plan.table(p.stages))
+    p.out.write_results(meta, history, scores.metrics, p.index.skipped, p.plan.table(p.stages), errors=scores.errors)
