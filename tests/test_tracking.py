@@ -178,6 +178,37 @@ def test_interrupted_then_resumed_continues_the_same_mlflow_run(shapes_kaggle, t
     assert loss_steps == sorted(set(loss_steps)) and loss_steps[0] == 1  # the resumed steps continue the count
 
 
+def test_compare_logs_a_child_per_cell(shapes_kaggle, tmp_path):
+    out = tmp_path / "sweeps" / "cmp"
+    result = posetune.compare(shapes_kaggle, backbones="test_efficientnet@random,test_resnet@random",
+                              strategies="linear,partial", top_k=1, epochs=1, image_size=64, batch_size=16,
+                              out=str(out), log="tensorboard,mlflow")
+    cells = sorted(Path(r["run"]).name for r in result.rows)
+    assert len(cells) == 3  # two probe cells and one fine-tuned cell
+    # TensorBoard: one folder per cell, each with its hyper-parameters and final scores
+    assert sorted(p.name for p in (out / "tensorboard").iterdir()) == cells
+    for cell in cells:
+        acc = events(out / "tensorboard" / cell)
+        assert hparams(acc)["strategy"] in ("linear", "partial")
+        assert "val/accuracy" in acc.Tags()["scalars"]
+    partial = next(c for c in cells if c.endswith("-partial-s0"))
+    assert "step/loss" in events(out / "tensorboard" / partial).Tags()["scalars"]
+    # MLflow: the sweep's run, the cells nested under it
+    client, runs = mlflow_runs(out.parent / "mlflow.db")
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert [p.info.run_name for p in parents] == ["cmp"] and parents[0].info.status == "FINISHED"
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
+    assert sorted(c.info.run_name for c in children) == cells
+    assert all(c.info.status == "FINISHED" for c in children)
+    by_name = {c.info.run_name: c for c in children}
+    assert by_name[partial].data.params["strategy"] == "partial"
+    assert [m.step for m in client.get_metric_history(by_name[partial].info.run_id, "val_accuracy")] == [1]
+    assert "val/accuracy" in by_name[cells[0]].data.metrics
+    assert parents[0].data.params["top_k"] == "1"
+    assert parents[0].data.metrics["best/val_accuracy"] == pytest.approx(result.rows[0]["val_accuracy"])
+    assert {"leaderboard.csv", "leaderboard.md", "compare.json"} <= {f.path for f in client.list_artifacts(parents[0].info.run_id)}
+
+
 def test_two_processes_log_once(shapes_kaggle, tmp_path):
     """Under torchrun rank 0 alone logs: one MLflow run, one event file, rank 0's steps."""
     run = tmp_path / "runs" / "ddp"
