@@ -52,8 +52,8 @@ def train(
                                       "TensorBoard (RUN/tensorboard): loss and LR per stage every step, metrics per epoch, "
                                       "the confusion matrix, the hyper-parameters. MLflow: parameters, metrics per epoch, "
                                       "the run folder as artifacts."),
-    log_dir: Optional[str] = typer.Option(None, help="With --log tensorboard: write the events to LOG_DIR/<run name> "
-                                          "instead of RUN/tensorboard (one --logdir for many runs)."),
+    log_dir: Optional[str] = typer.Option(None, help="With --log tensorboard: write the events to LOG_DIR/NAME (NAME: the "
+                                          "run folder's name) instead of RUN/tensorboard (one --logdir for many runs)."),
     mlflow_uri: Optional[str] = typer.Option(None, help="With --log mlflow: the tracking store, e.g. http://127.0.0.1:5000 "
                                              "(default $MLFLOW_TRACKING_URI, else sqlite:///<run's parent>/mlflow.db)."),
     nproc: int = typer.Option(1, min=1, help="Processes to train with on this machine (runs torchrun; DDP, one per GPU)."),
