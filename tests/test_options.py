@@ -58,6 +58,7 @@ BAD_OPTIONS = [
     ("train DATA --log tensorboard,tensorboard", "--log"),
     ("train DATA --log-dir OUT", "--log-dir"),
     ("train DATA --log tensorboard --mlflow-uri sqlite:///x.db", "--mlflow-uri"),
+    ("train DATA --log mlflow --mlflow-uri foo://x", "--mlflow-uri"),
     ("train DATA --config CFG:epochs-two.yaml", "epochs in"),
     ("train DATA --config CFG:lr-text.yaml", "lr in"),
     ("train DATA --config CFG:pretrained-maybe.yaml", "pretrained in"),

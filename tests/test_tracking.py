@@ -17,7 +17,7 @@ from helpers import TINY, write_shapes
 
 import posetune
 from posetune import cli, tracking
-from posetune.errors import InvalidOption, PosetuneError
+from posetune.errors import InvalidOption, PosetuneError, UsageError
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -260,6 +260,19 @@ def test_an_http_store_needs_no_database_packages(monkeypatch):
     tracking.check_trackers(["mlflow"], None, "http://127.0.0.1:5000", lambda f: f"--{f}")
     with pytest.raises(InvalidOption, match="SQLAlchemy and alembic"):
         tracking.check_trackers(["mlflow"], None, None, lambda f: f"--{f}")  # the default: a SQLite file
+
+
+def test_a_server_that_does_not_answer_is_one_line_at_once(tmp_path):
+    import socket
+    import time
+
+    with socket.socket() as s:  # a loopback port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    t = time.perf_counter()
+    with pytest.raises(UsageError, match=f"server http://127.0.0.1:{port} does not answer"):
+        tracking.open_trackers(["mlflow"], tmp_path / "run", mlflow_uri=f"http://127.0.0.1:{port}")
+    assert time.perf_counter() - t < 30  # not MLflow's minutes of retries
 
 
 def test_the_default_store_is_beside_the_run_or_the_environments(tmp_path, monkeypatch):

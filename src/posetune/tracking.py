@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Sequence
 
 from posetune.checks import Names
-from posetune.errors import InvalidOption
+from posetune.errors import InvalidOption, UsageError
 from posetune.run import TENSORBOARD_DIR  # RUN/tensorboard/, and OUT/tensorboard/<cell>/ of a compare sweep
 
 TRACKERS = ("tensorboard", "mlflow")
@@ -39,6 +39,7 @@ NEEDS = {"tensorboard": ([("tensorboard", "tensorboard")], "train"),
          "mlflow": ([("mlflow", "mlflow-skinny")], "track")}
 DB_NEEDS = [("sqlalchemy", "SQLAlchemy"), ("alembic", "alembic")]  # MLflow's database stores (sqlite://, ...)
 DB_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql")
+URI_SCHEMES = DB_SCHEMES + ("http", "https", "file", "databricks")  # a URI without a scheme is a folder (file store)
 
 
 class TrackerNames(Names):
@@ -72,15 +73,23 @@ def check_trackers(kinds: Sequence[str] | None, log_dir: str | None, mlflow_uri:
         raise InvalidOption(f"{label('log_dir')} is where TensorBoard logs go; add {label('log')} tensorboard, or drop it")
     if mlflow_uri and "mlflow" not in kinds:
         raise InvalidOption(f"{label('mlflow_uri')} is the MLflow store; add {label('log')} mlflow, or drop it")
+    if mlflow_uri and "://" in mlflow_uri and _scheme(mlflow_uri) not in URI_SCHEMES:
+        raise InvalidOption(f"{label('mlflow_uri')} must be an MLflow tracking URI ({', '.join(URI_SCHEMES)}) or a "
+                            f"folder, not {mlflow_uri!r}")
     for kind in kinds:
         modules, extra = NEEDS[kind]
         uri = mlflow_uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:"
-        if kind == "mlflow" and uri.split(":", 1)[0].split("+", 1)[0] in DB_SCHEMES:
+        if kind == "mlflow" and _scheme(uri) in DB_SCHEMES:
             modules = modules + DB_NEEDS
         missing = [pip for module, pip in modules if not installed(module)]
         if missing:
             raise InvalidOption(f"{label('log')} {kind} needs {' and '.join(missing)}, which "
                                 f"{'is' if len(missing) == 1 else 'are'} not installed; pip install 'posetune[{extra}]'")
+
+
+def _scheme(uri: str) -> str:
+    """sqlite:///x -> sqlite, postgresql+psycopg2://... -> postgresql."""
+    return uri.split(":", 1)[0].split("+", 1)[0].lower()
 
 
 def installed(module: str) -> bool:
@@ -184,7 +193,15 @@ def open_trackers(kinds: Sequence[str] | None, run_dir: str | Path, log_dir: str
             else:
                 trackers.append(TensorBoardTracker(root / run_dir.name if root else run_dir / TENSORBOARD_DIR, resume))
         elif kind == "mlflow":
-            trackers.append(MlflowTracker.open(mlflow_uri or default_mlflow_uri(run_dir), run_dir, resume=resume))
+            uri = mlflow_uri or default_mlflow_uri(run_dir)
+            try:
+                trackers.append(MlflowTracker.open(uri, run_dir, resume=resume))
+            except Exception as exc:  # noqa: BLE001 - MLflow's errors (unreachable server, bad store) as one line
+                for t in trackers:
+                    t.close("FAILED")
+                message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                raise UsageError(f"MLflow could not open the tracking store {uri} ({message}); check --mlflow-uri "
+                                 "or MLFLOW_TRACKING_URI") from exc
         else:
             raise InvalidOption(f"--log must be one of {', '.join(TRACKERS)}, not {kind!r}")
     if not trackers:
@@ -324,6 +341,8 @@ class MlflowTracker(Tracker):
              name: str | None = None) -> MlflowTracker:
         from mlflow.tracking import MlflowClient
 
+        if not parent and _scheme(uri) in ("http", "https"):
+            _reachable(uri)
         if "MLFLOW_LOGGING_LEVEL" not in os.environ:  # "Creating initial MLflow database tables..." on stderr
             logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
         client = parent.client if parent else MlflowClient(tracking_uri=uri)
@@ -384,6 +403,21 @@ class MlflowTracker(Tracker):
 
     def close(self, status: str = "FINISHED") -> None:
         self.client.set_terminated(self.run_id, status=status)
+
+
+def _reachable(uri: str, timeout: float = 5.0) -> None:
+    """A tracking server that does not answer fails now, not after MLflow's retries (minutes)."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout).close()  # noqa: S310 - the user's URI
+    except urllib.error.HTTPError:
+        pass  # it answered (an auth proxy may refuse /health): reachable
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise UsageError(f"the MLflow tracking server {uri} does not answer ({reason}); start it, or check "
+                         "--mlflow-uri or MLFLOW_TRACKING_URI") from exc
 
 
 def _experiment(client, uri: str) -> str:
