@@ -60,8 +60,8 @@ LOG = TrackerNames()
 
 
 def default_mlflow_uri(run_dir: str | Path) -> str:
-    """``--mlflow-uri``, else MLFLOW_TRACKING_URI, else a SQLite file beside the run: every run under runs/
-    lands in runs/mlflow.db."""
+    """The store when no --mlflow-uri is given: MLFLOW_TRACKING_URI, else a SQLite file beside the run (every
+    run under runs/ lands in runs/mlflow.db)."""
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(Path(run_dir).absolute().parent / MLFLOW_DB)}"
 
 
