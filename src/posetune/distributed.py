@@ -96,6 +96,8 @@ def shutdown() -> None:
 
 def launch(nproc: int, argv: list[str]) -> int:
     """Re-run this `posetune train` command under torchrun with ``nproc`` processes on this machine."""
+    # "--": torchrun's parser reads every word, so posetune's `--log` would be an ambiguous abbreviation of
+    # its --log-dir / --logs-specs; after "--" all of them are posetune's.
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-           "-m", "posetune", *argv]
+           "-m", "--", "posetune", *argv]
     return subprocess.call(cmd)

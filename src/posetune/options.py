@@ -49,6 +49,7 @@ from posetune.evaluation import EvaluateOptions
 from posetune.exporting import ExportOptions
 from posetune.predict.loading import PredictOptions
 from posetune.serve.options import ServeOptions
+from posetune.tracking import LOG, check_trackers
 
 __all__ = ["CheckOptions", "CompareOptions", "EvaluateOptions", "ExportOptions", "LrFindOptions", "PredictOptions",
            "ServeOptions", "SynthOptions", "TrainOptions", "read_config"]
@@ -57,6 +58,7 @@ DEFAULT_BACKBONES = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_l
 DEFAULT_STRATEGIES = ("linear", "partial", "full")
 EPOCHS = Int(1, 10_000)
 VAL_FRACTION = Float(0.0, 0.9)  # 0: no held-out val when DATA has none (no early stopping on it)
+MLFLOW_URI = Text("an MLflow tracking URI like sqlite:///runs/mlflow.db or http://127.0.0.1:5000")
 
 
 @dataclass
@@ -96,13 +98,18 @@ class TrainOptions(Options):
     cutmix: float = option(0.0, Float(0.0, 100.0))
     cache: str = option("auto", Choice("auto", "memory", "disk"))  # disk: memory-mapped, reused by later runs
     cache_dir: str | None = option(None, OutputPath(folder=True))  # default ~/.cache/posetune/decoded ($POSETUNE_CACHE)
+    log: list[str] | None = option(None, LOG)  # experiment trackers (posetune.tracking); None: none
+    log_dir: str | None = option(None, OutputPath(folder=True))  # TensorBoard root; default RUN/tensorboard
+    mlflow_uri: str | None = option(None, MLFLOW_URI)  # default $MLFLOW_TRACKING_URI, else <run's parent>/mlflow.db
 
     def check_together(self, label) -> None:
-        """The strategy is registered, the backbone exists (close names suggested), a --weights file is there."""
+        """The strategy is registered, the backbone exists (close names suggested), a --weights file is there,
+        the packages of the --log trackers are installed."""
         from posetune.backbones import parse_spec
         from posetune.strategies import STRATEGIES
 
         Choice(*STRATEGIES)(self.strategy, label("strategy"))
+        check_trackers(self.log, self.log_dir, self.mlflow_uri, label)
         parse_spec(self.backbone, weights=self.weights, pretrained=self.pretrained)
 
 
@@ -117,6 +124,9 @@ class LrFindOptions(TrainOptions):
     def check_together(self, label) -> None:
         if self.start_lr >= self.end_lr:
             raise InvalidOption(f"--start-lr must be below --end-lr, not {self.start_lr} >= {self.end_lr}")
+        if self.log or self.log_dir or self.mlflow_uri:
+            raise InvalidOption("lr-find logs to no experiment tracker (it writes lr_find.png); drop --log, "
+                                "--log-dir and --mlflow-uri")
         super().check_together(label)
 
 
@@ -138,12 +148,16 @@ class CompareOptions(Options):
     device: str = option("auto", DEVICE)
     val_fraction: float = option(0.15, VAL_FRACTION)
     label_level: int = option(6, Choice(*LABEL_LEVELS))
+    log: list[str] | None = option(None, LOG)  # one child run / folder per cell (posetune.tracking)
+    log_dir: str | None = option(None, OutputPath(folder=True))  # TensorBoard root; default OUT/tensorboard
+    mlflow_uri: str | None = option(None, MLFLOW_URI)  # default $MLFLOW_TRACKING_URI, else <OUT's parent>/mlflow.db
 
     def check_together(self, label) -> None:
         from posetune.strategies import STRATEGIES
 
         for name in self.strategies:
             Choice(*STRATEGIES)(name, label("strategies"))
+        check_trackers(self.log, self.log_dir, self.mlflow_uri, label)
         self.backbone_specs()  # unknown names fail here, with close names
 
     def backbone_specs(self) -> list:

@@ -30,6 +30,11 @@ def save_figure(fig, out: str | Path) -> Path:
 
 def plot_confusion(metrics: dict, out: str | Path) -> Path:
     """Confusion matrix with counts, rows = true class, normalised colours."""
+    return save_figure(confusion_figure(metrics), out)
+
+
+def confusion_figure(metrics: dict):
+    """The figure :func:`plot_confusion` writes (experiment trackers log it as an image)."""
     import numpy as np
 
     plt = pyplot()
@@ -50,7 +55,8 @@ def plot_confusion(metrics: dict, out: str | Path) -> Path:
     ax.set_ylabel("true")
     acc = metrics.get("accuracy")
     ax.set_title(f"{metrics.get('split', '')} accuracy {acc:.3f}" if acc is not None else "confusion matrix")
-    return save_figure(fig, out)
+    fig.tight_layout()
+    return fig
 
 
 def plot_history(history: list[dict], out: str | Path) -> Path:

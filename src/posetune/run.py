@@ -31,6 +31,7 @@ RUN_FILES = ("model.safetensors", "model.json", "config.yaml", "metrics.csv", "m
              "report.md", "training.png", "confusion_test.png", "top_losses_test.png", "top_losses_val.png", "cell.json", "model.onnx", "model.onnx.json",
              "model.torchscript.pt", "model.torchscript.pt.json")
 CHECKPOINT_DIR = "checkpoint"
+TENSORBOARD_DIR = "tensorboard"  # `--log tensorboard`: the run's event files (posetune.tracking)
 
 
 @dataclass
@@ -234,13 +235,15 @@ class RunDir:
         return True
 
     def clear(self) -> None:
-        """Remove the files of an earlier run that posetune wrote (RUN_FILES, checkpoint/); nothing else."""
+        """Remove the files of an earlier run that posetune wrote (RUN_FILES, checkpoint/, tensorboard/); nothing
+        else."""
         import shutil
 
         for name in RUN_FILES:
             (self.path / name).unlink(missing_ok=True)
-        if (self.path / CHECKPOINT_DIR).is_dir():
-            shutil.rmtree(self.path / CHECKPOINT_DIR)
+        for folder in (CHECKPOINT_DIR, TENSORBOARD_DIR):
+            if (self.path / folder).is_dir():
+                shutil.rmtree(self.path / folder)
 
     def write_json(self, name: str, obj) -> None:
         write_json(self.path / name, obj)

@@ -48,6 +48,14 @@ def train(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace the earlier run at --out (only posetune's files in it)."),
     cache: Optional[str] = typer.Option(None, help="Decoded pixels: auto (default) | memory | disk (memory-mapped, reused)."),
     cache_dir: Optional[str] = typer.Option(None, help="Folder of the disk cache (default ~/.cache/posetune/decoded)."),
+    log: Optional[str] = typer.Option(None, help="Experiment tracking: tensorboard | mlflow | tensorboard,mlflow. "
+                                      "TensorBoard (RUN/tensorboard): loss and LR per stage every step, metrics per epoch, "
+                                      "the confusion matrix, the hyper-parameters. MLflow: parameters, metrics per epoch, "
+                                      "the run folder as artifacts."),
+    log_dir: Optional[str] = typer.Option(None, help="With --log tensorboard: write the events to LOG_DIR/NAME (NAME: the "
+                                          "run folder's name) instead of RUN/tensorboard (one --logdir for many runs)."),
+    mlflow_uri: Optional[str] = typer.Option(None, help="With --log mlflow: the tracking store, e.g. http://127.0.0.1:5000 "
+                                             "(default $MLFLOW_TRACKING_URI, else sqlite:///<run's parent>/mlflow.db)."),
     nproc: int = typer.Option(1, min=1, help="Processes to train with on this machine (runs torchrun; DDP, one per GPU)."),
     config: Optional[Path] = typer.Option(None, help="YAML file with the same options; flags override it."),
     json_out: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
@@ -68,7 +76,8 @@ def train(
                    pretrained=False if no_pretrained else None, label_level=label_level,
                    freeze_epochs=freeze_epochs, unfreeze_every=unfreeze_every, ema=ema_decay if ema else None,
                    balance=balance,
-                   mixup=mixup, cutmix=cutmix, cache=cache, cache_dir=cache_dir)
+                   mixup=mixup, cutmix=cutmix, cache=cache, cache_dir=cache_dir, log=log, log_dir=log_dir,
+                   mlflow_uri=mlflow_uri)
     if nproc > 1 and "WORLD_SIZE" not in os.environ:
         from posetune.distributed import launch
 
@@ -150,6 +159,13 @@ def compare(
     device: str = typer.Option("auto", help="auto | cpu | cuda | mps."),
     val_fraction: float = typer.Option(0.15, help="Held out of train when DATA has no val split."),
     label_level: int = typer.Option(6, help="Yoga-82 only: 6, 20 or 82 classes."),
+    log: Optional[str] = typer.Option(None, help="Experiment tracking of every cell: tensorboard | mlflow | tensorboard,mlflow. "
+                                      "MLflow: a run for the sweep (its leaderboard as artifacts) with one nested run per "
+                                      "cell; TensorBoard: one folder per cell under OUT/tensorboard (HParams compares them)."),
+    log_dir: Optional[str] = typer.Option(None, help="With --log tensorboard: the cells' folders go under LOG_DIR "
+                                          "instead of OUT/tensorboard."),
+    mlflow_uri: Optional[str] = typer.Option(None, help="With --log mlflow: the tracking store (default $MLFLOW_TRACKING_URI, "
+                                             "else sqlite:///<OUT's parent>/mlflow.db)."),
     json_out: bool = typer.Option(False, "--json", help="Print the leaderboard rows as JSON on stdout."),
 ):
     """Which backbone and strategy win on DATA, and what each costs: probe every backbone on cached features,
@@ -160,7 +176,8 @@ def compare(
     reporter = reporter_for(json_out)
     result = run_compare(data, reporter=reporter, backbones=backbones, strategies=strategies, seeds=seeds,
                          epochs=epochs, top_k=top_k, budget_minutes=budget_minutes, out=out, image_size=image_size,
-                         batch_size=batch_size, device=device, val_fraction=val_fraction, label_level=label_level)
+                         batch_size=batch_size, device=device, val_fraction=val_fraction, label_level=label_level,
+                         log=log, log_dir=log_dir, mlflow_uri=mlflow_uri)
     shown = display_rows(result.rows)
     reporter.table(f"leaderboard, best val first ({result.seconds['total']:.0f} s)", shown,
                    ["#", "backbone", "strategy", "val acc", "test acc", "test macro-F1", "k-NN test acc", "status"])

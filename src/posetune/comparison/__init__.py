@@ -48,6 +48,7 @@ from posetune.errors import UsageError
 from posetune.evaluation import BOOTSTRAP_SAMPLES, bootstrap_interval
 from posetune.io import write_json
 from posetune.options import CompareOptions
+from posetune.tracking import Tracker, open_trackers
 
 __all__ = [
     "BOOTSTRAP_SAMPLES", "CELL_FILE", "EXTRACT_BATCH", "LEADERBOARD_COLUMNS", "TRAIN_COST_PER_FORWARD", "Cell",
@@ -99,12 +100,24 @@ def _compare(opts: CompareOptions, reporter: Reporter) -> CompareResult:
                          "(posetune never writes into a folder it did not create)")
     (out / CELLS_DIR).mkdir(parents=True, exist_ok=True)
     write_json(out / "compare.json", {**dataclasses.asdict(opts), "device": str(device)})
-    probe_key, train_key = reuse_keys(opts)
     reporter.info(f"compare {len(specs)} backbones x {', '.join(opts.strategies)} on {opts.data} "
                   f"({len(index.samples)} images, {len(index.classes)} classes), device {device} -> {out}")
+    # A rerun of an unfinished sweep continues its MLflow run; every cell run now gets a child of it.
+    with open_trackers(opts.log, out, opts.log_dir, opts.mlflow_uri, resume=True, sweep=True) as tracker:
+        tracker.log_params({k: v for k, v in dataclasses.asdict(opts).items()
+                            if k not in ("log", "log_dir", "mlflow_uri")} | {"device": str(device)})
+        result = _sweep(opts, specs, index, device, out, reporter, tracker, t_start)
+        best = result.rows[0] if result.rows else {}
+        tracker.log_results(out, {"best": {k: best.get(k) for k in ("val_accuracy", "test_accuracy", "test_macro_f1")}})
+    return result
 
+
+def _sweep(opts: CompareOptions, specs: list, index, device, out: Path, reporter: Reporter, tracker: Tracker,
+           t_start: float) -> CompareResult:
+    """Stage 1, stage 2 and the leaderboard of the sweep in ``out``."""
+    probe_key, train_key = reuse_keys(opts)
     seconds: dict[str, float] = {}
-    probes = run_stage1(opts, specs, index, device, out, probe_key, reporter, seconds)
+    probes = run_stage1(opts, specs, index, device, out, probe_key, reporter, seconds, tracker)
 
     # Stage 2: top-k backbones by probe val accuracy (then k-NN), each requested strategy that trains the base.
     top = top_backbones(probes, opts.top_k)
@@ -114,7 +127,7 @@ def _compare(opts: CompareOptions, reporter: Reporter) -> CompareResult:
         reporter.info(f"stage 2: {', '.join(top)} x {', '.join(trained)} x {opts.seeds} seed(s) = {len(cells)} cells")
     t2 = time.perf_counter()
     budget_s = opts.budget_minutes * 60 if opts.budget_minutes else None
-    results, skipped = run_stage2(opts, cells, probes, index, train_key, reporter, budget_s, t_start)
+    results, skipped = run_stage2(opts, cells, probes, index, train_key, reporter, budget_s, t_start, tracker)
     seconds["stage2"] = round(time.perf_counter() - t2, 2)
 
     rows = leaderboard_rows(probes, results, opts.strategies)

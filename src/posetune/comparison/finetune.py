@@ -17,6 +17,7 @@ from typing import Callable, Sequence
 from posetune.comparison.cells import Cell, summarize_test
 from posetune.console import Reporter
 from posetune.options import CompareOptions
+from posetune.tracking import NullTracker, Tracker
 
 TRAIN_COST_PER_FORWARD = 3.0  # forward + backward ~ 3 forwards per image (refined by finished cells)
 
@@ -40,9 +41,10 @@ def stage2_cells(out: Path, backbones: Sequence[str], strategies: Sequence[str],
 
 
 def run_stage2(opts: CompareOptions, cells: list[Cell], probes: dict[str, dict], index, key: dict,
-               reporter: Reporter, budget_s: float | None, t_start: float) -> tuple[list[dict], list[dict]]:
-    """Train every cell that fits the budget (finished ones are loaded, failed ones recorded);
-    returns (cell results, skipped cells with their reasons)."""
+               reporter: Reporter, budget_s: float | None, t_start: float,
+               tracker: Tracker = NullTracker()) -> tuple[list[dict], list[dict]]:
+    """Train every cell that fits the budget (finished ones are loaded, failed ones recorded), each cell that
+    runs with a child of ``tracker``; returns (cell results, skipped cells with their reasons)."""
     from posetune.strategies import get_strategy
 
     results: list[dict] = []
@@ -66,7 +68,7 @@ def run_stage2(opts: CompareOptions, cells: list[Cell], probes: dict[str, dict],
         reporter.info(f"{cell.name}: training ({epochs} epochs, ~{estimate:.0f} s estimated)")
         t = time.perf_counter()
         try:
-            result = train_cell(cell, opts, key, reporter)
+            result = train_cell(cell, opts, key, reporter, tracker)
         except Exception as exc:  # noqa: BLE001 - a failing cell is recorded; the sweep goes on
             reporter.stop()
             result = cell.save_failure(exc)
@@ -106,18 +108,21 @@ class CellReporter(Reporter):
         self.parent.epoch(row)
 
 
-def train_cell(cell: Cell, opts: CompareOptions, key: dict, reporter: Reporter) -> dict:
-    """One `posetune train` run into the cell's folder; saves and returns the cell's result."""
+def train_cell(cell: Cell, opts: CompareOptions, key: dict, reporter: Reporter,
+               tracker: Tracker = NullTracker()) -> dict:
+    """One `posetune train` run into the cell's folder, logged to a child of the sweep's ``tracker``; saves
+    and returns the cell's result."""
     from posetune.training import train  # looked up at call time: tests replace posetune.training.train
 
     cell.reset()  # an unfinished or stale cell starts clean
     t = time.perf_counter()
-    result = train(opts.data, reporter=CellReporter(reporter, cell.name), backbone=cell.backbone,
-                   strategy=cell.strategy, epochs=opts.epochs, seed=cell.seed, out=str(cell.path),
-                   image_size=opts.image_size, batch_size=opts.batch_size, device=opts.device,
-                   val_fraction=opts.val_fraction, label_level=opts.label_level,
-                   # decode each image once per decode size for the whole sweep, not once per cell
-                   cache="disk", cache_dir=str(cell.sweep / "decoded-cache"))
+    with tracker.child(cell.name, cell.path) as child:  # a cell that raises ends its child run FAILED
+        result = train(opts.data, reporter=CellReporter(reporter, cell.name), backbone=cell.backbone,
+                       strategy=cell.strategy, epochs=opts.epochs, seed=cell.seed, out=str(cell.path),
+                       image_size=opts.image_size, batch_size=opts.batch_size, device=opts.device,
+                       val_fraction=opts.val_fraction, label_level=opts.label_level,
+                       # decode each image once per decode size for the whole sweep, not once per cell
+                       cache="disk", cache_dir=str(cell.sweep / "decoded-cache"), tracker=child)
     wall = time.perf_counter() - t
     val = result.metrics.get("val", {})
     summary = {"status": "ok", "key": key, "backbone": cell.backbone, "strategy": cell.strategy, "seed": cell.seed,

@@ -25,6 +25,7 @@ from posetune.comparison.costs import measure_costs
 from posetune.console import Reporter
 from posetune.errors import UsageError
 from posetune.options import CompareOptions
+from posetune.tracking import NullTracker, Tracker
 
 if TYPE_CHECKING:  # torch-heavy; imported inside the functions that run
     from posetune.data.pipeline import Preprocess
@@ -48,8 +49,9 @@ class DecodedImages:
 
 
 def run_stage1(opts: CompareOptions, specs: list, index, device, out: Path, key: dict, reporter: Reporter,
-               seconds: dict[str, float]) -> dict[str, dict]:
-    """Probe every backbone (skipping finished probe cells); returns backbone spec -> probe cell result."""
+               seconds: dict[str, float], tracker: Tracker = NullTracker()) -> dict[str, dict]:
+    """Probe every backbone (skipping finished probe cells), each probe cell logged to a child of ``tracker``;
+    returns backbone spec -> probe cell result."""
     t0 = time.perf_counter()
     probes, todo = _plan_probes(opts, specs, index, out, key, reporter)
     if not todo:
@@ -68,6 +70,7 @@ def run_stage1(opts: CompareOptions, specs: list, index, device, out: Path, key:
             probe = cell.save_failure(exc)
             reporter.warn(f"stage 1: {cell.backbone} failed: {probe['error']}")
         probes[cell.backbone] = probe
+        _track_probe(tracker, cell, probe, opts)
     seconds["profile"] = round(profile_s, 2)
     seconds["stage1"] = round(time.perf_counter() - t0 - profile_s, 2)
     rows = [{"backbone": b, "probe val acc": p.get("val_accuracy"), "k-NN val acc": p.get("knn_val_accuracy"),
@@ -75,6 +78,19 @@ def run_stage1(opts: CompareOptions, specs: list, index, device, out: Path, key:
     reporter.table("stage 1: linear probe + k-NN on pretrained features", sorted(
         rows, key=lambda r: (r["probe val acc"] or -1, r["k-NN val acc"] or -1), reverse=True))
     return probes
+
+
+def _track_probe(tracker: Tracker, cell: Cell, probe: dict, opts: CompareOptions) -> None:
+    """A probe cell as a child of the sweep's tracker: what it was, and its scores (one fit, no epochs)."""
+    from posetune.run import RunDir
+
+    child = tracker.child(cell.name, cell.path)
+    child.log_params({"backbone": cell.backbone, "strategy": cell.strategy, "seed": cell.seed, "stage": "probe",
+                      "image_size": probe.get("image_size", opts.image_size), "probe_C": probe.get("probe_C"),
+                      "knn_k": probe.get("knn_k")})
+    if probe["status"] == "ok":
+        child.log_results(cell.path, RunDir(cell.path).read_json("metrics.json"))
+    child.close("FINISHED" if probe["status"] == "ok" else "FAILED")
 
 
 def top_backbones(probes: dict[str, dict], k: int) -> list[str]:

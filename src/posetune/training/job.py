@@ -19,6 +19,7 @@ from posetune.console import Reporter
 from posetune.errors import UsageError
 from posetune.options import TrainOptions
 from posetune.run import RunDir
+from posetune.tracking import NullTracker, Tracker, open_trackers
 from posetune.training.checkpoint import CHECKPOINT, Interrupted, StopSignals, load_checkpoint, save_checkpoint
 from posetune.training.prepare import Prepared, prepare
 
@@ -46,25 +47,27 @@ class Scores:
 
 def train(data: str | Path | None = None, reporter: Reporter | None = None, config: str | Path | None = None,
           verbose: bool = False, resume: str | Path | None = None, overwrite: bool = False,
-          **options) -> TrainResult:
+          tracker: Tracker | None = None, **options) -> TrainResult:
     """Fine-tune a backbone on DATA and write a self-contained run folder. Options as `posetune train`.
 
     ``resume=RUN`` continues RUN from its last checkpoint with the options saved in RUN/config.yaml (a run
     killed before its first checkpoint starts again from the first epoch). ``overwrite=True`` replaces an
-    earlier run at ``out``; without it an existing run folder is refused.
+    earlier run at ``out``; without it an existing run folder is refused. ``tracker``: log to this
+    :class:`posetune.tracking.Tracker` (left open) instead of the ones ``log=`` names.
     """
     from posetune.console import RichReporter
 
     reporter = reporter or (RichReporter() if verbose else Reporter())
     if resume is not None:
-        return _resume(Path(resume), reporter, config, data, {k: v for k, v in options.items() if v is not None})
+        return _resume(Path(resume), reporter, config, data, {k: v for k, v in options.items() if v is not None},
+                       tracker)
     opts = TrainOptions.from_sources(config, data=str(data) if data is not None else None, **options)
     if opts.out:
         RunDir(opts.out).check_free(overwrite)  # before the slow part: nothing is replaced without --overwrite
-    return _train(opts, reporter, overwrite=overwrite)
+    return _train(opts, reporter, overwrite=overwrite, tracker=tracker)
 
 
-def _resume(run: Path, reporter: Reporter, config, data, options: dict) -> TrainResult:
+def _resume(run: Path, reporter: Reporter, config, data, options: dict, tracker: Tracker | None = None) -> TrainResult:
     given = [f"--{k.replace('_', '-')}" for k in options] + (["--config"] if config else []) + (["DATA"] if data else [])
     if given:
         raise UsageError(f"--resume continues {run} with the options in its config.yaml; drop {', '.join(given)} "
@@ -76,39 +79,52 @@ def _resume(run: Path, reporter: Reporter, config, data, options: dict) -> Train
     if not (run / CHECKPOINT).is_file():
         reporter.info(f"{run} has no checkpoint yet (it was stopped before its first epoch ended): training it "
                       "from the first epoch with its saved options")
-    return _train(opts, reporter, resume=True)
+    return _train(opts, reporter, resume=True, tracker=tracker)
 
 
-def _train(opts: TrainOptions, reporter: Reporter, resume: bool = False, overwrite: bool = False) -> TrainResult:
+def _train(opts: TrainOptions, reporter: Reporter, resume: bool = False, overwrite: bool = False,
+           tracker: Tracker | None = None) -> TrainResult:
     from posetune.devices import training_backend
     from posetune.distributed import init_from_env, shutdown
 
     dist = init_from_env(training_backend(opts.device))
     try:
-        return _train_ranked(opts, reporter if dist.is_main else Reporter(), resume, overwrite, dist)
+        return _train_ranked(opts, reporter if dist.is_main else Reporter(), resume, overwrite, dist, tracker)
     finally:
         shutdown()
 
 
-def _train_ranked(opts: TrainOptions, reporter: Reporter, resume: bool, overwrite: bool, dist) -> TrainResult:
-    """The training run as one rank of ``dist`` sees it (rank 0 alone writes the run folder)."""
+def _train_ranked(opts: TrainOptions, reporter: Reporter, resume: bool, overwrite: bool, dist,
+                  tracker: Tracker | None = None) -> TrainResult:
+    """The training run as one rank of ``dist`` sees it (rank 0 alone writes the run folder and logs)."""
+    p = prepare(opts, reporter, write_config=dist.is_main, dist=dist, overwrite=overwrite, resume=resume)
+    if tracker is not None or not dist.is_main:  # the caller's tracker (a compare cell's); none off rank 0
+        return _run_phases(p, reporter, resume, dist, tracker if dist.is_main else NullTracker())
+    with open_trackers(opts.log, p.out.path, opts.log_dir, opts.mlflow_uri, resume=resume) as tracker:
+        return _run_phases(p, reporter, resume, dist, tracker)
+
+
+def _run_phases(p: Prepared, reporter: Reporter, resume: bool, dist, tracker: Tracker) -> TrainResult:
+    """The strategy's phases, the scores and the run folder of a prepared run."""
     from posetune.strategies import FineTunePhase, HeadPhase
 
-    p = prepare(opts, reporter, write_config=dist.is_main, dist=dist, overwrite=overwrite, resume=resume)
+    opts = p.opts
     has_checkpoint = resume and (p.out / CHECKPOINT).is_file()
     checkpoint = load_checkpoint(p.out / CHECKPOINT, p.config_sha256) if has_checkpoint else None
+    tracker.log_params(run_params(p))
     t0 = time.perf_counter()
     history: list[dict] = []
     best_epoch = images_seen = 0
     for i, phase in enumerate(p.strategy.phases, 1):
         if len(p.strategy.phases) > 1:
             reporter.info(f"{opts.strategy} phase {i} of {len(p.strategy.phases)}: {phase.title}")
+        prefix = f"phase{i}/" if i < len(p.strategy.phases) else ""  # the last phase's rows are the run's
         if isinstance(phase, HeadPhase):
             if checkpoint is not None:
                 continue  # the checkpoint of the fine-tuning phase restores the whole model, head included
-            result = head_phase(p, phase, reporter)
+            result = head_phase(p, phase, reporter, tracker, prefix)
         elif isinstance(phase, FineTunePhase):
-            result = finetune_phase(p, checkpoint, reporter)
+            result = finetune_phase(p, checkpoint, reporter, tracker, prefix)
         else:
             raise TypeError(f"unknown phase {phase!r} of strategy {opts.strategy}")
         history, best_epoch, images_seen = result.history, result.best_epoch, result.images_seen
@@ -117,11 +133,12 @@ def _train_ranked(opts: TrainOptions, reporter: Reporter, resume: bool, overwrit
         return TrainResult(run=p.out.path, history=history, train_seconds=train_seconds)
     scores = score_splits(p)
     write_run(p, history, best_epoch, scores, train_seconds, images_seen)
+    tracker.log_results(p.out.path, scores.metrics)
     return TrainResult(run=p.out.path, metrics=scores.metrics, history=history, skipped=p.index.skipped,
                        train_seconds=train_seconds, calibration=scores.calibration)
 
 
-def head_phase(p: Prepared, phase, reporter: Reporter):
+def head_phase(p: Prepared, phase, reporter: Reporter, tracker: Tracker = NullTracker(), prefix: str = ""):
     """The base does not change while the head fits: one forward pass per image (on an inference-optimised
     copy: the same features, faster), then the head trains on the cached features."""
     from posetune.data.pipeline import DecodedDataset
@@ -145,14 +162,16 @@ def head_phase(p: Prepared, phase, reporter: Reporter):
     lr = phase.lr if phase.lr is not None else p.plan.lrs["head"]
     reporter.info(f"head on cached features: {settings.epochs} epochs, lr {lr:.0e}")
     head = p.model.get_classifier().to("cpu")
-    result = fit_head_on_features(head, f_train, y_train, f_val, y_val, lr, settings, on_epoch=reporter.epoch,
+    result = fit_head_on_features(head, f_train, y_train, f_val, y_val, lr, settings,
+                                  on_epoch=tracked_epochs(reporter.epoch, tracker, prefix),
                                   class_weights=p.class_weights)
     head.load_state_dict(result.best_state)
     head.to(p.device)
     return result
 
 
-def finetune_phase(p: Prepared, checkpoint: dict | None, reporter: Reporter):
+def finetune_phase(p: Prepared, checkpoint: dict | None, reporter: Reporter, tracker: Tracker = NullTracker(),
+                   prefix: str = ""):
     """The epoch loop with checkpoints after every epoch and a clean stop on SIGINT/SIGTERM."""
     import torch
 
@@ -170,7 +189,8 @@ def finetune_phase(p: Prepared, checkpoint: dict | None, reporter: Reporter):
         try:
             result = fit(trainer, train_loader, p.shard_loader(p.val_ds), p.train_ds.augment.batch_color,
                          resume=checkpoint, save=_saver(p, reporter) if p.dist.is_main else None, stop_flag=stop,
-                         on_step=progress.step, on_epoch=progress.epoch)
+                         on_step=tracked_steps(progress.step, tracker, trainer),
+                         on_epoch=tracked_epochs(progress.epoch, tracker, prefix))
         except torch.cuda.OutOfMemoryError as exc:
             raise UsageError(f"out of GPU memory at batch size {p.opts.batch_size}; try --batch-size "
                              f"{max(1, p.opts.batch_size // 2)} (or a smaller --image-size)") from exc
@@ -196,6 +216,37 @@ class EpochProgress:
         self.reporter.epoch(row)
         if row["epoch"] < self.epochs:
             self.advance = self.reporter.start(f"epoch {row['epoch'] + 1}", self.images)
+
+
+def tracked_steps(on_step, tracker: Tracker, trainer):
+    """``on_step`` of the epoch loop, then the tracker: the batch loss and each stage's LR at the run's step."""
+    if type(tracker) is NullTracker:
+        return on_step
+
+    def step(n: int, loss: float, acc: float) -> None:
+        on_step(n, loss, acc)
+        lrs = {stage: group["lr"] for stage, group in zip(trainer.group_stages, trainer.optimizer.param_groups)}
+        tracker.log_step(trainer.scheduler.last_epoch, trainer.last_loss, lrs)  # last_epoch: steps taken so far
+
+    return step
+
+
+def tracked_epochs(on_epoch, tracker: Tracker, prefix: str = ""):
+    """``on_epoch``, then the tracker gets the row (its columns named ``prefix + column``)."""
+    def epoch(row: dict) -> None:
+        on_epoch(row)
+        tracker.log_epoch(row["epoch"], {f"{prefix}{k}": v for k, v in row.items() if k != "epoch"})
+
+    return epoch
+
+
+def run_params(p: Prepared) -> dict:
+    """The hyper-parameters a tracker records: the options, and what the defaults resolved to."""
+    options = {k: v for k, v in dataclasses.asdict(p.opts).items() if k not in ("log", "log_dir", "mlflow_uri")}
+    return {**options, "epochs": p.epochs, "image_size": p.preprocess.size, "device": str(p.device),
+            "processes": p.dist.world, "classes": p.index.classes, "frozen_stages": p.plan.frozen or "-",
+            "n_train": len(p.train_ds), "n_val": len(p.val_ds), "n_test": len(p.test_ds),
+            **{f"lr_{stage}": lr for stage, lr in p.plan.lrs.items()}}
 
 
 def _saver(p: Prepared, reporter: Reporter):

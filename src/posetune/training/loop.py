@@ -168,7 +168,9 @@ class Trainer:
 
         self.model, self.stages, self.plan, self.settings, self.device = model, stages, plan, settings, device
         self.preprocess, self.dist, self.steps_per_epoch = preprocess, dist or Dist(), max(1, steps_per_epoch)
-        self.optimizer = make_optimizer(param_groups(model, stages, plan, settings.weight_decay), device)
+        groups = param_groups(model, stages, plan, settings.weight_decay)
+        self.group_stages = [g["stage"] for g in groups]  # the stage of each optimizer param group
+        self.optimizer = make_optimizer(groups, device)
         self.scheduler = cosine_with_warmup(self.optimizer, self.steps_per_epoch * settings.epochs,
                                             int(self.steps_per_epoch * settings.warmup_epochs))
         self.normalize = Normalizer(preprocess, device)
@@ -179,6 +181,7 @@ class Trainer:
         self.soft_loss = SoftTargetCrossEntropy()  # mixup/cutmix targets
         self.ema = ModelEmaV3(model, decay=settings.ema_decay, device=device) if settings.ema_decay else None
         self._ddp: tuple[list[str] | None, torch.nn.Module] = (None, model)
+        self.last_loss = math.nan  # of the latest step's batch (this rank's)
 
     # ------------------------------------------------------------------ checkpoint
 
@@ -247,7 +250,8 @@ class Trainer:
             if batch_color is not None:
                 color = functools.partial(batch_color, generator=torch.Generator().manual_seed(seed * 1_000_003 + step))
             loss, logits = self.step(module, x, y, color, (epoch - 1) * self.steps_per_epoch + step)
-            stats["loss"] += loss.item() * len(y)
+            self.last_loss = loss.item()
+            stats["loss"] += self.last_loss * len(y)
             stats["correct"] += (logits.argmax(1).cpu() == y).sum().item()
             stats["seen"] += len(y)
             if on_step:
