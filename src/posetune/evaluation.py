@@ -123,7 +123,7 @@ def trust_metrics(probabilities: np.ndarray, y_true: Sequence[int], confidence: 
 
 
 def cam_report(run: str, data: str, paths: Sequence[str], y_true: Sequence[int], y_pred: Sequence[int],
-               classes: list[str], top: list[dict], device: str, batch_size: int = CAM_BATCH
+               classes: list[str], top: list[dict], device: str, batch_size: int = CAM_BATCH, progress=None
                ) -> tuple[dict, tuple[list[dict], list[dict]]]:
     """What `evaluate --cam` adds: (its JSON keys, the items of cam_top_losses.png and cam_correct.png).
 
@@ -148,11 +148,14 @@ def cam_report(run: str, data: str, paths: Sequence[str], y_true: Sequence[int],
                 continue
             if mask.is_file():
                 pairs.append((i, mask))
+        on_step = progress.start("background reliance", len(pairs)) if progress else None
         for start in range(0, len(pairs), batch_size):
             chunk = pairs[start:start + batch_size]
             _, maps, _ = class_activation_maps(clf, [paths[i] for i, _ in chunk], [y_pred[i] for i, _ in chunk],
                                                batch_size)
             shares += [background_share(m, eval_mask(clf.preprocess, f)) for m, (_, f) in zip(maps, chunk)]
+            if on_step:
+                on_step(len(chunk))
         kept = [s for s in shares if s is not None]
         out["background_reliance"] = float(np.mean(kept)) if kept else None
         out["background_reliance_n"] = len(kept)
@@ -229,7 +232,7 @@ def evaluate(run: str | Path, data: str | Path, progress=None, **options) -> dic
     sheets = None
     if opts.cam and metrics["n"]:
         cam_info, sheets = cam_report(run, data, [p.path for _, p in ok], y_true, y_pred, clf.classes,
-                                      metrics["top_losses"], opts.device)
+                                      metrics["top_losses"], opts.device, progress=progress)
         metrics.update(cam_info)
     if opts.plot and metrics["n"]:
         from posetune.run import RunDir
