@@ -150,8 +150,9 @@ def test_cli_evaluate_cam_reports_background_reliance(tiny_run: Path, masked_sha
     m = json.loads(out)
     assert Path(m["cam_top_losses_png"]).is_file() and Path(m["cam_correct_png"]).is_file()
     assert m["background_reliance_n"] == m["n"] and 0.0 <= m["background_reliance"] <= 1.0
+    assert m["background_area"] == pytest.approx(0.5, abs=0.05)  # the masks' 'figure' is the top half
     code, out, err = run_cli(monkeypatch, capsys, ["evaluate", tiny_run, masked_shapes, "--cam", "--out",
                                                    tmp_path / "ev"])
     assert code == 0, err
-    for words in ("background reliance", "hirescam", str(tmp_path / "ev" / "cam_correct.png")):
+    for words in ("background reliance", "a map with no preference", "hirescam", str(tmp_path / "ev" / "cam_correct.png")):
         assert words in out, words

@@ -129,8 +129,8 @@ def cam_report(run: str, data: str, paths: Sequence[str], y_true: Sequence[int],
 
     Maps are of the predicted class (what the model answered), on the model exactly as trained. Where DATA is
     a `data synth --masks` render, every image's map is weighed against its figure mask: ``background_reliance``
-    is the mean share of the map's mass outside the figure (0: only the figure, about the background's share
-    of the image: no preference for the figure)."""
+    is the mean share of the map's mass outside the figure (0: only the figure), beside ``background_area``, the
+    mean share of the image outside it: what a map with no preference for the figure would score."""
     from posetune.cam import METHOD, background_share, cam_target, class_activation_maps, eval_mask
     from posetune.data.synth.dataset import has_masks, mask_path
     from posetune.predict.torch_engine import Classifier
@@ -140,7 +140,7 @@ def cam_report(run: str, data: str, paths: Sequence[str], y_true: Sequence[int],
     out: dict = {"cam": {"method": METHOD, "layer": cam_target(clf.model, clf.preprocess.size).layer_name,
                          "class": "predicted"}}
     if has_masks(data):
-        shares, pairs = [], []
+        shares, areas, pairs = [], [], []
         for i, path in enumerate(paths):
             try:
                 mask = mask_path(data, path)
@@ -153,12 +153,15 @@ def cam_report(run: str, data: str, paths: Sequence[str], y_true: Sequence[int],
             chunk = pairs[start:start + batch_size]
             _, maps, _ = class_activation_maps(clf, [paths[i] for i, _ in chunk], [y_pred[i] for i, _ in chunk],
                                                batch_size)
-            shares += [background_share(m, eval_mask(clf.preprocess, f)) for m, (_, f) in zip(maps, chunk)]
+            masks = [eval_mask(clf.preprocess, f) for _, f in chunk]
+            shares += [background_share(m, mask) for m, mask in zip(maps, masks)]
+            areas += [1.0 - float(mask.mean()) for s, mask in zip(shares[-len(chunk):], masks) if s is not None]
             if on_step:
                 on_step(len(chunk))
         kept = [s for s in shares if s is not None]
         out["background_reliance"] = float(np.mean(kept)) if kept else None
         out["background_reliance_n"] = len(kept)
+        out["background_area"] = float(np.mean(areas)) if areas else None
     where = {p: i for i, p in enumerate(paths)}
     wrong = [where[t["path"]] for t in top]
     right: list[int] = []

@@ -73,6 +73,9 @@ def print_cam(reporter, metrics: dict) -> None:
         value = metrics["background_reliance"]
         rows.append({"measure": "background reliance (share of the map outside the figure)",
                      "value": "-" if value is None else f"{value:.3f} over {metrics['background_reliance_n']} images"})
+        if metrics.get("background_area") is not None:
+            rows.append({"measure": "share of the image outside the figure (a map with no preference)",
+                         "value": f"{metrics['background_area']:.3f}"})
     reporter.table("class-activation maps", rows)
 
 
