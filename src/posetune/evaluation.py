@@ -2,7 +2,8 @@
 bootstrap intervals of the headline scores over a confusion matrix (every metrics dict, the leaderboard and the
 model card); and `evaluate`, which adds how far the probabilities can be trusted (posetune.calibration):
 ECE with a reliability diagram, selective prediction (coverage at --min-confidence, the risk-coverage curve)
-and the most confidently wrong images."""
+and the most confidently wrong images; with --cam, class-activation maps (posetune.cam) of those and of a few
+correct images per class, and on `data synth --masks` data the background reliance."""
 
 from __future__ import annotations
 
@@ -19,6 +20,8 @@ from posetune.predict.prediction import MIN_CONFIDENCE
 SPLITS = ("train", "val", "test")
 BOOTSTRAP_SAMPLES = 2000
 TOP_LOSSES = 16  # images on the contact sheet (a 4 x 4 grid) and in --json
+CAM_CORRECT_PER_CLASS = 3  # correct images per class on cam_correct.png
+CAM_BATCH = 16  # images per backward pass (gradients need more memory than predict)
 
 
 @dataclass
@@ -33,6 +36,7 @@ class EvaluateOptions(Options):
     tta: bool = option(False, Bool())
     label_level: int = option(6, Choice(*LABEL_LEVELS))
     min_confidence: float | None = option(None, MIN_CONFIDENCE)  # coverage, and accuracy on the images >= it
+    cam: bool = option(False, Bool())  # class-activation maps (cam_*.png; background_reliance on masked data)
     plot: bool = option(True, Bool(), flag="plot")  # the outputs below (Python API only)
     out: str | None = option(None, OutputPath(folder=True))  # default RUN/eval/<data>-<hash>-<split>/
 
@@ -118,6 +122,62 @@ def trust_metrics(probabilities: np.ndarray, y_true: Sequence[int], confidence: 
     return out, curve
 
 
+def cam_report(run: str, data: str, paths: Sequence[str], y_true: Sequence[int], y_pred: Sequence[int],
+               classes: list[str], top: list[dict], device: str, batch_size: int = CAM_BATCH, progress=None
+               ) -> tuple[dict, tuple[list[dict], list[dict]]]:
+    """What `evaluate --cam` adds: (its JSON keys, the items of cam_top_losses.png and cam_correct.png).
+
+    Maps are of the predicted class (what the model answered), on the model exactly as trained. Where DATA is
+    a `data synth --masks` render, every image's map is weighed against its figure mask: ``background_reliance``
+    is the mean share of the map's mass outside the figure (0: only the figure), beside ``background_area``, the
+    mean share of the image outside it: what a map with no preference for the figure would score."""
+    from posetune.cam import METHOD, background_share, cam_target, class_activation_maps, eval_mask
+    from posetune.data.synth.dataset import has_masks, mask_path
+    from posetune.predict.torch_engine import Classifier
+    from posetune.run import RunDir
+
+    clf = Classifier(RunDir(run), device=device, optimize=False)  # gradients through the training graph
+    out: dict = {"cam": {"method": METHOD, "layer": cam_target(clf.model, clf.preprocess.size).layer_name,
+                         "class": "predicted"}}
+    if has_masks(data):
+        shares, areas, pairs = [], [], []
+        for i, path in enumerate(paths):
+            try:
+                mask = mask_path(data, path)
+            except ValueError:  # a path outside DATA (a CSV manifest)
+                continue
+            if mask.is_file():
+                pairs.append((i, mask))
+        on_step = progress.start("background reliance", len(pairs)) if progress else None
+        for start in range(0, len(pairs), batch_size):
+            chunk = pairs[start:start + batch_size]
+            _, maps, _ = class_activation_maps(clf, [paths[i] for i, _ in chunk], [y_pred[i] for i, _ in chunk],
+                                               batch_size)
+            masks = [eval_mask(clf.preprocess, f) for _, f in chunk]
+            shares += [background_share(m, mask) for m, mask in zip(maps, masks)]
+            areas += [1.0 - float(mask.mean()) for s, mask in zip(shares[-len(chunk):], masks) if s is not None]
+            if on_step:
+                on_step(len(chunk))
+        kept = [s for s in shares if s is not None]
+        out["background_reliance"] = float(np.mean(kept)) if kept else None
+        out["background_reliance_n"] = len(kept)
+        out["background_area"] = float(np.mean(areas)) if areas else None
+    where = {p: i for i, p in enumerate(paths)}
+    wrong = [where[t["path"]] for t in top]
+    right: list[int] = []
+    for c in range(len(classes)):
+        right += [i for i in range(len(paths)) if y_true[i] == c == y_pred[i]][:CAM_CORRECT_PER_CLASS]
+    chosen = wrong + right
+    crops, maps, _ = class_activation_maps(clf, [paths[i] for i in chosen], [y_pred[i] for i in chosen], batch_size)
+    items = [{"image": crop, "cam": cam, "index": i} for crop, cam, i in zip(crops, maps, chosen)]
+    for item, t in zip(items, top):
+        item["caption"] = (f"{Path(t['path']).name}\ntrue {t['true']}, predicted {t['predicted']}\n"
+                           f"p {t['probability']:.2f}")
+    for item in items[len(wrong):]:
+        item["caption"] = f"{Path(paths[item['index']]).name}\n{classes[y_true[item['index']]]}"
+    return out, (items[:len(wrong)], items[len(wrong):])
+
+
 def _split_samples(index, data, split: str, classes: list[str]) -> list:
     from posetune.errors import UsageError
 
@@ -134,14 +194,15 @@ def _split_samples(index, data, split: str, classes: list[str]) -> list:
 
 def evaluate(run: str | Path, data: str | Path, progress=None, **options) -> dict:
     """Evaluate a run folder on one split of DATA; writes evaluation.json, confusion.png, reliability.png,
-    risk_coverage.png and top_losses.png to ``out`` (default RUN/eval/<data>-<hash>-<split>/: named by the data
+    risk_coverage.png and top_losses.png (with ``cam``, also cam_top_losses.png and cam_correct.png) to ``out`` (default RUN/eval/<data>-<hash>-<split>/: named by the data
     and split, so nothing of the run's own training outputs, or of another evaluation, is overwritten).
 
     Options as :class:`EvaluateOptions` (`posetune evaluate`). Classes are matched by name, so DATA may
     hold its classes in any order. Scores carry 95% bootstrap ``intervals``; probabilities are after the run's
     ``temperature`` (``ece``, ``nll``, ``reliability``, ``aurc``, ``top_losses``; with ``min_confidence``,
     ``coverage``). With ``tta`` the test-time-augmented scores are reported beside the plain ones under
-    ``metrics["tta"]``.
+    ``metrics["tta"]``. With ``cam``, class-activation maps (:func:`cam_report`: ``cam``, and on data rendered
+    by `data synth --masks`, ``background_reliance``).
     """
     from posetune.data.layouts import discover
     from posetune.predict import load
@@ -171,11 +232,18 @@ def evaluate(run: str | Path, data: str | Path, progress=None, **options) -> dic
         tta_metrics = compute_metrics(y_true, [clf.classes.index(p.label) for p in tta_preds], clf.classes)
         metrics["tta"] = {k: tta_metrics[k] for k in ("accuracy", "balanced_accuracy", "macro_f1", "n")}
     metrics["skipped"] = [{"path": p.path, "reason": p.error} for p in preds if p.error]
+    sheets = None
+    if opts.cam and metrics["n"]:
+        cam_info, sheets = cam_report(run, data, [p.path for _, p in ok], y_true, y_pred, clf.classes,
+                                      metrics["top_losses"], opts.device, progress=progress)
+        metrics.update(cam_info)
     if opts.plot and metrics["n"]:
         from posetune.run import RunDir
 
         folder = RunDir(run).evaluation_dir(data, split, opts.out)
         metrics["confusion_png"] = str(folder.write_confusion(metrics))
         metrics.update(folder.write_trust_plots(metrics, curve))
+        if sheets is not None:
+            metrics.update(folder.write_cam_plots(*sheets, split))
         folder.write_metrics(metrics)
     return metrics

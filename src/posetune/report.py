@@ -161,6 +161,28 @@ def plot_top_losses(items: list[dict], out: str | Path, title: str = "the most c
     return save_figure(fig, out)
 
 
+def plot_cams(items: list[dict], out: str | Path, title: str, columns: int = 4, empty: str = "no images") -> Path:
+    """A contact sheet of class-activation maps: each eval crop with its map overlaid (items: image, an
+    S x S x 3 uint8 array; cam, S x S in [0, 1]; caption)."""
+    plt = pyplot()
+    if not items:
+        fig, ax = plt.subplots(figsize=(4, 1.2))
+        ax.axis("off")
+        ax.text(0.5, 0.5, empty, ha="center", va="center")
+        return save_figure(fig, out)
+    cols = min(columns, len(items))
+    rows = -(-len(items) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(2.3 * cols, 2.7 * rows + 0.4), squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for ax, item in zip(axes.ravel(), items):
+        ax.imshow(item["image"])
+        ax.imshow(item["cam"], cmap="jet", alpha=0.45, vmin=0.0, vmax=1.0)
+        ax.set_title(item["caption"], fontsize=7)
+    fig.suptitle(title, fontsize=9)
+    return save_figure(fig, out)
+
+
 def _interval(metrics: dict, key: str) -> str:
     ci = (metrics.get("intervals") or {}).get(key)
     return f" (95% interval {ci[0]:.3f}-{ci[1]:.3f})" if ci else ""

@@ -153,6 +153,17 @@ class EvaluationDir:
                 "top_losses_png": str(plot_top_losses(metrics["top_losses"], self.path / "top_losses.png",
                                                       f"{split}: the most confidently wrong images"))}
 
+    def write_cam_plots(self, top_losses: list[dict], correct: list[dict], split: str) -> dict[str, str]:
+        """cam_top_losses.png and cam_correct.png (items as report.plot_cams): {json key: path}."""
+        from posetune.report import plot_cams
+
+        self.path.mkdir(parents=True, exist_ok=True)
+        return {"cam_top_losses_png": str(plot_cams(top_losses, self.path / "cam_top_losses.png",
+                                                    f"{split}: where the most confidently wrong answers came from",
+                                                    empty="no misclassified images")),
+                "cam_correct_png": str(plot_cams(correct, self.path / "cam_correct.png",
+                                                 f"{split}: where correct answers came from, a few per class"))}
+
     def write_metrics(self, metrics: dict) -> None:
         write_json(self.path / self.MARKER, metrics)
 

@@ -26,6 +26,10 @@ def evaluate(
                                                    "images whose top probability is >= P, which `predict "
                                                    "--min-confidence P` answers) and the accuracy on them; marked "
                                                    "on risk_coverage.png."),
+    cam: bool = typer.Option(False, "--cam", help="Class-activation maps (HiResCAM) of the most confidently wrong "
+                             "images and of a few correct ones per class (cam_top_losses.png, cam_correct.png); on "
+                             "`data synth --masks` data also the background reliance (share of the map outside the "
+                             "figure). Slower: a backward pass per image."),
     out: Optional[str] = typer.Option(None, help="Folder for evaluation.json and the plots (default RUN/eval/<data>-<hash>-<split>/)."),
     json_out: bool = typer.Option(False, "--json", help="Print the metrics as JSON on stdout."),
 ):
@@ -36,7 +40,7 @@ def evaluate(
 
     reporter = reporter_for(json_out)
     metrics = run_eval(run, data, split=split, batch_size=batch_size, device=device, tta=tta, label_level=label_level,
-                       min_confidence=min_confidence, out=out, progress=reporter)
+                       min_confidence=min_confidence, cam=cam, out=out, progress=reporter)
     reporter.stop()
     if json_out:
         print_json(metrics)
@@ -47,12 +51,32 @@ def evaluate(
                        [{"metric": k, "plain": metrics[k], "tta": metrics["tta"][k]}
                         for k in ("accuracy", "balanced_accuracy", "macro_f1")])
     print_trust(reporter, metrics)
+    print_cam(reporter, metrics)
     for s in metrics["skipped"]:
         reporter.warn(f"skipped {s['path']}: {s['reason']}")
     for key, what in (("confusion_png", "confusion matrix"), ("reliability_png", "reliability diagram"),
-                      ("risk_coverage_png", "risk-coverage curve"), ("top_losses_png", "most confidently wrong")):
+                      ("risk_coverage_png", "risk-coverage curve"), ("top_losses_png", "most confidently wrong"),
+                      ("cam_top_losses_png", "class-activation maps, most confidently wrong"),
+                      ("cam_correct_png", "class-activation maps, correct")):
         if metrics.get(key):
             reporter.info(f"{what} plot: {metrics[key]}")
+
+
+def print_cam(reporter, metrics: dict) -> None:
+    """The class-activation maps' method and layer, and the background reliance where DATA has figure masks."""
+    cam = metrics.get("cam")
+    if not cam:
+        return
+    rows = [{"measure": "method (of the predicted class)", "value": cam["method"]},
+            {"measure": "layer", "value": cam["layer"]}]
+    if "background_reliance" in metrics:
+        value = metrics["background_reliance"]
+        rows.append({"measure": "background reliance (share of the map outside the figure)",
+                     "value": "-" if value is None else f"{value:.3f} over {metrics['background_reliance_n']} images"})
+        if metrics.get("background_area") is not None:
+            rows.append({"measure": "share of the image outside the figure (a map with no preference)",
+                         "value": f"{metrics['background_area']:.3f}"})
+    reporter.table("class-activation maps", rows)
 
 
 def print_trust(reporter, metrics: dict) -> None:

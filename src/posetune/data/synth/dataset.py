@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import shutil
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -11,7 +12,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from posetune.checks import SEED, Int, InvalidOption, Names, Options, OutputPath, option
+from posetune.checks import SEED, Bool, Int, InvalidOption, Names, Options, OutputPath, option
 from posetune.data.synth.poses import KAGGLE_POSES, POSES
 from posetune.data.synth.render import MIN_SIZE, render_pose
 
@@ -30,6 +31,7 @@ class SynthOptions(Options):
     test_per_class: int = option(20, Int(0, MAX_PER_CLASS))
     size: int = option(224, Int(MIN_SIZE, MAX_SIZE))
     seed: int = option(0, Int(*SEED))
+    masks: bool = option(False, Bool())  # also OUT/masks/<split>/<pose>/<name>.png: where the figure is
 
     def check_together(self, label) -> None:
         unknown = [p for p in self.poses or [] if p not in POSES]
@@ -69,7 +71,23 @@ def _contact_sheet(rows: list[tuple[str, list[Image.Image]]], thumb: int) -> Ima
 
 
 MARKER = ".posetune-synth"  # in OUT: a folder `data synth` rendered, which a rerun may render again
-OWN_ENTRIES = {"TRAIN", "TEST", "preview.jpg", MARKER}
+MASKS = "masks"  # in OUT: the figure mask of each image, as mask_path() names it
+OWN_ENTRIES = {"TRAIN", "TEST", "preview.jpg", MARKER, MASKS}
+
+
+def mask_path(root: str | Path, image: str | Path) -> Path:
+    """Where `data synth --masks` writes the figure mask of ``image`` (a file under DATA ``root``):
+    ROOT/masks/<split>/<pose>/<name>.png, 255 on the figure and 0 on the background.
+
+    >>> mask_path("synth", "synth/TEST/tree/tree_00003.jpg").as_posix()
+    'synth/masks/TEST/tree/tree_00003.png'
+    """
+    return Path(root) / MASKS / Path(image).relative_to(root).with_suffix(".png")
+
+
+def has_masks(root: str | Path) -> bool:
+    """Whether DATA ``root`` is a `data synth` render with figure masks (`--masks`)."""
+    return (Path(root) / MARKER).is_file() and (Path(root) / MASKS).is_dir()
 
 
 def claim_folder(root: Path) -> None:
@@ -85,7 +103,8 @@ def claim_folder(root: Path) -> None:
 
 
 def render_dataset(out: str | Path, progress: Callable[[int, int], None] | None = None, **options) -> dict:
-    """Write ``out/TRAIN/<pose>/<pose>_00000.jpg``, ``out/TEST/<pose>/...`` and ``out/preview.jpg``.
+    """Write ``out/TRAIN/<pose>/<pose>_00000.jpg``, ``out/TEST/<pose>/...`` and ``out/preview.jpg``; with
+    ``masks=True`` also each image's figure mask (:func:`mask_path`; the images are the same bytes either way).
 
     Options as :class:`SynthOptions` (a bad one raises InvalidOption, a ValueError, before anything is
     written). Each image is seeded from (seed, split, pose, index), so the same arguments give the same
@@ -105,6 +124,8 @@ def render_dataset(out: str | Path, progress: Callable[[int, int], None] | None 
 
     root = Path(out)
     claim_folder(root)
+    if (root / MASKS).is_dir():  # an earlier render's masks would not match the images rendered now
+        shutil.rmtree(root / MASKS)
     total = len(names) * (per_class + test_per_class)
     done, n_cols = 0, 8
     examples: dict[str, list[Image.Image]] = {n: [] for n in names}
@@ -119,8 +140,13 @@ def render_dataset(out: str | Path, progress: Callable[[int, int], None] | None 
                     old.unlink()
             for i in range(count):
                 rng = _image_rng(seed, split, name, i)
-                img = render_pose(name, rng, size)
-                img.save(folder / f"{name}_{i:05d}.jpg", "JPEG", quality=int(rng.integers(60, 96)))
+                img, mask = render_pose(name, rng, size, with_mask=True)
+                path = folder / f"{name}_{i:05d}.jpg"
+                img.save(path, "JPEG", quality=int(rng.integers(60, 96)))
+                if opts.masks:
+                    target = mask_path(root, path)
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    mask.save(target, "PNG")
                 if len(examples[name]) < n_cols:
                     examples[name].append(img)
                 done += 1
@@ -128,5 +154,8 @@ def render_dataset(out: str | Path, progress: Callable[[int, int], None] | None 
                     progress(done, total)
     preview = root / "preview.jpg"
     _contact_sheet([(n, examples[n]) for n in names], min(size, 112)).save(preview, "JPEG", quality=90)
-    return {"out": str(root), "poses": names, "train": len(names) * per_class,
+    info = {"out": str(root), "poses": names, "train": len(names) * per_class,
             "test": len(names) * test_per_class, "preview": str(preview)}
+    if opts.masks:
+        info["masks"] = str(root / MASKS)
+    return info

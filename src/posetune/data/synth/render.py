@@ -134,11 +134,22 @@ def _drop_shadow(img: Image.Image, layer: Image.Image, light: Point, rng: np.ran
     img.paste((0, 0, 0), (int(round(-light[0] * off)), int(round(-light[1] * off))), shadow)
 
 
-def render_pose(pose: str, rng: np.random.Generator, size: int = 224) -> Image.Image:
+MASK_ALPHA = 128  # a pixel belongs to the figure when the figure layer covers at least half of it
+
+
+def render_pose(pose: str, rng: np.random.Generator, size: int = 224,
+                with_mask: bool = False) -> Image.Image | tuple[Image.Image, Image.Image]:
     """Render one RGB ``size`` x ``size`` image of ``pose``; all randomness comes from ``rng``.
+
+    ``with_mask=True`` returns (image, mask): the mask is an 'L' image, 255 where the figure covers the pixel
+    (its anti-aliased layer's alpha >= 128), 0 elsewhere. It is read off the figure layer the image is
+    composited from, so the pixels and the draws from ``rng`` are the same either way.
 
     >>> render_pose("plank", np.random.default_rng(0), size=48).mode
     'RGB'
+    >>> image, mask = render_pose("plank", np.random.default_rng(0), size=48, with_mask=True)
+    >>> mask.mode, mask.size
+    ('L', (48, 48))
     """
     template = check_pose(pose)
     if size < MIN_SIZE:
@@ -154,4 +165,7 @@ def render_pose(pose: str, rng: np.random.Generator, size: int = 224) -> Image.I
     if rng.random() < 0.55:  # the shadow helps figure/ground contrast
         _drop_shadow(img, layer, light, rng, size)
     img.paste(layer, (0, 0), layer)
-    return camera_effects(img, rng, size)
+    img = camera_effects(img, rng, size)  # pixel effects only: the figure stays where the layer drew it
+    if with_mask:
+        return img, layer.getchannel("A").point(lambda a: 255 if a >= MASK_ALPHA else 0)
+    return img
