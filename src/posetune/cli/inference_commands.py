@@ -194,7 +194,8 @@ def serve(
 
     from posetune.predict import choose_engine
     from posetune.runtime import tune_allocator
-    from posetune.serve.app import create_app, default_allowed_hosts, parse_hosts, parse_size
+    from posetune.serve.app import create_app
+    from posetune.serve.limits import default_allowed_hosts, parse_hosts, parse_size
     from posetune.serve.options import ServeOptions
 
     ServeOptions(run=run, host=host, port=port, engine=engine, max_bytes=max_bytes, max_pixels=max_pixels,

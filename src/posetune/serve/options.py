@@ -1,7 +1,7 @@
 """The options of `posetune serve`, checked before the model loads or a port is bound.
 
 Kept apart from ``app.py`` so that checking them needs no model; ``parse_size`` (``--max-bytes``)
-stays in ``app.py`` with the rest of the request limits.
+stays in ``limits.py`` with the rest of the request limits.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ class ByteSize(Check):
         self.expected = f"a size from 1 byte to {high / 10**9:g}GB"
 
     def __call__(self, value, label):
-        from posetune.serve.app import parse_size
+        from posetune.serve.limits import parse_size
 
         size = parse_size(value)  # a malformed size is a one-line UsageError naming --max-bytes
         if not 1 <= size <= self.high:
