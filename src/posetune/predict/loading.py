@@ -74,8 +74,9 @@ def load(run: str | Path, device: str = "auto", engine: str = "torch"):
 
     ``engine="onnx"`` runs RUN/model.onnx (from `posetune export`) in ONNX Runtime without importing torch;
     ``"auto"`` picks it when it matches the weights (see :func:`choose_engine`). Both engines return an
-    object with ``.classes``, ``.normalize(uint8 batch)``, ``.logits(normalised batch)`` and
-    ``.predict(images, top_k, batch_size)``.
+    object with ``.classes``, ``.normalize(uint8 batch)``, ``.logits(normalised batch)``,
+    ``.predict(images, top_k, batch_size)`` and its two halves: ``.decode(image)`` (per image) and
+    ``.probabilities(decoded images)`` (one forward pass; the server batches requests through it).
     """
     engine, _ = choose_engine(run, engine, device)
     if engine == "onnx":

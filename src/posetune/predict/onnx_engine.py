@@ -139,14 +139,19 @@ class OnnxClassifier:
             out.append(self.session.run(None, {self.input.name: chunk})[0])
         return np.concatenate(out)[:n]
 
+    def decode(self, item) -> np.ndarray:
+        """One path, PIL image or array -> what :meth:`probabilities` takes: SxSx3 uint8, resized and center-cropped
+        (raises ImageError). The per-image half of :meth:`predict`, run outside the model."""
+        return self.preprocess.crop(self.preprocess.pixels(item))
+
+    def probabilities(self, decoded: list) -> np.ndarray:
+        """Decoded images (:meth:`decode`) -> one forward pass (chunked to a fixed export batch, see :meth:`logits`):
+        a (len, classes) array of softmax probabilities."""
+        return softmax(self.logits(self.normalize(np.stack(decoded))))
+
     def predict(self, images: Iterable, top_k: int = 3, batch_size: int = 32,
                 on_step: Callable[[int], None] | None = None) -> list[Prediction]:
         """Predict paths, PIL images or uint8 arrays. Unreadable files get a Prediction with ``error`` set."""
         items = list(images)
-
-        def probabilities(arrays: list) -> np.ndarray:
-            return softmax(self.logits(self.normalize(np.stack(arrays))))
-
-        pre = self.preprocess
-        return batched_predictions(decoded(items, lambda item: pre.crop(pre.pixels(item))), len(items),
-                                   probabilities, self.classes, top_k, batch_size, on_step)
+        return batched_predictions(decoded(items, self.decode), len(items), self.probabilities, self.classes, top_k,
+                                   batch_size, on_step)
