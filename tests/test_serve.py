@@ -94,7 +94,7 @@ class _Broken:
     def __getattr__(self, name):
         return getattr(self.inner, name)
 
-    def predict(self, *args, **kwargs):
+    def probabilities(self, *args, **kwargs):
         raise RuntimeError("model exploded")
 
 
@@ -182,10 +182,10 @@ class _Gated:
     def __getattr__(self, name):
         return getattr(self.inner, name)
 
-    def predict(self, *args, **kwargs):
+    def probabilities(self, *args, **kwargs):
         self.entered.set()
         self.gate.wait(30)
-        return self.inner.predict(*args, **kwargs)
+        return self.inner.probabilities(*args, **kwargs)
 
 
 def test_full_queue_answers_503_with_retry_after(onnx_run: Path) -> None:

@@ -187,6 +187,11 @@ def serve(
                                                  "others get 400. Default: loopback names when bound to loopback, "
                                                  "else any."),
     device: str = typer.Option("auto"),
+    max_batch: int = typer.Option(16, help="Requests that share one forward pass at most (1: one at a time); "
+                                           "an ONNX export of a fixed batch still runs them one by one "
+                                           "(`posetune export RUN --dynamic-batch` for a real batch)."),
+    batch_wait_ms: float = typer.Option(5.0, help="How long a forming batch waits for requests still decoding, "
+                                                  "in ms after the first (never when no other request is on its way)."),
 ):
     """Serve a web page and a JSON API that name the pose in a photo (FastAPI + uvicorn): GET /, POST /predict,
     GET /info, GET /health, docs at /docs."""
@@ -200,14 +205,19 @@ def serve(
 
     ServeOptions(run=run, host=host, port=port, engine=engine, max_bytes=max_bytes, max_pixels=max_pixels,
                  max_queue=max_queue, top_k=top_k, read_timeout=read_timeout, allowed_hosts=allowed_hosts,
-                 device=device).validate()  # before the model loads or a port binds
+                 device=device, max_batch=max_batch, batch_wait_ms=batch_wait_ms).validate()  # before the model loads
     tune_allocator()
     reporter = reporter_for(False)
     hosts = parse_hosts(allowed_hosts) if allowed_hosts is not None else default_allowed_hosts(host)
     engine, why = choose_engine(run, engine, device)
     reporter.info(f"engine: {engine} - {why}")
     app_ = create_app(run, engine=engine, max_bytes=parse_size(max_bytes), max_pixels=max_pixels, max_queue=max_queue,
-                      top_k=top_k, device=device, read_timeout=read_timeout, allowed_hosts=hosts)
+                      top_k=top_k, device=device, read_timeout=read_timeout, allowed_hosts=hosts, max_batch=max_batch,
+                      batch_wait_ms=batch_wait_ms)
+    if app_.state.info["model_batch"] != "any" and max_batch > 1:
+        reporter.info(f"batching up to {max_batch} requests, but {run}'s ONNX export takes batch "
+                      f"{app_.state.info['model_batch']}: re-export with `posetune export {run} --dynamic-batch` for one "
+                      "forward pass per batch")
     if host not in ("127.0.0.1", "localhost", "::1"):
         reporter.warn(f"binding {host}: anyone who can reach this machine can use the model")
     reporter.info("allowed hosts: " + ("any (--allowed-hosts NAME,... to restrict)" if "*" in hosts

@@ -10,10 +10,15 @@ A request's body is read in full before it takes one of the ``max_queue`` slots,
 cannot hold the model away from anyone: a slot covers decoding and inference only, and when all are
 taken the next request gets 503 with Retry-After. Bodies still arriving are bounded in total bytes
 (``max_queue * max_bytes``; a slow upload costs only what it has sent, beyond the total: 503).
-Decoding runs in the thread pool (two at a time), inference under a lock, so the event loop never
-blocks and memory stays bounded; after a large image the freed memory goes back to the OS.
-Requests whose Host header is not in ``allowed_hosts`` get 400 (DNS-rebinding guard); every
-response carries ``X-Content-Type-Options: nosniff``.
+Decoding runs in the thread pool (two at a time), so the event loop never blocks and memory stays
+bounded; one worker thread owns the model and runs each forward pass on the decoded images of up to
+``max_batch`` requests that arrived together (``batching.py``). After a large image the freed memory
+goes back to the OS. Requests whose Host header is not in ``allowed_hosts`` get 400 (DNS-rebinding
+guard); every response carries ``X-Content-Type-Options: nosniff``.
+
+The parts: ``limits`` (sizes, hosts, admission), ``uploads`` (a body in, an image out), ``batching`` (the
+model's worker), ``routes`` (the routes on one :class:`~posetune.serve.routes.Service`), ``middleware``;
+this module wires them.
 
 >>> app = create_app("runs/yoga", engine="onnx")   # doctest: +SKIP
 >>> import uvicorn; uvicorn.run(app, host="127.0.0.1", port=8000)   # doctest: +SKIP
@@ -21,16 +26,20 @@ response carries ``X-Content-Type-Options: nosniff``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
-from typing import Sequence
+from typing import AsyncIterator, Sequence
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from posetune.errors import UsageError
+from posetune.serve.batching import Batcher
 from posetune.serve.limits import (
+    DEFAULT_BATCH_WAIT_MS,
+    DEFAULT_MAX_BATCH,
     DEFAULT_MAX_BYTES,
     DEFAULT_MAX_PIXELS,
     DEFAULT_READ_TIMEOUT,
@@ -56,6 +65,12 @@ def run_info(clf, run: str | Path) -> dict:
             "metrics": metrics.get("test"), "metrics_all": metrics, "created": meta.get("created")}
 
 
+def model_batch(clf) -> int | str:
+    """The batch size the engine's model takes: 'any', or the fixed size of an ONNX export (requests are still
+    batched for it, then run through the export that many at a time)."""
+    return getattr(clf, "fixed_batch", None) or "any"
+
+
 async def internal_error(request: Request, exc: Exception) -> JSONResponse:
     """A JSON 500 that leaks nothing. It runs outside the middleware (Starlette's ServerErrorMiddleware), so it
     sets the nosniff header itself."""
@@ -66,11 +81,15 @@ async def internal_error(request: Request, exc: Exception) -> JSONResponse:
 def create_app(run: str | Path, engine: str = "torch", max_bytes: int = DEFAULT_MAX_BYTES, top_k: int = 5,
                max_pixels: int = DEFAULT_MAX_PIXELS, max_queue: int = 16, device: str = "auto",
                read_timeout: float = DEFAULT_READ_TIMEOUT, allowed_hosts: str | Sequence[str] | None = None,
+               max_batch: int = DEFAULT_MAX_BATCH, batch_wait_ms: float = DEFAULT_BATCH_WAIT_MS,
                classifier=None) -> FastAPI:
     """The FastAPI app serving RUN with ``engine`` ('auto', 'torch' or 'onnx'); the model loads here, not per request.
 
     ``allowed_hosts`` (names, ``*.domain`` or ``*`` for any) defaults to the loopback names plus TestClient's
-    'testserver': pass ``["*"]``, or the names clients use, to serve on the network.
+    'testserver': pass ``["*"]``, or the names clients use, to serve on the network. Requests that arrive
+    together share a forward pass: up to ``max_batch``, waiting at most ``batch_wait_ms`` after the first
+    (``max_batch=1``: one at a time). ``classifier`` replaces the loaded model: an object with ``.classes``,
+    ``.engine``, ``.meta``, ``.preprocess``, ``.decode(image)`` and ``.probabilities(decoded images)``.
     """
     from posetune.predict import load
     from posetune.version import __version__
@@ -79,16 +98,25 @@ def create_app(run: str | Path, engine: str = "torch", max_bytes: int = DEFAULT_
         raise UsageError("max_bytes, max_pixels, max_queue and top_k must be positive")
     if not read_timeout > 0:
         raise UsageError(f"--read-timeout must be a positive number of seconds (like 10), not {read_timeout}")
+    if max_batch < 1 or not batch_wait_ms >= 0:
+        raise UsageError(f"--max-batch must be >= 1 and --batch-wait-ms >= 0, not {max_batch} and {batch_wait_ms}")
     hosts = parse_hosts(allowed_hosts) if allowed_hosts is not None else [*LOOPBACK_HOSTS, TEST_CLIENT_HOST]
     clf = classifier or load(run, device=device, engine=engine)
     info = {**run_info(clf, run), "engine": clf.engine, "top_k": min(top_k, len(clf.classes)),  # engine: 'auto' resolved
             "max_bytes": max_bytes, "max_pixels": max_pixels, "max_queue": max_queue, "read_timeout": read_timeout,
+            "max_batch": max_batch, "batch_wait_ms": batch_wait_ms, "model_batch": model_batch(clf),
             "posetune_version": __version__}
     service = Service(clf, info, max_bytes=max_bytes, max_pixels=max_pixels, read_timeout=read_timeout,
                       admission=Admission(max_queue),
                       receiving=Receiving(max_queue * max_bytes))  # the same bound as when bodies were read in a slot
+    service.batcher = Batcher(service.predict_batch, max_batch=max_batch, wait_s=batch_wait_ms / 1000)
 
-    app = FastAPI(title="posetune", version=__version__,
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        service.batcher.close()
+
+    app = FastAPI(title="posetune", version=__version__, lifespan=lifespan,
                   description=f"Names the pose in a photo: {', '.join(clf.classes)} ({info['backbone']}, {clf.engine}).")
     app.add_middleware(TrustedHostMiddleware, allowed_hosts=hosts, www_redirect=False)
     app.add_middleware(SecurityHeaders)  # added last = outermost
@@ -96,4 +124,5 @@ def create_app(run: str | Path, engine: str = "torch", max_bytes: int = DEFAULT_
     add_routes(app, service, read_page())
     app.state.classifier = clf
     app.state.info = info
+    app.state.service = service
     return app

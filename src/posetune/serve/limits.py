@@ -15,6 +15,8 @@ from posetune.errors import UsageError
 DEFAULT_MAX_BYTES = 10_000_000
 DEFAULT_MAX_PIXELS = 50_000_000  # a 48 MP phone photo fits; below Pillow's own bomb threshold (~89 MP)
 DEFAULT_READ_TIMEOUT = 10.0  # seconds for a whole body: a 10 MB photo at 8 Mbit/s
+DEFAULT_MAX_BATCH = 16  # requests sharing one forward pass
+DEFAULT_BATCH_WAIT_MS = 5.0  # how long a forming batch waits for requests still decoding
 LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "[::1]")
 TEST_CLIENT_HOST = "testserver"  # the Host header Starlette's (and FastAPI's) TestClient sends
 

@@ -47,3 +47,5 @@ class ServeOptions(Options):
     read_timeout: float = option(10.0, Float(0.1, 3600))
     allowed_hosts: str | None = option(None, Text("Host names, comma-separated (pose.example,*.lan; * for any)"))
     device: str = option("auto", DEVICE)
+    max_batch: int = option(16, Int(1, 1024))
+    batch_wait_ms: float = option(5.0, Float(0, 1000))

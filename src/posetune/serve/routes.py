@@ -5,6 +5,7 @@ Each route reads what it needs from one :class:`Service`, built by ``create_app`
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from dataclasses import dataclass, field
@@ -15,6 +16,8 @@ from fastapi.responses import HTMLResponse
 from starlette.concurrency import run_in_threadpool
 
 from posetune import runtime
+from posetune.predict.prediction import Prediction, batched_predictions
+from posetune.serve.batching import Batched, Batcher
 from posetune.serve.limits import Admission, Receiving
 from posetune.serve.uploads import decode_upload, receive_upload
 
@@ -39,7 +42,7 @@ PREDICT_BODY = {
 
 @dataclass
 class Service:
-    """What the routes share: the model, its limits and the counters of work in progress."""
+    """What the routes share: the model, its limits, the batching worker and the counters of work in progress."""
 
     clf: object
     info: dict
@@ -48,7 +51,7 @@ class Service:
     read_timeout: float
     admission: Admission
     receiving: Receiving
-    model_lock: threading.Lock = field(default_factory=threading.Lock)  # one inference at a time: each uses every core
+    batcher: Batcher | None = None  # set by create_app: it runs predict_batch
     decode_slots: threading.BoundedSemaphore = field(default_factory=lambda: threading.BoundedSemaphore(2))
 
     @property
@@ -56,29 +59,31 @@ class Service:
         """Every queue slot taken, or no room left in the upload budget for one more full-size upload."""
         return self.admission.full or not self.receiving.room_for(self.max_bytes)
 
-    def infer(self, data: bytes) -> dict:
-        """Upload bytes -> the JSON answer of /predict (runs in a worker thread)."""
-        from posetune.data.images import resize_short_side
-
-        clf, info = self.clf, self.info
-        pre = clf.preprocess
+    def decode(self, data: bytes) -> tuple[object, tuple[int, int], float]:
+        """Upload bytes -> (what the engine's forward pass takes, the size as sent, seconds); in a worker thread,
+        outside the model, two at a time: that bounds the decoded full-size images held in memory."""
         t0 = time.perf_counter()
-        with self.decode_slots:  # bounds decoded full-size images held in memory
-            img, (width, height) = decode_upload(data, self.max_pixels, pre.short_side)
-            # The engines' first step, done here so that only the small image waits for the model.
-            img = resize_short_side(img, pre.short_side, pre.interpolation)
-        t1 = time.perf_counter()
-        with self.model_lock:
-            t2 = time.perf_counter()
-            pred = clf.predict([img], top_k=info["top_k"], batch_size=1)[0]
-            t3 = time.perf_counter()
+        with self.decode_slots:
+            img, size = decode_upload(data, self.max_pixels, self.clf.preprocess.short_side)
+            pixels = self.clf.decode(img)  # resized and (onnx) cropped: only the small image waits for the model
+        return pixels, size, time.perf_counter() - t0
+
+    def predict_batch(self, decoded: list) -> list[Prediction]:
+        """One forward pass over the decoded images of several requests (on the batching worker's thread)."""
+        rows = [("<upload>", pixels, None) for pixels in decoded]
+        return batched_predictions(rows, len(rows), self.clf.probabilities, self.clf.classes, self.info["top_k"],
+                                   batch_size=len(rows))
+
+    def answer(self, batched: Batched[Prediction], size: tuple[int, int], decode_s: float) -> dict:
+        """The JSON answer of /predict."""
+        pred = batched.value
         if pred.error:
             raise HTTPException(422, f"cannot use this image: {pred.error}")
         return {"prediction": pred.label, "probability": pred.probability,
                 "top_k": [{"label": c, "probability": p} for c, p in pred.top_k],
-                "latency_ms": round((t3 - t2) * 1000, 2), "decode_ms": round((t1 - t0) * 1000, 2),
-                "queue_ms": round((t2 - t1) * 1000, 2), "engine": info["engine"],
-                "image": {"width": width, "height": height}}
+                "latency_ms": round(batched.run_s * 1000, 2), "decode_ms": round(decode_s * 1000, 2),
+                "queue_ms": round(batched.queued_s * 1000, 2), "batch_size": batched.batch_size,
+                "engine": self.info["engine"], "image": {"width": size[0], "height": size[1]}}
 
 
 def add_routes(app: FastAPI, service: Service, page: str) -> None:
@@ -88,14 +93,16 @@ def add_routes(app: FastAPI, service: Service, page: str) -> None:
     @app.post("/predict", openapi_extra=PREDICT_BODY, summary="Name the pose in one photo")
     async def predict(request: Request) -> dict:
         """Upload a photo (multipart field `file`, or the raw bytes as the body): the top-k poses with
-        probabilities and the model latency in ms."""
+        probabilities, the model latency in ms and how many requests shared its forward pass (`batch_size`)."""
         data = await receive_upload(request, service.max_bytes, receiving, service.read_timeout)  # before a slot
         large = len(data) >= TRIM_AFTER_BYTES
         try:
-            with admission:
-                result = await run_in_threadpool(service.infer, data)
-            large = large or result["image"]["width"] * result["image"]["height"] >= TRIM_AFTER_PIXELS
-            return result
+            with admission, service.batcher.ticket() as ticket:
+                pixels, size, decode_s = await run_in_threadpool(service.decode, data)
+                large = large or size[0] * size[1] >= TRIM_AFTER_PIXELS
+                batched = await asyncio.wrap_future(ticket.submit(pixels))
+            request.state.batch_size = batched.batch_size  # for the access log
+            return service.answer(batched, size, decode_s)
         except HTTPException as exc:
             large = large or exc.status_code == 422  # failed while decoding: the full-size buffer was allocated
             raise
@@ -121,6 +128,7 @@ def add_routes(app: FastAPI, service: Service, page: str) -> None:
         return {"status": "saturated" if saturated else "ok", "engine": info["engine"],
                 "queue": {"in_progress": admission.active, "max": admission.limit},
                 "uploads": {"receiving": receiving.uploads, "bytes": receiving.held, "max_bytes": receiving.limit},
+                "batching": {"waiting": service.batcher.depth, "max_batch": service.batcher.max_batch},
                 "in_flight": admission.active}
 
     @app.get("/info", summary="The model: backbone, strategy, classes, test metrics, limits")
