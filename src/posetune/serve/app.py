@@ -33,6 +33,7 @@ from typing import AsyncIterator, Sequence
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
+from fastapi_offline import FastAPIOffline
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from posetune.errors import UsageError
@@ -49,8 +50,16 @@ from posetune.serve.limits import (
     Receiving,
     parse_hosts,
 )
-from posetune.serve.middleware import SecurityHeaders
+from posetune.serve.middleware import Observe, SecurityHeaders
+from posetune.serve.monitoring import ServeMetrics, access_logger
+from posetune.serve.options import LOG_FORMATS
 from posetune.serve.routes import Service, add_routes, read_page
+
+DOCS_ASSETS = "/docs-assets"  # Swagger UI's and ReDoc's scripts and styles, served from the installed package
+# The docs pages load only this server's assets (the browser refuses anything else) and talk only to it.
+DOCS_CSP = ("default-src 'none'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
+            "img-src 'self' data: blob:; font-src 'self' data:; connect-src 'self'; worker-src 'self' blob:; "
+            "base-uri 'none'; form-action 'self'")
 
 
 def run_info(clf, run: str | Path) -> dict:
@@ -82,13 +91,14 @@ def create_app(run: str | Path, engine: str = "torch", max_bytes: int = DEFAULT_
                max_pixels: int = DEFAULT_MAX_PIXELS, max_queue: int = 16, device: str = "auto",
                read_timeout: float = DEFAULT_READ_TIMEOUT, allowed_hosts: str | Sequence[str] | None = None,
                max_batch: int = DEFAULT_MAX_BATCH, batch_wait_ms: float = DEFAULT_BATCH_WAIT_MS,
-               classifier=None) -> FastAPI:
+               log_format: str = "text", classifier=None) -> FastAPI:
     """The FastAPI app serving RUN with ``engine`` ('auto', 'torch' or 'onnx'); the model loads here, not per request.
 
     ``allowed_hosts`` (names, ``*.domain`` or ``*`` for any) defaults to the loopback names plus TestClient's
     'testserver': pass ``["*"]``, or the names clients use, to serve on the network. Requests that arrive
     together share a forward pass: up to ``max_batch``, waiting at most ``batch_wait_ms`` after the first
-    (``max_batch=1``: one at a time). ``classifier`` replaces the loaded model: an object with ``.classes``,
+    (``max_batch=1``: one at a time). ``log_format="json"`` writes one JSON line per request to the
+    ``posetune.access`` logger (stdout unless configured); "text" leaves access logs to uvicorn. ``classifier`` replaces the loaded model: an object with ``.classes``,
     ``.engine``, ``.meta``, ``.preprocess``, ``.decode(image)`` and ``.probabilities(decoded images)``.
     """
     from posetune.predict import load
@@ -100,6 +110,8 @@ def create_app(run: str | Path, engine: str = "torch", max_bytes: int = DEFAULT_
         raise UsageError(f"--read-timeout must be a positive number of seconds (like 10), not {read_timeout}")
     if max_batch < 1 or not batch_wait_ms >= 0:
         raise UsageError(f"--max-batch must be >= 1 and --batch-wait-ms >= 0, not {max_batch} and {batch_wait_ms}")
+    if log_format not in LOG_FORMATS:
+        raise UsageError(f"--log-format must be one of {', '.join(LOG_FORMATS)}, not {log_format!r}")
     hosts = parse_hosts(allowed_hosts) if allowed_hosts is not None else [*LOOPBACK_HOSTS, TEST_CLIENT_HOST]
     clf = classifier or load(run, device=device, engine=engine)
     info = {**run_info(clf, run), "engine": clf.engine, "top_k": min(top_k, len(clf.classes)),  # engine: 'auto' resolved
@@ -109,20 +121,30 @@ def create_app(run: str | Path, engine: str = "torch", max_bytes: int = DEFAULT_
     service = Service(clf, info, max_bytes=max_bytes, max_pixels=max_pixels, read_timeout=read_timeout,
                       admission=Admission(max_queue),
                       receiving=Receiving(max_queue * max_bytes))  # the same bound as when bodies were read in a slot
-    service.batcher = Batcher(service.predict_batch, max_batch=max_batch, wait_s=batch_wait_ms / 1000)
+    metrics = ServeMetrics(max_batch, {"backbone": str(info["backbone"]), "engine": clf.engine, "version": __version__})
+    service.batcher = Batcher(service.predict_batch, max_batch=max_batch, wait_s=batch_wait_ms / 1000,
+                              on_batch=metrics.observe_batch)
+    metrics.watch(queue_depth=lambda: service.batcher.depth, in_progress=lambda: service.admission.active,
+                  receiving=lambda: service.receiving.uploads)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
         service.batcher.close()
 
-    app = FastAPI(title="posetune", version=__version__, lifespan=lifespan,
-                  description=f"Names the pose in a photo: {', '.join(clf.classes)} ({info['backbone']}, {clf.engine}).")
+    # /docs (Swagger UI) and /redoc from the assets of the fastapi-offline package: no CDN, works with no network.
+    app = FastAPIOffline(title="posetune", version=__version__, lifespan=lifespan, static_url=DOCS_ASSETS,
+                         swagger_ui_parameters={"validatorUrl": None},  # Swagger UI would call validator.swagger.io
+                         description=f"Names the pose in a photo: {', '.join(clf.classes)} ({info['backbone']}, "
+                                     f"{clf.engine}).")
     app.add_middleware(TrustedHostMiddleware, allowed_hosts=hosts, www_redirect=False)
-    app.add_middleware(SecurityHeaders)  # added last = outermost
+    app.add_middleware(Observe, metrics=metrics, routes=app.router.routes,
+                       log=access_logger().info if log_format == "json" else None)
+    app.add_middleware(SecurityHeaders, policies={"/docs": DOCS_CSP, "/redoc": DOCS_CSP})  # added last = outermost
     app.add_exception_handler(Exception, internal_error)
-    add_routes(app, service, read_page())
+    add_routes(app, service, read_page(), metrics)
     app.state.classifier = clf
     app.state.info = info
     app.state.service = service
+    app.state.metrics = metrics
     return app

@@ -14,6 +14,7 @@ from posetune.predict.loading import ENGINES, RUN
 
 MAX_BYTES = 10**9  # an upload is held in memory while it is decoded
 MAX_PIXELS = 200_000_000  # Pillow refuses images beyond ~179 MP (twice its bomb warning) anyway
+LOG_FORMATS = ("text", "json")  # uvicorn's text logs, or one JSON object per line (serve.monitoring)
 
 
 class ByteSize(Check):
@@ -49,3 +50,4 @@ class ServeOptions(Options):
     device: str = option("auto", DEVICE)
     max_batch: int = option(16, Int(1, 1024))
     batch_wait_ms: float = option(5.0, Float(0, 1000))
+    log_format: str = option("text", Choice(*LOG_FORMATS))

@@ -1,4 +1,4 @@
-"""The routes: POST /predict, and GET / (the page), /health, /info.
+"""The routes: POST /predict, and GET / (the page), /health, /info, /metrics.
 
 Each route reads what it needs from one :class:`Service`, built by ``create_app``.
 """
@@ -12,13 +12,14 @@ from dataclasses import dataclass, field
 from importlib import resources
 
 from fastapi import FastAPI, HTTPException, Request, Response
-from fastapi.responses import HTMLResponse
+from fastapi.responses import HTMLResponse, PlainTextResponse
 from starlette.concurrency import run_in_threadpool
 
 from posetune import runtime
 from posetune.predict.prediction import Prediction, batched_predictions
 from posetune.serve.batching import Batched, Batcher
 from posetune.serve.limits import Admission, Receiving
+from posetune.serve.monitoring import ServeMetrics
 from posetune.serve.uploads import decode_upload, receive_upload
 
 # After work this large, freed memory is handed back to the OS (malloc_trim): a 4 MP decode holds >= 16 MB.
@@ -86,7 +87,7 @@ class Service:
                 "engine": self.info["engine"], "image": {"width": size[0], "height": size[1]}}
 
 
-def add_routes(app: FastAPI, service: Service, page: str) -> None:
+def add_routes(app: FastAPI, service: Service, page: str, metrics: ServeMetrics) -> None:
     """Attach every route of the service to ``app``."""
     info, admission, receiving = service.info, service.admission, service.receiving
 
@@ -134,6 +135,13 @@ def add_routes(app: FastAPI, service: Service, page: str) -> None:
     @app.get("/info", summary="The model: backbone, strategy, classes, test metrics, limits")
     async def get_info() -> dict:
         return info
+
+    @app.get("/metrics", response_class=PlainTextResponse, summary="Prometheus metrics",
+             responses={200: {"content": {"text/plain": {}}}})
+    async def get_metrics() -> Response:
+        """Requests by route and status, request latency, requests per forward pass, queue depth, in the
+        Prometheus text format."""
+        return Response(metrics.exposition(), media_type=metrics.content_type)
 
 
 def read_page() -> str:
