@@ -98,8 +98,9 @@ def create_app(run: str | Path, engine: str = "torch", max_bytes: int = DEFAULT_
     'testserver': pass ``["*"]``, or the names clients use, to serve on the network. Requests that arrive
     together share a forward pass: up to ``max_batch``, waiting at most ``batch_wait_ms`` after the first
     (``max_batch=1``: one at a time). ``log_format="json"`` writes one JSON line per request to the
-    ``posetune.access`` logger (stdout unless configured); "text" leaves access logs to uvicorn. ``classifier`` replaces the loaded model: an object with ``.classes``,
-    ``.engine``, ``.meta``, ``.preprocess``, ``.decode(image)`` and ``.probabilities(decoded images)``.
+    ``posetune.access`` logger (stdout unless configured); "text" leaves access logs to uvicorn.
+    ``classifier`` replaces the loaded model: an object with ``.classes``, ``.engine``, ``.meta``,
+    ``.preprocess``, ``.decode(image)`` and ``.probabilities(decoded images)``.
     """
     from posetune.predict import load
     from posetune.version import __version__

@@ -132,17 +132,20 @@ class Batcher:
         return [entry for entry in batch if entry[1].set_running_or_notify_cancel()]  # drop cancelled requests
 
     def _serve(self) -> None:
-        while True:
-            batch = self._next_batch()
-            if batch is None:
-                break
-            if batch:
-                self._run(batch)
-        with self._cond:
-            left, self._queue = list(self._queue), deque()
-        for _, future, _ in left:
-            if future.set_running_or_notify_cancel():
-                future.set_exception(RuntimeError("the server is shutting down"))
+        try:
+            while True:
+                batch = self._next_batch()
+                if batch is None:
+                    break
+                if batch:
+                    self._run(batch)
+        finally:  # closed, or the thread itself is dying: nothing may wait for it any more
+            with self._cond:
+                self._closed = True
+                left, self._queue = list(self._queue), deque()
+            for _, future, _ in left:
+                if future.set_running_or_notify_cancel():
+                    future.set_exception(RuntimeError("the server is shutting down"))
 
     def _run(self, batch: list[tuple[Any, Future, float]]) -> None:
         start = time.perf_counter()
