@@ -26,6 +26,7 @@ import json
 import os
 import platform
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -276,6 +277,7 @@ def main() -> None:
     ap.add_argument("--note", default="", help="Recorded with the results (e.g. what else ran on the machine).")
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "serve.json"))
     args = ap.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so that the servers started are stopped too
     levels = {int(c): int(n) for c, n in (pair.split(":") for pair in args.levels.split(","))}
 
     import posetune

@@ -266,3 +266,6 @@ def test_batching_settings_are_checked_and_shown(onnx_run: Path) -> None:
     info = client.get("/info").json()
     assert (info["max_batch"], info["batch_wait_ms"], info["model_batch"]) == (8, 2, 1)
     assert client.get("/health").json()["batching"] == {"waiting": 0, "max_batch": 8}
+    # Between the worker's runs ONNX Runtime's threads sleep: spinning would take the cores that decode uploads.
+    options = client.app.state.classifier.session.get_session_options()
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"

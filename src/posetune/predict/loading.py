@@ -69,7 +69,7 @@ def choose_engine(run: str | Path, engine: str = "auto", device: str = "auto", t
     return "onnx", f"{onnx} matches the weights; --engine torch to use PyTorch"
 
 
-def load(run: str | Path, device: str = "auto", engine: str = "torch"):
+def load(run: str | Path, device: str = "auto", engine: str = "torch", spinning: bool = True):
     """Load a run folder for prediction: ``posetune.load(RUN).predict(images)``.
 
     ``engine="onnx"`` runs RUN/model.onnx (from `posetune export`) in ONNX Runtime without importing torch;
@@ -77,12 +77,13 @@ def load(run: str | Path, device: str = "auto", engine: str = "torch"):
     object with ``.classes``, ``.normalize(uint8 batch)``, ``.logits(normalised batch)``,
     ``.predict(images, top_k, batch_size)`` and its two halves: ``.decode(image)`` (per image) and
     ``.probabilities(decoded images)`` (one forward pass; the server batches requests through it).
+    ``spinning=False`` (ONNX engine) keeps ONNX Runtime's threads from spin-waiting between runs.
     """
     engine, _ = choose_engine(run, engine, device)
     if engine == "onnx":
         from posetune.predict.onnx_engine import OnnxClassifier
 
-        return OnnxClassifier(run, device=device)
+        return OnnxClassifier(run, device=device, spinning=spinning)
     from posetune.predict.torch_engine import Classifier
     from posetune.run import RunDir
 

@@ -93,7 +93,9 @@ class OnnxClassifier:
 
     engine = "onnx"
 
-    def __init__(self, run: str | Path, device: str = "auto", threads: int | None = None):
+    def __init__(self, run: str | Path, device: str = "auto", threads: int | None = None, spinning: bool = True):
+        """``spinning=False``: ONNX Runtime's threads sleep between runs instead of spin-waiting for the next one
+        (a server, whose runs come apart and whose cores decode uploads meanwhile)."""
         try:
             import onnxruntime as ort
         except ImportError as exc:
@@ -102,6 +104,8 @@ class OnnxClassifier:
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads
+        if not spinning:
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             self.session = ort.InferenceSession(str(self.model_file), options, providers=_providers(device))
         except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own untyped errors on bad files

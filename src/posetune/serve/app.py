@@ -114,7 +114,8 @@ def create_app(run: str | Path, engine: str = "torch", max_bytes: int = DEFAULT_
     if log_format not in LOG_FORMATS:
         raise UsageError(f"--log-format must be one of {', '.join(LOG_FORMATS)}, not {log_format!r}")
     hosts = parse_hosts(allowed_hosts) if allowed_hosts is not None else [*LOOPBACK_HOSTS, TEST_CLIENT_HOST]
-    clf = classifier or load(run, device=device, engine=engine)
+    # ONNX Runtime's threads would spin between runs on the cores that decode the next uploads.
+    clf = classifier or load(run, device=device, engine=engine, spinning=False)
     info = {**run_info(clf, run), "engine": clf.engine, "top_k": min(top_k, len(clf.classes)),  # engine: 'auto' resolved
             "max_bytes": max_bytes, "max_pixels": max_pixels, "max_queue": max_queue, "read_timeout": read_timeout,
             "max_batch": max_batch, "batch_wait_ms": batch_wait_ms, "model_batch": model_batch(clf),
