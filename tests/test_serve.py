@@ -16,7 +16,8 @@ from PIL import Image
 
 import posetune
 from posetune.errors import UsageError
-from posetune.serve.app import create_app, parse_size
+from posetune.serve.app import create_app
+from posetune.serve.limits import parse_size
 
 
 def jpeg_bytes(size=(120, 90), seed=0, quality=90) -> bytes:
@@ -93,7 +94,7 @@ class _Broken:
     def __getattr__(self, name):
         return getattr(self.inner, name)
 
-    def predict(self, *args, **kwargs):
+    def probabilities(self, *args, **kwargs):
         raise RuntimeError("model exploded")
 
 
@@ -181,10 +182,10 @@ class _Gated:
     def __getattr__(self, name):
         return getattr(self.inner, name)
 
-    def predict(self, *args, **kwargs):
+    def probabilities(self, *args, **kwargs):
         self.entered.set()
         self.gate.wait(30)
-        return self.inner.predict(*args, **kwargs)
+        return self.inner.probabilities(*args, **kwargs)
 
 
 def test_full_queue_answers_503_with_retry_after(onnx_run: Path) -> None:
@@ -235,19 +236,20 @@ def test_upload_deadline_answers_408(onnx_run: Path) -> None:
 def test_large_uploads_hand_memory_back(onnx_run: Path, monkeypatch) -> None:
     """After a large upload (or a large decode, or a failed one) freed memory goes back to the OS; small
     requests skip it. (Measured with `posetune serve`: RSS +560 MB after 20 PNGs of 9 MB, 4 at a time, without.)"""
-    import posetune.serve.app as serve_app
+    import posetune.runtime as runtime
+    import posetune.serve.routes as routes
 
-    assert serve_app.release_freed_memory() is (sys.platform.startswith("linux") and serve_app._malloc_trim() is not None)
+    assert runtime.release_freed_memory() is (sys.platform.startswith("linux") and runtime._malloc_trim() is not None)
     calls = []
-    monkeypatch.setattr(serve_app, "release_freed_memory", lambda: calls.append(1) or True)
+    monkeypatch.setattr(runtime, "release_freed_memory", lambda: calls.append(1) or True)
     client = TestClient(create_app(onnx_run, engine="onnx", max_bytes=20_000_000))
     assert client.post("/predict", content=jpeg_bytes()).status_code == 200 and calls == []
     big = io.BytesIO()
     Image.linear_gradient("L").resize((2500, 2000)).convert("RGB").save(big, "PNG")  # 5 MP, ~30 KB
-    assert len(big.getvalue()) < serve_app.TRIM_AFTER_BYTES
+    assert len(big.getvalue()) < routes.TRIM_AFTER_BYTES
     assert client.post("/predict", content=big.getvalue()).status_code == 200 and calls == [1]
     noisy = jpeg_bytes((800, 700), quality=100)  # > 1 MB, small once decoded
-    assert len(noisy) >= serve_app.TRIM_AFTER_BYTES
+    assert len(noisy) >= routes.TRIM_AFTER_BYTES
     assert client.post("/predict", content=noisy).status_code == 200 and calls == [1, 1]
     assert client.post("/predict", content=big.getvalue()[: len(big.getvalue()) // 2]).status_code == 422 and len(calls) == 3
 

@@ -80,10 +80,13 @@ def browser(tmp_path: Path):
 
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
+    # No network beyond the server under test: every other host name fails to resolve.
     for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--disable-dev-shm-usage", f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1100,820"):
+                 "--disable-dev-shm-usage", f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1100,820",
+                 "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1"):
         options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
     driver.set_page_load_timeout(30)
     try:
@@ -145,3 +148,40 @@ def test_page_shows_the_servers_error_for_a_non_image(server: str, browser, tmp_
     browser.find_element(By.ID, "file").send_keys(str(bogus))
     WebDriverWait(browser, 30).until(lambda d: d.find_element(By.ID, "result").get_attribute("data-state") == "error")
     assert "image" in browser.find_element(By.ID, "error").text
+
+
+def loaded_urls(browser) -> list[str]:
+    """Every URL the page fetched (the document, scripts, styles, images, XHR/fetch)."""
+    return browser.execute_script(
+        "return [location.href].concat(performance.getEntriesByType('resource').map(e => e.name))")
+
+
+# ReDoc 2's side menu always shows Redocly's logo from their CDN (no option turns it off); the page's
+# Content-Security-Policy refuses it, so nothing leaves the browser, and the logo hides itself on the error.
+REDOC_LOGO = "https://cdn.redoc.ly/redoc/logo-mini.svg"
+
+
+@pytest.mark.parametrize("page, selector", [("/docs", ".opblock-summary-path"), ("/redoc", "[data-section-id]")])
+def test_api_docs_list_the_operations_offline(server: str, browser, page: str, selector: str) -> None:
+    """Swagger UI at /docs and ReDoc at /redoc render the API from this server's own assets, with no network:
+    every operation is listed, /docs fetches nothing from another origin and logs no error; /redoc only tries
+    ReDoc's logo, which the page's policy refuses."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser.get(server + page)
+    WebDriverWait(browser, 30).until(lambda d: len(d.find_elements(By.CSS_SELECTOR, selector)) >= 3)
+    text = browser.find_element(By.TAG_NAME, "body").text
+    for operation in ("/predict", "/health", "/info", "/metrics"):
+        assert operation in text, f"{operation} is not listed on {page}"
+    assert "Name the pose in one photo" in text
+    urls = loaded_urls(browser)
+    assert any("/docs-assets/" in u for u in urls) and any(u.endswith("/openapi.json") for u in urls), urls
+    elsewhere = [u for u in urls if not u.startswith(server + "/")]
+    errors = [e["message"] for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+    if page == "/docs":
+        assert elsewhere == [] and errors == [], (elsewhere, errors)
+    else:
+        assert set(elsewhere) <= {REDOC_LOGO}, elsewhere
+        assert all(REDOC_LOGO in e and "Content Security Policy" in e for e in errors), errors
+        assert browser.find_elements(By.CSS_SELECTOR, "img[alt='redocly logo']") == []  # refused: it removed itself

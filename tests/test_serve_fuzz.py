@@ -23,7 +23,8 @@ import pytest
 from PIL import Image
 
 from posetune.errors import UsageError
-from posetune.serve.app import create_app, default_allowed_hosts, parse_hosts
+from posetune.serve.app import create_app
+from posetune.serve.limits import default_allowed_hosts, parse_hosts
 
 uvicorn = pytest.importorskip("uvicorn")
 

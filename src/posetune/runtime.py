@@ -1,17 +1,20 @@
-"""Process-level tuning applied once at start-up of heavy work.
+"""The allocator: process-level tuning applied once at start-up of heavy work, and the trim that undoes it on demand.
 
 glibc returns large freed buffers (activations) to the OS and faults them back in on the next
 step: on a 2-core CPU that page-fault churn cost about a third of training time. Keeping them
 (no mmap for big blocks, no trimming) removes it. Same effect as MALLOC_MMAP_MAX_=0
 MALLOC_TRIM_THRESHOLD_=<huge> in the environment, without asking the user to set anything.
+A long-running server hands memory back itself after large requests: :func:`release_freed_memory`.
 """
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import os
 import sys
+from typing import Callable
 
 M_TRIM_THRESHOLD = -1
 M_MMAP_MAX = -4
@@ -39,3 +42,26 @@ def tune_allocator() -> bool:
 
 def allocator_tuned() -> bool:
     return bool(_applied)
+
+
+@functools.cache
+def _malloc_trim() -> Callable[[int], int] | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        trim = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return None  # not glibc (e.g. musl)
+    trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
+    return trim
+
+
+def release_freed_memory() -> bool:
+    """Hand memory freed by the process back to the OS (glibc ``malloc_trim``); False where there is none.
+
+    :func:`tune_allocator` (applied by ``posetune serve``) stops glibc from doing this by itself, which keeps
+    training fast; without a trim a burst of large uploads left the server ~500 MB larger for good.
+    It takes ~25 ms after freeing a few hundred MB, ~0.03 ms when there is nothing to give back.
+    """
+    trim = _malloc_trim()
+    return bool(trim and trim(0))

@@ -39,8 +39,9 @@ def main() -> None:
     except ModuleNotFoundError as exc:
         extra = {"torch": "train", "torchvision": "train", "timm": "train", "safetensors": "train", "sklearn": "train",
                  "matplotlib": "train", "imagehash": "train", "cleanlab": "train", "onnxruntime": "onnx", "onnx": "export",
-                 "onnxscript": "export", "fastapi": "serve", "uvicorn": "serve", "tensorboard": "train",
-                 "mlflow": "track", "sqlalchemy": "track", "alembic": "track"}.get((exc.name or "").split(".")[0])
+                 "onnxscript": "export", "fastapi": "serve", "uvicorn": "serve", "fastapi_offline": "serve",
+                 "prometheus_client": "serve", "tensorboard": "train", "mlflow": "track", "sqlalchemy": "track",
+                 "alembic": "track", "captum": "train"}.get((exc.name or "").split(".")[0])
         if extra is None:
             raise
         typer.echo(f"error: this command needs {exc.name}, which is not installed; pip install 'posetune[{extra}]'",

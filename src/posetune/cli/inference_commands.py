@@ -233,51 +233,84 @@ def push(
 
 
 @app.command(epilog="Examples: `posetune serve runs/yoga` then open http://127.0.0.1:8000 · "
-                    "`posetune serve runs/yoga --engine onnx --host 0.0.0.0 --port 8080 --max-bytes 20MB`")
+                    "`posetune serve runs/yoga --engine onnx --host 0.0.0.0 --port 8080 --max-bytes 20MB` · "
+                    "`POSETUNE_RUN=/models/yoga POSETUNE_HOST=0.0.0.0 POSETUNE_LOG_FORMAT=json posetune serve` "
+                    "(each option also reads POSETUNE_ + its name in capitals; a flag wins over the variable)")
 def serve(
-    run: str = typer.Argument(..., help="Run folder written by `posetune train` (for --engine onnx: after `posetune export`)."),
-    host: str = typer.Option("127.0.0.1", help="Address to bind; 0.0.0.0 exposes the server to your network."),
-    port: int = typer.Option(8000),
-    engine: str = typer.Option("auto", help="auto: onnx when RUN/model.onnx matches the weights, else torch | torch | "
-                                            "onnx (RUN/model.onnx through ONNX Runtime)."),
-    max_bytes: str = typer.Option("10MB", help="Largest upload accepted (413 beyond it)."),
-    max_pixels: int = typer.Option(50_000_000, help="Largest image in pixels (decompression-bomb guard)."),
-    max_queue: int = typer.Option(16, help="Requests in progress at once; more get 503 with Retry-After."),
-    top_k: int = typer.Option(5, help="Classes returned per image."),
-    read_timeout: float = typer.Option(10.0, help="Seconds to receive a whole upload; slower ones get 408 "
-                                                  "(10 s: a 10 MB photo at 8 Mbit/s). No queue slot is held meanwhile."),
-    allowed_hosts: Optional[str] = typer.Option(None, help="Host headers accepted, comma-separated (pose.example,*.lan; * any); "
-                                                 "others get 400. Default: loopback names when bound to loopback, "
-                                                 "else any."),
-    min_confidence: Optional[float] = typer.Option(None, help="A threshold P in 0..1: answer the label 'unsure' "
+    run: str = typer.Argument(..., envvar="POSETUNE_RUN", show_envvar=True,
+                              help="Run folder written by `posetune train` (for --engine onnx: after `posetune export`)."),
+    host: str = typer.Option("127.0.0.1", envvar="POSETUNE_HOST",
+                             help="Address to bind; 0.0.0.0 exposes the server to your network."),
+    port: int = typer.Option(8000, envvar="POSETUNE_PORT"),
+    engine: str = typer.Option("auto", envvar="POSETUNE_ENGINE",
+                               help="auto: onnx when RUN/model.onnx matches the weights, else torch | torch | "
+                                    "onnx (RUN/model.onnx through ONNX Runtime)."),
+    max_bytes: str = typer.Option("10MB", envvar="POSETUNE_MAX_BYTES", help="Largest upload accepted (413 beyond it)."),
+    max_pixels: int = typer.Option(50_000_000, envvar="POSETUNE_MAX_PIXELS",
+                                   help="Largest image in pixels (decompression-bomb guard)."),
+    max_queue: int = typer.Option(16, envvar="POSETUNE_MAX_QUEUE",
+                                  help="Requests in progress at once; more get 503 with Retry-After."),
+    top_k: int = typer.Option(5, envvar="POSETUNE_TOP_K", help="Classes returned per image."),
+    read_timeout: float = typer.Option(10.0, envvar="POSETUNE_READ_TIMEOUT",
+                                       help="Seconds to receive a whole upload; slower ones get 408 (10 s: a 10 MB "
+                                            "photo at 8 Mbit/s). No queue slot is held meanwhile."),
+    allowed_hosts: Optional[str] = typer.Option(None, envvar="POSETUNE_ALLOWED_HOSTS",
+                                                help="Host headers accepted, comma-separated (pose.example,*.lan; * any); "
+                                                     "others get 400. Default: loopback names when bound to loopback, "
+                                                     "else any."),
+    min_confidence: Optional[float] = typer.Option(None, envvar="POSETUNE_MIN_CONFIDENCE",
+                                                   help="A threshold P in 0..1: answer the label 'unsure' "
                                                    "(top-k still given, \"unsure\": true) when the top probability "
                                                    "is below P."),
-    device: str = typer.Option("auto"),
+    device: str = typer.Option("auto", envvar="POSETUNE_DEVICE"),
+    max_batch: int = typer.Option(16, envvar="POSETUNE_MAX_BATCH",
+                                  help="Requests that share one forward pass at most (1: one at a time); an ONNX "
+                                       "export of a fixed batch still runs them one by one (`posetune export RUN "
+                                       "--dynamic-batch` for a real batch)."),
+    batch_wait_ms: float = typer.Option(5.0, envvar="POSETUNE_BATCH_WAIT_MS",
+                                        help="How long a forming batch waits for requests still decoding, in ms after "
+                                             "the first (never when no other request is on its way)."),
+    log_format: str = typer.Option("text", envvar="POSETUNE_LOG_FORMAT",
+                                   help="text (uvicorn's logs) | json (one JSON object per request on stdout: time, "
+                                        "method, path, status, latency_ms, batch_size, client; other messages as "
+                                        "JSON on stderr)."),
 ):
     """Serve a web page and a JSON API that name the pose in a photo (FastAPI + uvicorn): GET /, POST /predict,
-    GET /info, GET /health, docs at /docs."""
+    GET /info, GET /health, GET /metrics (Prometheus), docs at /docs and /redoc (offline). Every option can also
+    be set from an environment variable, POSETUNE_ and its name (POSETUNE_PORT, POSETUNE_MAX_BYTES, ...; RUN:
+    POSETUNE_RUN); a flag overrides the variable."""
     import uvicorn
 
     from posetune.predict import choose_engine
     from posetune.runtime import tune_allocator
-    from posetune.serve.app import create_app, default_allowed_hosts, parse_hosts, parse_size
+    from posetune.serve.app import create_app
+    from posetune.serve.limits import default_allowed_hosts, parse_hosts, parse_size
+    from posetune.serve.monitoring import LogReporter, uvicorn_log_config
     from posetune.serve.options import ServeOptions
 
     ServeOptions(run=run, host=host, port=port, engine=engine, max_bytes=max_bytes, max_pixels=max_pixels,
                  max_queue=max_queue, top_k=top_k, read_timeout=read_timeout, allowed_hosts=allowed_hosts,
-                 min_confidence=min_confidence, device=device).validate()  # before the model loads or a port binds
+                 device=device, max_batch=max_batch, batch_wait_ms=batch_wait_ms, log_format=log_format,
+                 min_confidence=min_confidence).validate()  # before the model loads or a port binds
     tune_allocator()
-    reporter = reporter_for(False)
+    log_config = uvicorn_log_config() if log_format == "json" else None
+    reporter = LogReporter(log_config) if log_config else reporter_for(False)  # json: stdout has requests only
     hosts = parse_hosts(allowed_hosts) if allowed_hosts is not None else default_allowed_hosts(host)
     engine, why = choose_engine(run, engine, device)
     reporter.info(f"engine: {engine} - {why}")
     app_ = create_app(run, engine=engine, max_bytes=parse_size(max_bytes), max_pixels=max_pixels, max_queue=max_queue,
-                      top_k=top_k, device=device, read_timeout=read_timeout, allowed_hosts=hosts,
+                      top_k=top_k, device=device, read_timeout=read_timeout, allowed_hosts=hosts, max_batch=max_batch,
+                      batch_wait_ms=batch_wait_ms, log_format=log_format,
                       min_confidence=min_confidence)
+    if app_.state.info["model_batch"] != "any" and max_batch > 1:
+        reporter.info(f"batching up to {max_batch} requests, but {run}'s ONNX export takes batch "
+                      f"{app_.state.info['model_batch']}: re-export with `posetune export {run} --dynamic-batch` for one "
+                      "forward pass per batch")
     if host not in ("127.0.0.1", "localhost", "::1"):
         reporter.warn(f"binding {host}: anyone who can reach this machine can use the model")
     reporter.info("allowed hosts: " + ("any (--allowed-hosts NAME,... to restrict)" if "*" in hosts
                                        else f"{', '.join(hosts)} (others get 400; --allowed-hosts to change)"))
     reporter.info(f"serving {run} ({engine} engine) on http://{'[' + host + ']' if ':' in host else host}:{port}  "
                   "(Ctrl+C to stop)")
-    uvicorn.run(app_, host=host, port=port, log_level="info", timeout_keep_alive=5)
+    uvicorn.run(app_, host=host, port=port, log_level="info", timeout_keep_alive=5,
+                **({"log_config": log_config, "access_log": False} if log_config else {}))

@@ -80,19 +80,22 @@ def _run_temperature(run: Path):
         return None  # loading the run folder names what is wrong with it
 
 
-def load(run: str | Path, device: str = "auto", engine: str = "torch"):
+def load(run: str | Path, device: str = "auto", engine: str = "torch", spinning: bool = True):
     """Load a run folder for prediction: ``posetune.load(RUN).predict(images)``.
 
     ``engine="onnx"`` runs RUN/model.onnx (from `posetune export`) in ONNX Runtime without importing torch;
     ``"auto"`` picks it when it matches the weights (see :func:`choose_engine`). Both engines return an
     object with ``.classes``, ``.temperature``, ``.normalize(uint8 batch)``, ``.logits(normalised batch)`` (before
-    the temperature) and ``.predict(images, top_k, batch_size, min_confidence=None)``.
+    the temperature), ``.predict(images, top_k, batch_size, min_confidence=None)`` and its two halves:
+    ``.decode(image)`` (per image) and ``.probabilities(decoded images)`` (one forward pass, the temperature
+    applied; the server batches requests through it). ``spinning=False`` (ONNX engine) keeps ONNX Runtime's
+    threads from spin-waiting between runs.
     """
     engine, _ = choose_engine(run, engine, device)
     if engine == "onnx":
         from posetune.predict.onnx_engine import OnnxClassifier
 
-        return OnnxClassifier(run, device=device)
+        return OnnxClassifier(run, device=device, spinning=spinning)
     from posetune.predict.torch_engine import Classifier
     from posetune.run import RunDir
 

@@ -89,7 +89,9 @@ class OnnxClassifier:
 
     engine = "onnx"
 
-    def __init__(self, run: str | Path, device: str = "auto", threads: int | None = None):
+    def __init__(self, run: str | Path, device: str = "auto", threads: int | None = None, spinning: bool = True):
+        """``spinning=False``: ONNX Runtime's threads sleep between runs instead of spin-waiting for the next one
+        (a server, whose runs come apart and whose cores decode uploads meanwhile)."""
         try:
             import onnxruntime as ort
         except ImportError as exc:
@@ -98,6 +100,8 @@ class OnnxClassifier:
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads
+        if not spinning:
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             self.session = ort.InferenceSession(str(self.model_file), options, providers=_providers(device))
         except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own untyped errors on bad files
@@ -145,15 +149,20 @@ class OnnxClassifier:
             out.append(self.session.run(None, {self.input.name: chunk})[0])
         return np.concatenate(out)[:n]
 
+    def decode(self, item) -> np.ndarray:
+        """One path, PIL image or array -> what :meth:`probabilities` takes: SxSx3 uint8, resized and center-cropped
+        (raises ImageError). The per-image half of :meth:`predict`, run outside the model."""
+        return self.preprocess.crop(self.preprocess.pixels(item))
+
+    def probabilities(self, decoded: list) -> np.ndarray:
+        """Decoded images (:meth:`decode`) -> one forward pass (chunked to a fixed export batch, see :meth:`logits`):
+        a (len, classes) array of ``softmax(logits / temperature)``."""
+        return softmax(self.logits(self.normalize(np.stack(decoded))), self.temperature)
+
     def predict(self, images: Iterable, top_k: int = 3, batch_size: int = 32,
                 on_step: Callable[[int], None] | None = None, min_confidence: float | None = None) -> list[Prediction]:
         """Predict paths, PIL images or uint8 arrays. Unreadable files get a Prediction with ``error`` set.
         Probabilities are ``softmax(logits / temperature)``; below ``min_confidence`` the label is 'unsure'."""
         items = list(images)
-
-        def probabilities(arrays: list) -> np.ndarray:
-            return softmax(self.logits(self.normalize(np.stack(arrays))), self.temperature)
-
-        pre = self.preprocess
-        return batched_predictions(decoded(items, lambda item: pre.crop(pre.pixels(item))), len(items),
-                                   probabilities, self.classes, top_k, batch_size, on_step, min_confidence)
+        return batched_predictions(decoded(items, self.decode), len(items), self.probabilities, self.classes, top_k,
+                                   batch_size, on_step, min_confidence)

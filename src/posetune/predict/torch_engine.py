@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Callable, Iterable
 
 import numpy as np
@@ -63,6 +64,23 @@ class Classifier:
         with torch.inference_mode(), autocast(self.device):
             return self.model(batch).float().cpu()
 
+    def decode(self, item) -> torch.Tensor:
+        """One path, PIL image or array -> what :meth:`probabilities` takes: a uint8 CHW tensor with the short side
+        resized, not yet cropped (raises ImageError). The per-image half of :meth:`predict`, run outside the model."""
+        return self.preprocess.decode(item)
+
+    def probabilities(self, decoded: list, tta: bool = False) -> np.ndarray:
+        """Decoded images (:meth:`decode`) -> one forward pass: a (len, classes) array of
+        ``softmax(logits / temperature)``. ``tta=True`` averages flipped and multi-crop views (10 per image)."""
+        pre, temperature = self.preprocess, self.temperature
+        if tta:
+            views = self.normalize(torch.stack([v for t in decoded for v in pre.tta_views(t)]))
+            probs = (self.logits(views) / temperature).softmax(1).view(len(decoded), -1, len(self.classes)).mean(1)
+        else:
+            batch = self.normalize(torch.stack([pre.eval_crop(t) for t in decoded]))
+            probs = (self.logits(batch) / temperature).softmax(1)
+        return probs.numpy()
+
     def predict(self, images: Iterable, top_k: int = 3, batch_size: int = 32,
                 on_step: Callable[[int], None] | None = None, tta: bool = False,
                 min_confidence: float | None = None) -> list[Prediction]:
@@ -70,19 +88,9 @@ class Classifier:
         Probabilities are ``softmax(logits / temperature)``. ``tta=True`` averages flipped and multi-crop views
         (10 per image); below ``min_confidence`` the label is 'unsure'."""
         items = list(images)
-        pre, n_classes, temperature = self.preprocess, len(self.classes), self.temperature
-
-        def probabilities(tensors: list) -> np.ndarray:
-            if tta:
-                views = self.normalize(torch.stack([v for t in tensors for v in pre.tta_views(t)]))
-                probs = (self.logits(views) / temperature).softmax(1).view(len(tensors), -1, n_classes).mean(1)
-            else:
-                batch = self.normalize(torch.stack([pre.eval_crop(t) for t in tensors]))
-                probs = (self.logits(batch) / temperature).softmax(1)
-            return probs.numpy()
-
-        return batched_predictions(decoded(items, pre.decode), len(items), probabilities, self.classes,
-                                   top_k, batch_size, on_step, min_confidence)
+        return batched_predictions(decoded(items, self.decode), len(items),
+                                   functools.partial(self.probabilities, tta=tta), self.classes, top_k, batch_size,
+                                   on_step, min_confidence)
 
 
 @torch.inference_mode()

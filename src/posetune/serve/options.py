@@ -1,7 +1,7 @@
 """The options of `posetune serve`, checked before the model loads or a port is bound.
 
 Kept apart from ``app.py`` so that checking them needs no model; ``parse_size`` (``--max-bytes``)
-stays in ``app.py`` with the rest of the request limits.
+stays in ``limits.py`` with the rest of the request limits.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from posetune.predict.prediction import MIN_CONFIDENCE
 
 MAX_BYTES = 10**9  # an upload is held in memory while it is decoded
 MAX_PIXELS = 200_000_000  # Pillow refuses images beyond ~179 MP (twice its bomb warning) anyway
+LOG_FORMATS = ("text", "json")  # uvicorn's text logs, or one JSON object per line (serve.monitoring)
 
 
 class ByteSize(Check):
@@ -25,7 +26,7 @@ class ByteSize(Check):
         self.expected = f"a size from 1 byte to {high / 10**9:g}GB"
 
     def __call__(self, value, label):
-        from posetune.serve.app import parse_size
+        from posetune.serve.limits import parse_size
 
         size = parse_size(value)  # a malformed size is a one-line UsageError naming --max-bytes
         if not 1 <= size <= self.high:
@@ -49,3 +50,6 @@ class ServeOptions(Options):
     allowed_hosts: str | None = option(None, Text("Host names, comma-separated (pose.example,*.lan; * for any)"))
     min_confidence: float | None = option(None, MIN_CONFIDENCE)  # below it the answer is 'unsure'
     device: str = option("auto", DEVICE)
+    max_batch: int = option(16, Int(1, 1024))
+    batch_wait_ms: float = option(5.0, Float(0, 1000))
+    log_format: str = option("text", Choice(*LOG_FORMATS))
