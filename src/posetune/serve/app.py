@@ -91,7 +91,7 @@ def create_app(run: str | Path, engine: str = "torch", max_bytes: int = DEFAULT_
                max_pixels: int = DEFAULT_MAX_PIXELS, max_queue: int = 16, device: str = "auto",
                read_timeout: float = DEFAULT_READ_TIMEOUT, allowed_hosts: str | Sequence[str] | None = None,
                max_batch: int = DEFAULT_MAX_BATCH, batch_wait_ms: float = DEFAULT_BATCH_WAIT_MS,
-               log_format: str = "text", classifier=None) -> FastAPI:
+               log_format: str = "text", min_confidence: float | None = None, classifier=None) -> FastAPI:
     """The FastAPI app serving RUN with ``engine`` ('auto', 'torch' or 'onnx'); the model loads here, not per request.
 
     ``allowed_hosts`` (names, ``*.domain`` or ``*`` for any) defaults to the loopback names plus TestClient's
