@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -79,3 +81,26 @@ def messy_files(folder: Path, rng: np.random.Generator) -> dict[str, str]:
     (folder / ".hidden.jpg").write_bytes(b"junk")
     kinds[".hidden.jpg"] = "hidden"
     return kinds
+
+
+def run_cli(monkeypatch, capsys, args) -> tuple[int, str, str]:
+    """posetune.cli.main in-process (no interpreter start-up): (exit code, stdout, stderr)."""
+    import pytest
+
+    from posetune import cli
+
+    monkeypatch.setattr(sys, "argv", ["posetune", *map(str, args)])
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main()
+    out, err = capsys.readouterr()
+    return exit_info.value.code, out, err
+
+
+def stop(proc: subprocess.Popen) -> None:
+    """Terminate a server started by a test; kill it if it does not leave within 10 s."""
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()

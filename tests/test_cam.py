@@ -5,27 +5,17 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import run_cli
 from PIL import Image
 
 import posetune
-from posetune import cli
 from posetune.cam import activation_maps, background_reliance, background_share, cam_target
 from posetune.data.synth import _image_rng, render_dataset, render_pose
 from posetune.data.synth.dataset import MARKER, has_masks, mask_path
-
-
-def run_cli(monkeypatch, capsys, args: list[str]) -> tuple[int, str, str]:
-    monkeypatch.setattr(sys, "argv", ["posetune", *map(str, args)])
-    with pytest.raises(SystemExit) as exit_info:
-        cli.main()
-    out, err = capsys.readouterr()
-    return exit_info.value.code, out, err
-
 
 # ----------------------------------------------------------------------------- the maps
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import typer
+from helpers import run_cli
 
 import posetune
 from posetune import cli
@@ -132,12 +133,6 @@ def expand(line: str, inputs: Path, work: Path) -> list[str]:
     return args
 
 
-def run_cli(monkeypatch, capsys, args: list[str]) -> tuple[int, str, str]:
-    monkeypatch.setattr(sys, "argv", ["posetune", *args])
-    with pytest.raises(SystemExit) as exit_info:
-        cli.main()
-    out, err = capsys.readouterr()
-    return exit_info.value.code, out, err
 
 
 def test_the_table_is_broad():

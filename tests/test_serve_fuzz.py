@@ -20,6 +20,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 import pytest
+from helpers import stop
 from PIL import Image
 
 from posetune.errors import UsageError
@@ -316,12 +317,7 @@ def test_serve_command_takes_allowed_hosts_and_read_timeout(onnx_run: Path, tmp_
         assert info["read_timeout"] == 2.0
         assert "allowed hosts: pose.example" in log.read_text()
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc)
 
 
 def test_concurrent_valid_clients_beside_slow_ones(port: int) -> None:

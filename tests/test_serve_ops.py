@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 import typer
 from fastapi.testclient import TestClient
+from helpers import stop
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -255,12 +256,7 @@ def test_serve_listens_on_posetune_port_and_logs_json_lines(onnx_run: Path, tmp_
         assert get(f"{base}/predict", b"junk")[0] == 415
         assert "posetune_requests_total" in get(f"{base}/metrics")[1].decode()
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc)
     lines = [json.loads(line) for line in out.read_text().splitlines()]  # every line parses
     assert [(r["method"], r["path"], r["status"]) for r in lines][-3:] == [
         ("POST", "/predict", 200), ("POST", "/predict", 415), ("GET", "/metrics", 200)]

@@ -13,10 +13,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import TINY, write_shapes
+from helpers import TINY, run_cli, write_shapes
 
 import posetune
-from posetune import cli, tracking
+from posetune import tracking
 from posetune.errors import InvalidOption, PosetuneError, UsageError
 
 
@@ -231,12 +231,6 @@ def test_two_processes_log_once(shapes_kaggle, tmp_path):
 # --------------------------------------------------------------------- at the door
 
 
-def run_cli(monkeypatch, capsys, args: list[str]) -> tuple[int, str, str]:
-    monkeypatch.setattr(sys, "argv", ["posetune", *map(str, args)])
-    with pytest.raises(SystemExit) as exit_info:
-        cli.main()
-    out, err = capsys.readouterr()
-    return exit_info.value.code, out, err
 
 
 @pytest.mark.parametrize("command", ["train", "compare"])
