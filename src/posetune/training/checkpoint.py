@@ -36,7 +36,7 @@ def load_checkpoint(path: str | Path, config_sha256: str | None = None) -> dict:
 
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # torch's own advice (weights_only=False) is the unsafe way
+            warnings.simplefilter("ignore")  # torch would advise turning weights_only off: the unsafe way
             payload = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         raise UsageError(f"{path} holds objects other than tensors and plain data, and posetune never unpickles "
