@@ -137,18 +137,8 @@ def plot_top_losses(items: list[dict], out: str | Path, title: str = "the most c
     predicted probability and the loss (items: path, true, predicted, probability, loss)."""
     from posetune.data.images import ImageError, load_image
 
-    plt = pyplot()
-    if not items:
-        fig, ax = plt.subplots(figsize=(4, 1.2))
-        ax.axis("off")
-        ax.text(0.5, 0.5, "no misclassified images", ha="center", va="center")
-        return save_figure(fig, out)
-    cols = min(columns, len(items))
-    rows = -(-len(items) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(2.3 * cols, 2.9 * rows + 0.4), squeeze=False)
-    for ax in axes.ravel():
-        ax.axis("off")
-    for ax, item in zip(axes.ravel(), items):
+    fig, axes = _sheet(len(items), columns, 2.9, "no misclassified images")
+    for ax, item in zip(axes, items):
         try:
             img = load_image(item["path"], min_side=192)
             img.thumbnail((192, 192))
@@ -157,30 +147,38 @@ def plot_top_losses(items: list[dict], out: str | Path, title: str = "the most c
             ax.text(0.5, 0.5, "unreadable", ha="center", va="center")
         ax.set_title(f"{Path(item['path']).name}\ntrue {item['true']}, predicted {item['predicted']}\n"
                      f"p {item['probability']:.2f}, loss {item['loss']:.2f}", fontsize=7)
-    fig.suptitle(title, fontsize=9)
+    if items:
+        fig.suptitle(title, fontsize=9)
     return save_figure(fig, out)
 
 
 def plot_cams(items: list[dict], out: str | Path, title: str, columns: int = 4, empty: str = "no images") -> Path:
     """A contact sheet of class-activation maps: each eval crop with its map overlaid (items: image, an
     S x S x 3 uint8 array; cam, S x S in [0, 1]; caption)."""
-    plt = pyplot()
-    if not items:
-        fig, ax = plt.subplots(figsize=(4, 1.2))
-        ax.axis("off")
-        ax.text(0.5, 0.5, empty, ha="center", va="center")
-        return save_figure(fig, out)
-    cols = min(columns, len(items))
-    rows = -(-len(items) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(2.3 * cols, 2.7 * rows + 0.4), squeeze=False)
-    for ax in axes.ravel():
-        ax.axis("off")
-    for ax, item in zip(axes.ravel(), items):
+    fig, axes = _sheet(len(items), columns, 2.7, empty)
+    for ax, item in zip(axes, items):
         ax.imshow(item["image"])
         ax.imshow(item["cam"], cmap="jet", alpha=0.45, vmin=0.0, vmax=1.0)
         ax.set_title(item["caption"], fontsize=7)
-    fig.suptitle(title, fontsize=9)
+    if items:
+        fig.suptitle(title, fontsize=9)
     return save_figure(fig, out)
+
+
+def _sheet(n: int, columns: int, row_height: float, empty: str):
+    """A contact sheet's figure and its n axes (axis lines off), or a small figure saying ``empty``."""
+    plt = pyplot()
+    if not n:
+        fig, ax = plt.subplots(figsize=(4, 1.2))
+        ax.axis("off")
+        ax.text(0.5, 0.5, empty, ha="center", va="center")
+        return fig, []
+    cols = min(columns, n)
+    rows = -(-n // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(2.3 * cols, row_height * rows + 0.4), squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    return fig, list(axes.ravel())
 
 
 def _interval(metrics: dict, key: str) -> str:
