@@ -142,6 +142,29 @@ class Pattern(Check):
         return value
 
 
+class Duration(Check):
+    """A wall-clock span written with its unit (``90s``, ``10m``, ``1.5h``), returned in seconds.
+
+    >>> Duration()("10m", "--time-budget")
+    600.0
+    """
+
+    UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0}
+    expected = "a duration with its unit, e.g. 90s, 10m or 1h"
+
+    def __init__(self, high_s: float = 7 * 24 * 3600.0):
+        self.high_s = high_s
+
+    def __call__(self, value, label):
+        match = re.fullmatch(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*([smh])\s*", value) if isinstance(value, str) else None
+        if not match:
+            raise self.fail(value, label)
+        seconds = float(match[1]) * self.UNITS[match[2]]
+        if not 0 < seconds <= self.high_s:
+            raise InvalidOption(f"{label} must be above 0 and at most {self.high_s / 3600:g}h, not {shown(value)}")
+        return seconds
+
+
 class Bool(Check):
     expected = "true or false"
 

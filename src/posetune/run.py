@@ -57,6 +57,7 @@ class RunMeta:
     temperature: float = 1.0  # predictions are softmax(logits / temperature); fitted on val (older runs: 1.0)
     calibration: dict = field(default_factory=dict)  # how the temperature was chosen; ECE and NLL before/after
     head: dict | None = None  # how the head was fitted, when not by the epoch loop (compare's probe)
+    budget: dict | None = None  # train --time-budget: what was measured, what was chosen and why, time used
     created: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%S"))
     format_version: int = FORMAT_VERSION
     extra: dict = field(default_factory=dict)
@@ -75,8 +76,9 @@ class RunMeta:
 
     def to_json(self) -> dict:
         obj = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "extra"}
-        if obj["head"] is None:
-            del obj["head"]
+        for optional in ("head", "budget"):
+            if obj[optional] is None:
+                del obj[optional]
         return {"format_version": obj.pop("format_version"), **obj, **self.extra}
 
     @staticmethod

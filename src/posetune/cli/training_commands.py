@@ -13,7 +13,8 @@ from posetune.cli.app import app, print_json, reporter_for
 from posetune.console import print_metrics
 
 
-@app.command(epilog="Example: `posetune train DATASET --strategy partial --freeze-stages 3 --epochs 10 --out runs/yoga`")
+@app.command(epilog="Example: `posetune train DATASET --strategy partial --freeze-stages 3 --epochs 10 --out runs/yoga`; "
+             "`posetune train DATASET --time-budget 10m` chooses the backbone, size, strategy and epochs for you")
 def train(
     data: Optional[str] = typer.Argument(None, help="Folder of class folders, split folders (TRAIN/TEST), or a CSV manifest."),
     backbone: Optional[str] = typer.Option(None, help="timm name, or NAME@random / NAME@PATH. Default efficientnet_lite0 (offline weights)."),
@@ -56,6 +57,10 @@ def train(
                                           "run folder's name) instead of RUN/tensorboard (one --logdir for many runs)."),
     mlflow_uri: Optional[str] = typer.Option(None, help="With --log mlflow: the tracking store, e.g. http://127.0.0.1:5000 "
                                              "(default $MLFLOW_TRACKING_URI, else sqlite:///<run's parent>/mlflow.db)."),
+    time_budget: Optional[str] = typer.Option(None, help="e.g. 90s, 10m, 1h: measure this machine and DATA, choose "
+                                              "backbone, image size, strategy and epochs (printed before training) "
+                                              "and finish within the budget + 10%. Not with --strategy, --epochs, "
+                                              "--image-size, --freeze-stages."),
     nproc: int = typer.Option(1, min=1, help="Processes to train with on this machine (runs torchrun; DDP, one per GPU)."),
     config: Optional[Path] = typer.Option(None, help="YAML file with the same options; flags override it."),
     json_out: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
@@ -78,6 +83,17 @@ def train(
                    balance=balance,
                    mixup=mixup, cutmix=cutmix, cache=cache, cache_dir=cache_dir, log=log, log_dir=log_dir,
                    mlflow_uri=mlflow_uri)
+    if time_budget is not None:
+        if nproc > 1:
+            from posetune.errors import UsageError
+
+            raise UsageError("--time-budget measures and trains on one process; drop --nproc")
+        from posetune.comparison.budget import train_within_budget
+
+        result = train_within_budget(data, time_budget, reporter=reporter, config=config, overwrite=overwrite,
+                                     resume=resume, **options)
+        _print_result(reporter, result, json_out)
+        return
     if nproc > 1 and "WORLD_SIZE" not in os.environ:
         from posetune.distributed import launch
 
@@ -91,6 +107,11 @@ def train(
         result = run_train(data, reporter=reporter, resume=resume, config=config, **options)
     else:
         result = run_train(data, reporter=reporter, config=config, overwrite=overwrite, **options)
+    _print_result(reporter, result, json_out)
+
+
+def _print_result(reporter, result, json_out: bool) -> None:
+    """The end of `posetune train`: skipped files, test metrics, calibration, the run folder (and --json)."""
     if result.skipped:
         reporter.info(f"{len(result.skipped)} files skipped (see {result.run / 'skipped.csv'})")
     if "test" in result.metrics:
@@ -103,7 +124,7 @@ def train(
     reporter.info(f"run folder: {result.run}  (report: {result.run / 'report.md'})")
     if json_out and os.environ.get("RANK", "0") == "0":
         print_json({"run": str(result.run), "metrics": result.metrics, "calibration": result.calibration,
-                    "train_seconds": result.train_seconds,
+                    "train_seconds": result.train_seconds, "budget": result.budget,
                     "skipped": [{"path": p, "reason": r} for p, r in result.skipped]})
 
 

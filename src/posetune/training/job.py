@@ -32,6 +32,7 @@ class TrainResult:
     skipped: list[tuple[str, str]] = field(default_factory=list)
     train_seconds: float = 0.0
     calibration: dict = field(default_factory=dict)  # model.json's: the temperature, ECE/NLL before and after
+    budget: dict | None = None  # train --time-budget: the decision model.json records, and how it went
 
 
 @dataclass
@@ -47,13 +48,16 @@ class Scores:
 
 def train(data: str | Path | None = None, reporter: Reporter | None = None, config: str | Path | None = None,
           verbose: bool = False, resume: str | Path | None = None, overwrite: bool = False,
-          tracker: Tracker | None = None, **options) -> TrainResult:
+          tracker: Tracker | None = None, deadline: float | None = None, budget: dict | None = None,
+          **options) -> TrainResult:
     """Fine-tune a backbone on DATA and write a self-contained run folder. Options as `posetune train`.
 
     ``resume=RUN`` continues RUN from its last checkpoint with the options saved in RUN/config.yaml (a run
     killed before its first checkpoint starts again from the first epoch). ``overwrite=True`` replaces an
     earlier run at ``out``; without it an existing run folder is refused. ``tracker``: log to this
-    :class:`posetune.tracking.Tracker` (left open) instead of the ones ``log=`` names.
+    :class:`posetune.tracking.Tracker` (left open) instead of the ones ``log=`` names. ``deadline``: a
+    ``time.perf_counter()`` value; training ends at the last epoch boundary before it (the guard of
+    ``train --time-budget``, whose decision ``budget`` is recorded in model.json).
     """
     from posetune.console import RichReporter
 
@@ -64,7 +68,7 @@ def train(data: str | Path | None = None, reporter: Reporter | None = None, conf
     opts = TrainOptions.from_sources(config, data=str(data) if data is not None else None, **options)
     if opts.out:
         RunDir(opts.out).check_free(overwrite)  # before the slow part: nothing is replaced without --overwrite
-    return _train(opts, reporter, overwrite=overwrite, tracker=tracker)
+    return _train(opts, reporter, overwrite=overwrite, tracker=tracker, budget=_Budget(deadline, budget))
 
 
 def _resume(run: Path, reporter: Reporter, config, data, options: dict, tracker: Tracker | None = None) -> TrainResult:
@@ -82,22 +86,33 @@ def _resume(run: Path, reporter: Reporter, config, data, options: dict, tracker:
     return _train(opts, reporter, resume=True, tracker=tracker)
 
 
+@dataclass
+class _Budget:
+    """The wall-clock guard of a budgeted run and the decision model.json records (both None without one)."""
+
+    deadline: float | None = None
+    decision: dict | None = None
+
+
 def _train(opts: TrainOptions, reporter: Reporter, resume: bool = False, overwrite: bool = False,
-           tracker: Tracker | None = None) -> TrainResult:
+           tracker: Tracker | None = None, budget: _Budget | None = None) -> TrainResult:
     from posetune.devices import training_backend
     from posetune.distributed import init_from_env, shutdown
 
     dist = init_from_env(training_backend(opts.device))
     try:
-        return _train_ranked(opts, reporter if dist.is_main else Reporter(), resume, overwrite, dist, tracker)
+        return _train_ranked(opts, reporter if dist.is_main else Reporter(), resume, overwrite, dist, tracker,
+                             budget or _Budget())
     finally:
         shutdown()
 
 
 def _train_ranked(opts: TrainOptions, reporter: Reporter, resume: bool, overwrite: bool, dist,
-                  tracker: Tracker | None = None) -> TrainResult:
+                  tracker: Tracker | None, budget: _Budget) -> TrainResult:
     """The training run as one rank of ``dist`` sees it (rank 0 alone writes the run folder and logs)."""
     p = prepare(opts, reporter, write_config=dist.is_main, dist=dist, overwrite=overwrite, resume=resume)
+    p.settings = dataclasses.replace(p.settings, deadline=budget.deadline)
+    p.budget = budget.decision
     if tracker is not None or not dist.is_main:  # the caller's tracker (a compare cell's); none off rank 0
         return _run_phases(p, reporter, resume, dist, tracker if dist.is_main else NullTracker())
     with open_trackers(opts.log, p.out.path, opts.log_dir, opts.mlflow_uri, resume=resume) as tracker:
@@ -115,6 +130,7 @@ def _run_phases(p: Prepared, reporter: Reporter, resume: bool, dist, tracker: Tr
     t0 = time.perf_counter()
     history: list[dict] = []
     best_epoch = images_seen = 0
+    stopped_by_deadline = False
     for i, phase in enumerate(p.strategy.phases, 1):
         if len(p.strategy.phases) > 1:
             reporter.info(f"{opts.strategy} phase {i} of {len(p.strategy.phases)}: {phase.title}")
@@ -128,14 +144,20 @@ def _run_phases(p: Prepared, reporter: Reporter, resume: bool, dist, tracker: Tr
         else:
             raise TypeError(f"unknown phase {phase!r} of strategy {opts.strategy}")
         history, best_epoch, images_seen = result.history, result.best_epoch, result.images_seen
+        stopped_by_deadline = stopped_by_deadline or result.stopped_by_deadline
+    if stopped_by_deadline:
+        reporter.warn(f"time budget: training ended after epoch {len(history)} of {p.epochs}, as one more would "
+                      "have run past the budget (the estimate was off); the best epoch so far is kept")
     train_seconds = time.perf_counter() - t0
     if not dist.is_main:
         return TrainResult(run=p.out.path, history=history, train_seconds=train_seconds)
     scores = score_splits(p)
-    write_run(p, history, best_epoch, scores, train_seconds, images_seen)
+    budget = None if p.budget is None else {**p.budget, "epochs_run": len(history),
+                                            "stopped_by_deadline": stopped_by_deadline}
+    write_run(p, history, best_epoch, scores, train_seconds, images_seen, budget)
     tracker.log_results(p.out.path, scores.metrics)
     return TrainResult(run=p.out.path, metrics=scores.metrics, history=history, skipped=p.index.skipped,
-                       train_seconds=train_seconds, calibration=scores.calibration)
+                       train_seconds=train_seconds, calibration=scores.calibration, budget=budget)
 
 
 def head_phase(p: Prepared, phase, reporter: Reporter, tracker: Tracker = NullTracker(), prefix: str = ""):
@@ -299,7 +321,7 @@ def _top_losses(p: Prepared, split: str, logits, labels, temperature: float) -> 
 
 
 def write_run(p: Prepared, history: list[dict], best_epoch: int, scores: Scores, train_seconds: float,
-              images_seen: int) -> None:
+              images_seen: int, budget: dict | None = None) -> None:
     from posetune.run import RunMeta
 
     meta = RunMeta(
@@ -309,7 +331,8 @@ def write_run(p: Prepared, history: list[dict], best_epoch: int, scores: Scores,
         epochs_run=len(history), train_seconds=round(train_seconds, 2),
         train_images_per_s=round(images_seen / max(train_seconds, 1e-9), 2),
         data=str(p.opts.data), layout=p.index.layout, device=str(p.device),
-        metrics=RunMeta.summarize(scores.metrics), temperature=scores.temperature, calibration=scores.calibration)
+        metrics=RunMeta.summarize(scores.metrics), temperature=scores.temperature, calibration=scores.calibration,
+        budget=budget)
     p.model.to("cpu")
     p.out.save_model(p.model, meta)
     p.out.write_results(meta, history, scores.metrics, p.index.skipped, p.plan.table(p.stages), errors=scores.errors)

@@ -37,6 +37,7 @@ class Settings:
     ema_decay: float | None = None  # keep an exponential moving average of the weights (timm ModelEmaV3)
     mixup: float = 0.0  # mixup alpha (timm Mixup); 0 = off
     cutmix: float = 0.0  # cutmix alpha; 0 = off
+    deadline: float | None = None  # time.perf_counter() by which training ends (train --time-budget's guard)
 
 
 @dataclass
@@ -62,6 +63,7 @@ class FitResult:
     seconds: float = 0.0
     images_seen: int = 0
     stopped_early_by_signal: bool = False
+    stopped_by_deadline: bool = False  # an epoch more would have ended after Settings.deadline
 
 
 class StopRequested(Exception):
@@ -101,6 +103,9 @@ def drive_epochs(settings: Settings, train_epoch: Callable[[int, LoopState], dic
     for epoch in range(state.epoch + 1, settings.epochs + 1):
         if settings.patience and state.stale >= settings.patience:
             break
+        if past_deadline(settings.deadline, state.history):
+            result.stopped_by_deadline = True
+            break
         t0 = time.perf_counter()
         try:
             row = {"epoch": epoch, **train_epoch(epoch, state)}
@@ -132,6 +137,14 @@ def drive_epochs(settings: Settings, train_epoch: Callable[[int, LoopState], dic
     result.history, result.best_epoch, result.images_seen = state.history, state.best_epoch, state.images_seen
     result.seconds = time.perf_counter() - start
     return result
+
+
+def past_deadline(deadline: float | None, history: list[dict]) -> bool:
+    """Another epoch, as long as the slowest so far, would end after ``deadline`` (the first always runs:
+    a run that trained nothing would have no weights to keep)."""
+    if deadline is None or not history:
+        return False
+    return time.perf_counter() + max(row.get("seconds", 0.0) for row in history) > deadline
 
 
 def epoch_seed(seed: int, epoch: int) -> int:

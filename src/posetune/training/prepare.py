@@ -50,6 +50,7 @@ class Prepared:
     sampler: object  # a torch Sampler for --balance sampler or DDP, else None
     dist: Dist
     config_sha256: str | None = None  # of the run's config.yaml: the checkpoints carry it
+    budget: dict | None = None  # train --time-budget's decision, recorded in model.json
 
     @property
     def epochs(self) -> int:

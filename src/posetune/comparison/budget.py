@@ -1,0 +1,235 @@
+"""`posetune train DATA --time-budget 10m`: measure on this machine and data, choose, then train in time.
+
+Stage 1 of `compare` (:mod:`.probe`) runs on a sample of DATA's train and val images (never test): each
+candidate backbone's forward throughput and its linear-probe val accuracy, fastest backbone first, until a
+quarter of the budget is spent. :func:`plan_budget` (plain numbers in, so it is tested with made-up ones)
+turns those into a choice with :func:`.finetune.estimate_cell_seconds`, the estimate `compare
+--budget-minutes` uses: the largest image size first, the best-probing backbone that fits at it, ``partial``
+with as many epochs as fit (up to the strategy's default, at least :data:`MIN_EPOCHS`); when no fine-tuning
+fits, the head alone on cached features (``linear``). The choice is printed as a table before training, and
+recorded in model.json (``budget``); the epoch loop's guard ends training at an epoch boundary if the
+estimate was off, so the run ends within the budget + 10%.
+
+>>> probes = [Candidate("efficientnet_lite0", 0.8, 200.0, 224)]
+>>> choice = plan_budget(probes, {"n_train": 500, "n_val": 100, "n_test": 100}, 120.0, default_epochs=10)
+>>> (choice.strategy, choice.image_size, choice.epochs)
+('partial', 224, 10)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from posetune.checks import Duration
+from posetune.comparison.finetune import CellReporter, estimate_cell_seconds
+from posetune.comparison.probe import run_stage1, top_backbones
+from posetune.console import Reporter
+from posetune.errors import UsageError
+
+PROBE_IMAGES_PER_CLASS = 20  # train (and val) images per class the probes see: enough to rank, quick to run
+PROBE_SHARE = 0.25  # no further backbone is probed once this share of the budget is spent
+MIN_EPOCHS = 3  # fewer fine-tuning epochs than this lose to the head alone at a larger size
+SIZE_STEPS = (1.0, 0.75, 0.5)  # image sizes tried, as a share of the backbone's pretrained size
+RESERVE_S = 5.0  # scoring and writing the run folder (report, plots) after the last epoch
+OVERRUN = 1.1  # the guard lets a run end within the budget + 10%
+PLANNED = ("strategy", "epochs", "image_size", "freeze_stages")  # options the plan chooses
+
+
+@dataclass
+class Candidate:
+    """What the probes measured of one backbone."""
+
+    backbone: str
+    probe_val_accuracy: float
+    images_per_s: float  # forward images/s at ``image_size`` (inference copy, batch 32)
+    image_size: int  # the backbone's pretrained input size
+
+
+@dataclass
+class BudgetChoice:
+    backbone: str
+    strategy: str
+    image_size: int
+    epochs: int
+    estimated_seconds: float
+    reason: str
+    rows: list[dict] = field(default_factory=list)  # every plan considered, as the printed table shows it
+    smallest_budget_s: float = 0.0  # the quickest plan's seconds (a budget below it fits nothing)
+
+
+def plan_budget(candidates: list[Candidate], counts: dict, seconds_left: float, default_epochs: int,
+                decode_s_per_image: float = 0.0) -> BudgetChoice | None:
+    """The plan to train, or None when nothing fits ``seconds_left``. ``candidates``: best probe first;
+    ``counts``: n_train, n_val, n_test of the whole of DATA."""
+    rows, fits = [], []
+    decode_s = decode_s_per_image * sum(counts.values())
+    for rank, c in enumerate(candidates):
+        for step in SIZE_STEPS:
+            size = scaled_size(c.image_size, step)
+            ips = c.images_per_s * (c.image_size / size) ** 2  # conv cost grows with the pixel count
+            per_epoch = estimate_cell_seconds({"images_per_s": ips, **counts}, 1) - \
+                estimate_cell_seconds({"images_per_s": ips, **counts}, 0)
+            fixed = estimate_cell_seconds({"images_per_s": ips, **counts}, 0) + decode_s + RESERVE_S
+            epochs = min(default_epochs, int((seconds_left - fixed) // per_epoch)) if per_epoch > 0 else 0
+            est = fixed + max(epochs, MIN_EPOCHS) * per_epoch
+            rows.append(_row(c, "partial", size, max(epochs, 0), est, epochs >= MIN_EPOCHS))
+            if epochs >= MIN_EPOCHS:
+                fits.append((SIZE_STEPS.index(step), rank, rows[-1]))
+        # linear: one forward pass over train and val for the features, the final val + test pass, the head fit
+        ips = c.images_per_s
+        est = (counts["n_train"] + 2 * counts["n_val"] + counts["n_test"]) / ips + decode_s + RESERVE_S
+        rows.append(_row(c, "linear", c.image_size, default_epochs, est, est <= seconds_left))
+    smallest = min(r["estimated s"] for r in rows) if rows else 0.0
+    if fits:
+        _, _, best = min(fits, key=lambda f: f[:2])
+        reason = (f"the largest image size at which a fine-tuning plan fits, with the best-probing backbone "
+                  f"that fits at it ({best['epochs']} epochs of partial)")
+    else:
+        linear = [r for r in rows if r["strategy"] == "linear" and r["fits"]]
+        if not linear:
+            return None
+        best = linear[0]
+        reason = f"no fine-tuning fits {seconds_left:.0f} s with {MIN_EPOCHS}+ epochs: the head on cached features"
+    best["chosen"] = True
+    return BudgetChoice(best["backbone"], best["strategy"], best["image size"], best["epochs"], best["estimated s"],
+                        reason, rows, smallest)
+
+
+def scaled_size(size: int, step: float) -> int:
+    """``size * step`` to a multiple of 16 (at least 32): what the backbones' strides divide evenly."""
+    return size if step == 1.0 else max(32, int(round(size * step / 16)) * 16)
+
+
+def _row(c: Candidate, strategy: str, size: int, epochs: int, est: float, fits: bool) -> dict:
+    return {"backbone": c.backbone, "probe val acc": round(c.probe_val_accuracy, 4), "strategy": strategy,
+            "image size": size, "epochs": epochs, "estimated s": round(est, 1), "fits": fits, "chosen": False}
+
+
+def train_within_budget(data, time_budget: str, reporter: Reporter | None = None, config=None,
+                        overwrite: bool = False, verbose: bool = False, **options):
+    """`posetune train DATA --time-budget T`: measure, choose and train within T (+10%); returns the
+    :class:`posetune.training.job.TrainResult` of the chosen run, whose model.json records the decision."""
+    from posetune.console import RichReporter
+    from posetune.options import DEFAULT_BACKBONES, TrainOptions
+    from posetune.run import RunDir
+
+    t0 = time.perf_counter()
+    reporter = reporter or (RichReporter() if verbose else Reporter())
+    budget_s = Duration()(time_budget, "--time-budget")
+    given = [f"--{k.replace('_', '-')}" for k in PLANNED if options.get(k) is not None]
+    if given or options.get("resume"):
+        raise UsageError(f"--time-budget chooses the strategy, epochs and image size; drop "
+                         f"{', '.join(given) or '--resume'} (or train without --time-budget)")
+    options = {k: v for k, v in options.items() if v is not None}
+    opts = TrainOptions.from_sources(config, data=str(data) if data is not None else None, **options)
+    if opts.out:
+        RunDir(opts.out).check_free(overwrite)
+    backbones = [opts.backbone] if "backbone" in options else list(DEFAULT_BACKBONES)
+    candidates, counts, decode_s = measure(opts, backbones, budget_s * PROBE_SHARE, t0, reporter)
+    from posetune.strategies import get_strategy
+
+    spent = time.perf_counter() - t0
+    choice = plan_budget(candidates, counts, budget_s - spent, get_strategy("partial").epochs, decode_s)
+    if choice is not None:
+        reporter.table(f"time budget {time_budget}: plans that fit the {budget_s - spent:.0f} s left after "
+                       f"{spent:.0f} s of measuring", choice.rows)
+    if choice is None:
+        quickest = _quickest(candidates, counts, decode_s)
+        raise UsageError(f"--time-budget {time_budget} is too small for {opts.data}: measuring took {spent:.0f} s and "
+                         f"the quickest plan (the head alone) needs ~{quickest:.0f} s more; give at least "
+                         f"--time-budget {_round_up(spent + quickest)}")
+    reporter.info(f"chosen: {choice.backbone}, {choice.strategy}, {choice.image_size} px, {choice.epochs} epochs, "
+                  f"~{choice.estimated_seconds:.0f} s ({choice.reason})")
+    ips = next(c.images_per_s for c in candidates if c.backbone == choice.backbone)
+    final_eval_s = (counts["n_val"] + counts["n_test"]) / ips + RESERVE_S
+    deadline = t0 + budget_s * OVERRUN - final_eval_s
+    decision = {"time_budget": time_budget, "time_budget_s": budget_s, "measuring_seconds": round(spent, 2),
+                "chosen": {k: getattr(choice, k) for k in ("backbone", "strategy", "image_size", "epochs",
+                                                           "estimated_seconds")},
+                "reason": choice.reason, "plans": choice.rows,
+                "measured": [dataclasses.asdict(c) for c in candidates], "probe_images_per_class": PROBE_IMAGES_PER_CLASS}
+    from posetune.training import train
+
+    options.update(backbone=choice.backbone, strategy=choice.strategy,
+                   image_size=choice.image_size, epochs=choice.epochs)
+    result = train(opts.data, reporter=reporter, config=config, overwrite=overwrite, deadline=deadline,
+                   budget=decision, **{k: v for k, v in options.items() if k != "data"})
+    wall = time.perf_counter() - t0
+    result.budget = {**(result.budget or {}), "wall_seconds": round(wall, 2)}
+    reporter.info(f"time budget {time_budget}: {wall:.0f} s used of {budget_s:.0f} s ({wall / budget_s:.0%})")
+    return result
+
+
+def _quickest(candidates: list[Candidate], counts: dict, decode_s_per_image: float) -> float:
+    """Seconds of the quickest plan there is (the head alone on the fastest backbone), with its margins."""
+    total = sum(counts.values())
+    ips = max((c.images_per_s for c in candidates), default=1.0)
+    return (counts["n_train"] + 2 * counts["n_val"] + counts["n_test"]) / ips + decode_s_per_image * total + RESERVE_S
+
+
+def _round_up(seconds: float) -> str:
+    """A budget a person would type, just above ``seconds``: 40s, 3m, 2h."""
+    if seconds <= 90:
+        return f"{int(math.ceil(seconds / 10) * 10)}s"
+    if seconds <= 90 * 60:
+        return f"{int(math.ceil(seconds / 60))}m"
+    return f"{int(math.ceil(seconds / 3600))}h"
+
+
+def measure(opts, backbones: list[str], probe_budget_s: float, t0: float,
+            reporter: Reporter) -> tuple[list[Candidate], dict, float]:
+    """(candidates best probe first, the counts of DATA's splits, decode seconds per image): compare's stage 1
+    on a sample of train and val, one backbone after another, until ``probe_budget_s`` is spent."""
+    from posetune.data.layouts import discover
+    from posetune.devices import resolve_device
+    from posetune.options import CompareOptions
+
+    index = discover(opts.data, val_fraction=opts.val_fraction, seed=opts.seed, label_level=opts.label_level)
+    counts = {f"n_{s}": len(index.split(s)) for s in ("train", "val", "test")}
+    sample = dataclasses.replace(index, samples=_sample(index), skipped=[], warnings=[])
+    device = resolve_device(opts.device)
+    probes: dict[str, dict] = {}
+    decode_s = 0.0
+    quiet = CellReporter(reporter, "measuring")
+    with tempfile.TemporaryDirectory(prefix="posetune-budget-") as tmp:  # the probe cells: not the user's run
+        for backbone in backbones:
+            spec = _probe_spec(backbone, opts)
+            if probes and time.perf_counter() - t0 > probe_budget_s:
+                reporter.info(f"time budget: {spec} not measured (a quarter of the budget is spent)")
+                continue
+            copts = CompareOptions.from_sources(None, data=str(opts.data), backbones=spec, out=tmp,
+                                                batch_size=opts.batch_size, device=opts.device,
+                                                val_fraction=opts.val_fraction, label_level=opts.label_level)
+            seconds: dict[str, float] = {}
+            specs = copts.backbone_specs()
+            probes.update(run_stage1(copts, specs, sample, device, Path(tmp), {}, quiet, seconds))
+            decode_s = max(decode_s, seconds.get("decode", 0.0) / max(1, len(sample.samples)))
+    ranked = top_backbones(probes, len(probes))
+    if not ranked:
+        errors = "; ".join(p.get("error", "") for p in probes.values())
+        raise UsageError(f"--time-budget: no backbone could be measured on {opts.data} ({errors})")
+    named = {_probe_spec(b, opts): b for b in backbones}  # back to the name `train` is given
+    return [Candidate(named[b], probes[b]["val_accuracy"] or 0.0, probes[b]["images_per_s"], probes[b]["image_size"])
+            for b in ranked], counts, decode_s
+
+
+def _probe_spec(backbone: str, opts) -> str:
+    """The compare spec of the weights `train` will start from (--no-pretrained, --weights PATH)."""
+    if opts.weights:
+        return f"{backbone}@{opts.weights}"
+    return backbone if opts.pretrained or "@" in backbone else f"{backbone}@random"
+
+
+def _sample(index) -> list:
+    """Up to PROBE_IMAGES_PER_CLASS train and val images of each class, spread over the folder; no test."""
+    picked, seen = [], {}
+    for s in index.samples:
+        if s.split in ("train", "val") and seen.get((s.split, s.label), 0) < PROBE_IMAGES_PER_CLASS:
+            seen[(s.split, s.label)] = seen.get((s.split, s.label), 0) + 1
+            picked.append(s)
+    return picked
