@@ -1,0 +1,117 @@
+"""`posetune train --time-budget`: the plan from measured numbers, the epoch loop's guard, the CLI end to end."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+from helpers import TINY, run_cli
+
+from posetune.checks import Duration
+from posetune.comparison.budget import MIN_EPOCHS, Candidate, plan_budget, scaled_size
+from posetune.errors import InvalidOption
+
+COUNTS = {"n_train": 1000, "n_val": 150, "n_test": 500}
+# lite2 probes best but is the slowest; lite0 is the fastest (forward images/s at each one's pretrained size)
+MEASURED = [Candidate("efficientnet_lite2", 0.90, 40.0, 260), Candidate("efficientnet_lite1", 0.88, 70.0, 240),
+            Candidate("efficientnet_lite0", 0.85, 100.0, 224)]
+
+
+def plan(seconds: float):
+    return plan_budget(MEASURED, COUNTS, seconds, default_epochs=10)
+
+
+def test_plenty_of_time_trains_the_best_probe_at_its_size_for_the_default_epochs():
+    choice = plan(3600)
+    assert (choice.backbone, choice.strategy, choice.image_size, choice.epochs) == ("efficientnet_lite2", "partial",
+                                                                                    260, 10)
+    assert choice.estimated_seconds <= 3600
+    assert [r for r in choice.rows if r["chosen"]] == [r for r in choice.rows if r["backbone"] == "efficientnet_lite2"
+                                                       and r["image size"] == 260 and r["strategy"] == "partial"]
+
+
+def test_a_tighter_budget_keeps_the_size_and_takes_a_faster_backbone_then_a_smaller_size():
+    # lite2 partial needs (3 x 1000 + 150) / 40 = 79 s per epoch: 3 epochs do not fit 240 s; lite1 (45 s) does
+    choice = plan(240)
+    assert (choice.backbone, choice.image_size) == ("efficientnet_lite1", 240)
+    assert MIN_EPOCHS <= choice.epochs < 10 and choice.estimated_seconds <= 240
+    small = plan(60)  # no backbone fits 3 epochs at its full size: a smaller image size does
+    assert small.strategy == "partial" and small.image_size < 260
+    assert small.estimated_seconds <= 60
+
+
+def test_when_no_fine_tuning_fits_the_head_alone_on_cached_features_does():
+    # lite0 at half size needs ~8 s per epoch: 3 epochs + evaluation do not fit 25 s; its head alone (~23 s)
+    # does, where the slower backbones' would not
+    choice = plan(25)
+    assert choice.strategy == "linear" and choice.backbone == "efficientnet_lite0"
+    assert "head on cached features" in choice.reason
+
+
+def test_a_budget_too_small_for_anything_plans_nothing():
+    assert plan(3) is None
+
+
+def test_sizes_stay_multiples_of_16():
+    assert [scaled_size(224, s) for s in (1.0, 0.75, 0.5)] == [224, 160, 112]
+    assert scaled_size(40, 0.5) == 32
+
+
+@pytest.mark.parametrize(("text", "seconds"), [("90s", 90.0), ("10m", 600.0), ("1h", 3600.0), ("1.5h", 5400.0)])
+def test_durations_read_with_their_unit(text, seconds):
+    assert Duration()(text, "--time-budget") == seconds
+
+
+@pytest.mark.parametrize("text", ["10", "ten minutes", "0s", "-5m", "10d"])
+def test_a_duration_without_a_unit_or_out_of_range_is_refused_by_name(text):
+    with pytest.raises(InvalidOption, match="--time-budget"):
+        Duration()(text, "--time-budget")
+
+
+def test_the_guard_ends_training_at_an_epoch_boundary_after_the_deadline():
+    from posetune.training.loop import Settings, drive_epochs
+
+    trained = []
+
+    def train_epoch(epoch, state):
+        trained.append(epoch)
+        return {"images": 1}
+
+    settings = Settings(epochs=5, patience=0, deadline=time.perf_counter() - 1.0)  # already past
+    result = drive_epochs(settings, train_epoch, lambda: {"val_accuracy": 0.5, "val_loss": 1.0}, lambda row: {})
+    assert trained == [1] and result.stopped_by_deadline  # the first epoch always runs: weights to keep
+    unbounded = drive_epochs(Settings(epochs=3, patience=0), train_epoch, lambda: {"val_accuracy": 0.5}, lambda r: {})
+    assert len(unbounded.history) == 3 and not unbounded.stopped_by_deadline
+
+
+def test_cli_time_budget_prints_its_choice_trains_and_records_the_decision(shapes_kaggle, tmp_path, monkeypatch,
+                                                                            capsys):
+    out = tmp_path / "run"
+    code, stdout, _ = run_cli(monkeypatch, capsys, [
+        "train", shapes_kaggle, "--backbone", TINY["backbone"], "--no-pretrained", "--batch-size", "16",
+        "--time-budget", "60s", "--out", out, "--json"])
+    assert code == 0
+    printed = json.loads(stdout)
+    meta = json.loads((out / "model.json").read_text())
+    budget = meta["budget"]
+    assert printed["budget"]["chosen"] == budget["chosen"] and budget["time_budget_s"] == 60.0
+    assert meta["strategy"] == budget["chosen"]["strategy"]
+    assert meta["preprocessing"]["input_size"][-1] == budget["chosen"]["image_size"]
+    assert 1 <= meta["epochs_run"] == budget["epochs_run"] <= budget["chosen"]["epochs"]
+    assert budget["measured"][0]["backbone"] == TINY["backbone"] and budget["measured"][0]["images_per_s"] > 0
+    assert sum(p["chosen"] for p in budget["plans"]) == 1
+
+
+def test_cli_budget_too_small_names_the_smallest_that_works(shapes_kaggle, tmp_path, monkeypatch, capsys):
+    code, _, err = run_cli(monkeypatch, capsys, [
+        "train", shapes_kaggle, "--backbone", TINY["backbone"], "--no-pretrained", "--time-budget", "1s",
+        "--out", tmp_path / "run"])
+    assert code == 2
+    assert "too small" in err and "give at least --time-budget" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "run").exists()
+
+
+def test_cli_time_budget_refuses_the_options_it_chooses(shapes_kaggle, monkeypatch, capsys):
+    code, _, err = run_cli(monkeypatch, capsys, ["train", shapes_kaggle, "--time-budget", "5m", "--epochs", "3"])
+    assert code == 2 and "drop --epochs" in err
