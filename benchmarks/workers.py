@@ -16,14 +16,14 @@ import time
 from pathlib import Path
 
 
-def planned_model(backbone: str, strategy: str, n_classes: int = 5):
+def planned_model(backbone: str, strategy: str, n_classes: int = 5, freeze_stages: int | None = None):
     """The backbone with an n-class head, frozen and in train mode as posetune's plan for `strategy` sets it."""
     from posetune import backbones, strategies
 
     spec = backbones.parse_spec(backbone)
     model, _ = backbones.create_backbone(spec, num_classes=n_classes)
     stages = backbones.model_stages(model)
-    plan = strategies.make_plan(strategy, stages)
+    plan = strategies.make_plan(strategy, stages, freeze_stages=freeze_stages)
     strategies.apply_freeze(model, stages, plan.frozen)
     strategies.set_train_mode(model, stages, plan.frozen, plan.bn)
     return model
@@ -106,7 +106,7 @@ def worker_plain_loop(spec: dict) -> dict:
     import torch.nn.functional as nnf
     from torchvision import datasets, transforms
 
-    torch.manual_seed(0)
+    torch.manual_seed(spec.get("seed", 0))
     size, batch, epochs = spec["size"], spec["batch"], spec["epochs"]
     mean, std = spec["mean"], spec["std"]
     tf = {"train": transforms.Compose([transforms.RandomResizedCrop(size, scale=(0.5, 1.0)), transforms.RandomHorizontalFlip(),
@@ -119,7 +119,7 @@ def worker_plain_loop(spec: dict) -> dict:
     workers = spec.get("workers", os.cpu_count() or 1)
     loaders = {k: torch.utils.data.DataLoader(v, batch_size=batch, shuffle=k == "train", num_workers=workers,
                                               persistent_workers=False) for k, v in sets.items()}
-    model = planned_model(spec["backbone"], spec["strategy"])
+    model = planned_model(spec["backbone"], spec["strategy"], len(sets["train"].classes), spec.get("freeze_stages"))
     head = set(n for n, _ in model.get_classifier().named_parameters())
     head_params = [p for n, p in model.get_classifier().named_parameters() if n in head]
     ids = {id(p) for p in head_params}
