@@ -139,8 +139,9 @@ def plain_folders(data: Path, out: Path, seed: int) -> Path:
     return out
 
 
-def run_plain(data: Path, name: str, seed: int, work: Path) -> dict:
-    """The plain loop's run of strategy ``name`` on posetune's split of this seed, in a fresh interpreter."""
+def run_peer(peer: str, data: Path, name: str, seed: int, work: Path) -> dict:
+    """A peer's run (``plain-loop``, ``fastai`` or ``lightning``: workers.py / peers.py) of strategy ``name`` on
+    posetune's split of this seed, in a fresh interpreter."""
     sys.path.insert(0, str(HERE))
     from common import worker
 
@@ -148,12 +149,39 @@ def run_plain(data: Path, name: str, seed: int, work: Path) -> dict:
 
     backbone, strategy, freeze = PLAIN[name]
     cfg = backbones.data_config(backbones.build_model(backbone.split("@")[0], len(CLASSES)), 112)
-    res = worker("plain-loop", data=str(plain_folders(data, work / f"plain-split-s{seed}", seed).resolve()), backbone=backbone,
+    res = worker(peer, data=str(plain_folders(data, work / f"plain-split-s{seed}", seed).resolve()), backbone=backbone,
                  strategy=strategy, freeze_stages=freeze, size=112, batch=64, epochs=EPOCHS, lr=1e-3, seed=seed,
                  mean=list(cfg["mean"]), std=list(cfg["std"]))
-    return {"strategy": name, "seed": seed, "test_accuracy": res["test_accuracy"],
-            "train_seconds": res["total_seconds"], "wall_seconds": res["wall"], "epoch_seconds": res["epoch_seconds"],
-            "loader_workers": res["workers"], "load_average_1min": round(os.getloadavg()[0], 2)}
+    return {"peer": peer, "strategy": name, "seed": seed, "test_accuracy": res["test_accuracy"],
+            "train_seconds": res["total_seconds"], "wall_seconds": res["wall"],
+            "epoch_seconds": res.get("epoch_seconds"), "load_average_1min": round(os.getloadavg()[0], 2)}
+
+
+def peers_here() -> list[str]:
+    """The plain loop, and fastai / Lightning where installed (a line says which are skipped)."""
+    sys.path.insert(0, str(HERE))
+    from peers import PEERS, missing
+
+    here = ["plain-loop"]
+    for peer in PEERS:
+        why = missing(peer)
+        if why:
+            print(f"fmnist1k: {why}", file=sys.stderr)
+        else:
+            here.append(peer)
+    return here
+
+
+def peer_summary(rows: list[dict], name: str) -> dict:
+    """peer -> its mean test accuracy and train seconds on strategy ``name``."""
+    out = {}
+    for peer in dict.fromkeys(r.get("peer", "plain-loop") for r in rows):
+        mine = [r for r in rows if r.get("peer", "plain-loop") == peer and r["strategy"] == name]
+        if mine:
+            out[peer] = {"seeds": len(mine),
+                         "test_accuracy_mean": round(float(np.mean([r["test_accuracy"] for r in mine])), 4),
+                         "train_seconds_mean": round(float(np.mean([r["train_seconds"] for r in mine])), 1)}
+    return out
 
 
 def summarise(rows: list[dict], plain_rows: list[dict]) -> dict:
@@ -164,16 +192,17 @@ def summarise(rows: list[dict], plain_rows: list[dict]) -> dict:
             continue
         acc = np.array([r["test_accuracy"] for r in mine])
         secs = np.array([r["train_seconds"] for r in mine])
-        plain = [r for r in plain_rows if r["strategy"] == name]
-        plain_acc = round(float(np.mean([r["test_accuracy"] for r in plain])), 4) if plain else None
+        peers = peer_summary(plain_rows, name)
+        plain = peers.get("plain-loop")
+        plain_acc = plain["test_accuracy_mean"] if plain else None
         out[name] = {"seeds": len(mine), "test_accuracy_mean": round(float(acc.mean()), 4),
                      "test_accuracy_std": round(float(acc.std(ddof=1)) if len(acc) > 1 else 0.0, 4),
                      "train_seconds_mean": round(float(secs.mean()), 1),
                      "wall_seconds_mean": round(float(np.mean([r["wall_seconds"] for r in mine])), 1),
-                     "plain_seeds": len(plain), "plain_test_accuracy_mean": plain_acc,
-                     "plain_train_seconds_mean": (round(float(np.mean([r["train_seconds"] for r in plain])), 1)
-                                                  if plain else None),
-                     "matches_plain_loop": bool(acc.mean() >= plain_acc - 0.005) if plain else None}
+                     "plain_test_accuracy_mean": plain_acc,
+                     "plain_train_seconds_mean": plain["train_seconds_mean"] if plain else None,
+                     "matches_plain_loop": bool(acc.mean() >= plain_acc - 0.005) if plain else None,
+                     "peers": peers}
     return out
 
 
@@ -183,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--strategies", default=",".join(STRATEGIES))
     ap.add_argument("--work", default=str(Path(os.environ.get("TMPDIR", "/tmp")) / "posetune-fmnist1k"))
     ap.add_argument("--out", default=str(HERE / "results" / "fmnist1k.json"))
-    ap.add_argument("--no-plain", action="store_true", help="skip the plain-loop runs (their rows are then absent)")
+    ap.add_argument("--no-peers", action="store_true", help="skip the peers' runs (plain loop, fastai, Lightning)")
     args = ap.parse_args(argv)
     try:
         src = ensure_dataset()
@@ -199,20 +228,21 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     previous = json.loads(out.read_text()) if out.is_file() else {}
     rows = [r for r in previous.get("runs", []) if r["strategy"] not in names]  # keep other strategies' rows
-    plain_rows = [r for r in previous.get("plain_runs", []) if r["strategy"] not in names]
+    plain_rows = [r for r in previous.get("peer_runs", []) if r["strategy"] not in names]
+    peers = [] if args.no_peers else peers_here()
     for name in names:
         for seed in range(args.seeds):
             row = run_one(data, name, seed, work / "runs")
             print(json.dumps(row), flush=True)
             rows.append(row)
-            if name in PLAIN and not args.no_plain:  # interleaved: the same machine state as posetune's run
-                plain_rows.append(run_plain(data, name, seed, work))
-                print(json.dumps({"plain_loop": plain_rows[-1]}), flush=True)
+            for peer in peers if name in PLAIN else []:  # interleaved: the machine state of posetune's run
+                plain_rows.append(run_peer(peer, data, name, seed, work))
+                print(json.dumps(plain_rows[-1]), flush=True)
             summary = summarise(rows, plain_rows)
             result = {"protocol": {"train_per_class": PER_CLASS, "test": 10000, "image_size": 112, "batch_size": 64,
                                    "backbone": "efficientnet_lite0", "val_fraction": 0.15,
                                    "sample_seed": "numpy default_rng(0)", "cpus": os.cpu_count()},
-                      "strategies": summary, "runs": rows, "plain_runs": plain_rows,
+                      "strategies": summary, "runs": rows, "peer_runs": plain_rows,
                       "best": max(summary, key=lambda k: summary[k]["test_accuracy_mean"])}
             out.parent.mkdir(parents=True, exist_ok=True)
             out.write_text(json.dumps(result, indent=2) + "\n")

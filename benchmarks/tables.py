@@ -123,6 +123,12 @@ def fmnist_table() -> list[str]:
         ref_s = f"{ref_s:.0f}" if ref_s is not None else "-"
         match = {True: "yes", False: "no", None: "-"}[r.get("matches_plain_loop")]
         lines.append(f"| {name} | {r['seeds']} | {acc} | {r['train_seconds_mean']:.0f} | {ref_acc} | {ref_s} | {match} |")
+    peers = [(name, peer, v) for name, r in f["strategies"].items() for peer, v in r.get("peers", {}).items()
+             if peer != "plain-loop"]
+    if peers:
+        lines += ["", "Peers, same protocol, run right after each posetune run: "
+                  + "; ".join(f"{peer} {name} {v['test_accuracy_mean']:.3f} in {v['train_seconds_mean']:.0f} s"
+                              for name, peer, v in peers) + "."]
     best = f["strategies"][f["best"]]
     lines += ["", f"Best: **{f['best']}**, {best['test_accuracy_mean']:.3f} in {best['train_seconds_mean']:.0f} s "
               f"(targets: >= 0.88, < 294 s)."]

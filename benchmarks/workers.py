@@ -97,18 +97,13 @@ def worker_bare_infer(spec: dict) -> dict:
             "images_per_s_optimized": round(b * steps / (time.perf_counter() - t0), 2)}
 
 
-def worker_plain_loop(spec: dict) -> dict:
-    """The loop a user writes from the torchvision fine-tuning tutorial: ImageFolder + PIL decode and
-    transforms every epoch, DataLoader workers, train + val phases per epoch; same model and optimizer."""
-    import math
-
+def tutorial_loaders(spec: dict) -> tuple[dict, dict, int]:
+    """(ImageFolder per split, DataLoader per split, workers) as the torchvision fine-tuning tutorial builds
+    them from DATA/TRAIN, VAL, TEST: PIL decode and transforms every epoch."""
     import torch
-    import torch.nn.functional as nnf
     from torchvision import datasets, transforms
 
-    torch.manual_seed(spec.get("seed", 0))
-    size, batch, epochs = spec["size"], spec["batch"], spec["epochs"]
-    mean, std = spec["mean"], spec["std"]
+    size, batch, mean, std = spec["size"], spec["batch"], spec["mean"], spec["std"]
     tf = {"train": transforms.Compose([transforms.RandomResizedCrop(size, scale=(0.5, 1.0)), transforms.RandomHorizontalFlip(),
                                        transforms.ToTensor(), transforms.Normalize(mean, std)]),
           "val": transforms.Compose([transforms.Resize(int(size / 0.875)), transforms.CenterCrop(size),
@@ -119,6 +114,20 @@ def worker_plain_loop(spec: dict) -> dict:
     workers = spec.get("workers", os.cpu_count() or 1)
     loaders = {k: torch.utils.data.DataLoader(v, batch_size=batch, shuffle=k == "train", num_workers=workers,
                                               persistent_workers=False) for k, v in sets.items()}
+    return sets, loaders, workers
+
+
+def worker_plain_loop(spec: dict) -> dict:
+    """The loop a user writes from the torchvision fine-tuning tutorial: ImageFolder + PIL decode and
+    transforms every epoch, DataLoader workers, train + val phases per epoch; same model and optimizer."""
+    import math
+
+    import torch
+    import torch.nn.functional as nnf
+
+    torch.manual_seed(spec.get("seed", 0))
+    batch, epochs = spec["batch"], spec["epochs"]
+    sets, loaders, workers = tutorial_loaders(spec)
     model = planned_model(spec["backbone"], spec["strategy"], len(sets["train"].classes), spec.get("freeze_stages"))
     head = set(n for n, _ in model.get_classifier().named_parameters())
     head_params = [p for n, p in model.get_classifier().named_parameters() if n in head]
@@ -143,14 +152,21 @@ def worker_plain_loop(spec: dict) -> dict:
             for x, _ in loaders["val"]:
                 model(x)
         epoch_seconds.append(round(time.perf_counter() - t0, 3))
+    return {"epoch_seconds": epoch_seconds, "total_seconds": round(sum(epoch_seconds), 2),
+            "test_accuracy": loader_accuracy(model, loaders["test"]), "workers": workers}
+
+
+def loader_accuracy(model, loader) -> float:
+    """Top-1 accuracy of ``model`` (in eval mode) over ``loader``'s (images, labels)."""
+    import torch
+
     correct = n = 0
     model.eval()
     with torch.no_grad():
-        for x, y in loaders["test"]:
+        for x, y in loader:
             correct += (model(x).argmax(1) == y).sum().item()
             n += len(y)
-    return {"epoch_seconds": epoch_seconds, "total_seconds": round(sum(epoch_seconds), 2), "test_accuracy": correct / n,
-            "workers": workers}
+    return correct / max(1, n)
 
 
 def worker_decode_epochs(spec: dict) -> dict:
@@ -277,6 +293,9 @@ WORKERS = {"decode-rate": worker_decode_rate, "augment-ab": worker_augment_ab, "
 
 
 def main(argv: list[str] | None = None) -> int:
+    from peers import PEER_WORKERS  # fastai / Lightning: imported by their workers only, when installed
+
+    WORKERS.update(PEER_WORKERS)
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("kind", choices=sorted(WORKERS))
     ap.add_argument("spec", help="the worker's settings as a JSON object")
