@@ -115,3 +115,13 @@ def test_cli_budget_too_small_names_the_smallest_that_works(shapes_kaggle, tmp_p
 def test_cli_time_budget_refuses_the_options_it_chooses(shapes_kaggle, monkeypatch, capsys):
     code, _, err = run_cli(monkeypatch, capsys, ["train", shapes_kaggle, "--time-budget", "5m", "--epochs", "3"])
     assert code == 2 and "drop --epochs" in err
+
+
+def test_the_python_api_takes_time_budget_like_the_cli(shapes_kaggle, tmp_path):
+    import posetune
+    from posetune.errors import UsageError
+
+    with pytest.raises(UsageError, match="give at least --time-budget"):
+        posetune.train(shapes_kaggle, time_budget="1s", backbone=TINY["backbone"], pretrained=False,
+                       out=str(tmp_path / "run"))
+    assert not (tmp_path / "run").exists()
