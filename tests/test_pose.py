@@ -1,0 +1,92 @@
+"""posetune.pose: BlazePose landmarks on a real photo, mirroring, no person, tiny images, the landmark cache."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+pytest.importorskip("mediapipe", reason="posetune[pose] not installed")
+
+from posetune.errors import UsageError  # noqa: E402
+from posetune.pose import FEATURE_DIM, extract_landmarks, mirror_landmarks, pose_features  # noqa: E402
+from posetune.pose.cache import LandmarkCache  # noqa: E402
+from posetune.pose.drawing import draw_skeleton  # noqa: E402
+from posetune.pose.features import presence  # noqa: E402
+
+NOSE, L_SHOULDER, R_SHOULDER, L_HIP, R_HIP = 0, 11, 12, 23, 24
+
+
+@pytest.fixture(scope="module")
+def astronaut() -> np.ndarray:
+    from skimage.data import astronaut as photo
+
+    return photo()
+
+
+@pytest.fixture(scope="module")
+def astronaut_landmarks(astronaut):
+    return extract_landmarks(astronaut)
+
+
+def test_astronaut_nose_above_shoulders_above_hips(astronaut_landmarks):
+    lm = astronaut_landmarks
+    assert lm is not None and lm.image.shape == (33, 4)
+    y = lm.image[:, 1]  # image y grows downwards
+    assert y[NOSE] < min(y[L_SHOULDER], y[R_SHOULDER])
+    assert max(y[L_SHOULDER], y[R_SHOULDER]) < min(y[L_HIP], y[R_HIP])
+    assert lm.image[L_SHOULDER, 3] > 0.9 and lm.image[R_SHOULDER, 3] > 0.9  # both shoulders found
+    assert lm.image[L_SHOULDER, 0] > lm.image[R_SHOULDER, 0]  # facing the camera: her left is on our right
+
+
+def test_features_normalised_and_present(astronaut, astronaut_landmarks):
+    h, w = astronaut.shape[:2]
+    f = pose_features(astronaut_landmarks, w, h)
+    assert f.shape == (FEATURE_DIM,) and presence(f) == 1.0
+    coords = f[:99].reshape(33, 3)
+    hip_centre = (coords[L_HIP] + coords[R_HIP]) / 2
+    np.testing.assert_allclose(hip_centre, 0.0, atol=1e-5)
+    assert np.linalg.norm(coords[:, :2], axis=1).max() <= 1.0 + 1e-5  # divided by the pose size
+    assert ((f[99:107] >= 0) & (f[99:107] <= 1)).all()  # angles / pi
+
+
+def test_mirroring_matches_the_flipped_photo(astronaut, astronaut_landmarks):
+    mirrored = mirror_landmarks(astronaut_landmarks)
+    flipped = extract_landmarks(np.ascontiguousarray(astronaut[:, ::-1]))
+    joints = [L_SHOULDER, R_SHOULDER, L_HIP, R_HIP, NOSE]
+    np.testing.assert_allclose(mirrored.image[joints, :2], flipped.image[joints, :2], atol=0.06)
+    assert mirror_landmarks(mirrored).image == pytest.approx(astronaut_landmarks.image)
+    assert mirror_landmarks(None) is None
+
+
+@pytest.mark.parametrize("size", [256, 8, 1])
+def test_blank_or_tiny_image_is_no_person(size):
+    found = extract_landmarks(np.full((size, size, 3), 255, np.uint8))
+    assert found is None
+    f = pose_features(found, size, size)
+    assert presence(f) == 0.0 and not f.any()
+
+
+def test_downloading_complexities_are_refused(astronaut):
+    with pytest.raises(UsageError, match="complexity 2 downloads"):
+        extract_landmarks(astronaut, model_complexity=2)
+
+
+def test_cache_hits_second_time_and_stores_misses(tmp_path, astronaut):
+    photo, blank = tmp_path / "astronaut.png", tmp_path / "blank.png"
+    Image.fromarray(astronaut).save(photo)
+    Image.new("RGB", (200, 200), "white").save(blank)
+    cache = LandmarkCache(tmp_path / "cache")
+    first, w, h = cache.get_or_extract(photo)
+    assert (w, h) == (astronaut.shape[1], astronaut.shape[0]) and cache.misses == 1
+    again, _, _ = LandmarkCache(tmp_path / "cache").get_or_extract(photo)  # a later run
+    np.testing.assert_array_equal(again.image, first.image)
+    assert cache.get_or_extract(blank)[0] is None and cache.get_or_extract(blank)[0] is None
+    assert (cache.hits, cache.misses) == (1, 2)
+
+
+def test_skeleton_drawn_only_where_a_person_is(astronaut, astronaut_landmarks):
+    photo = Image.fromarray(astronaut)
+    drawn = np.asarray(draw_skeleton(photo, astronaut_landmarks))
+    assert (drawn != astronaut).any() and drawn.shape == astronaut.shape
+    np.testing.assert_array_equal(np.asarray(draw_skeleton(photo, None)), astronaut)
