@@ -90,3 +90,26 @@ def test_skeleton_drawn_only_where_a_person_is(astronaut, astronaut_landmarks):
     drawn = np.asarray(draw_skeleton(photo, astronaut_landmarks))
     assert (drawn != astronaut).any() and drawn.shape == astronaut.shape
     np.testing.assert_array_equal(np.asarray(draw_skeleton(photo, None)), astronaut)
+
+
+def test_data_check_lists_no_person_images_per_class(tmp_path, monkeypatch, capsys, astronaut):
+    import json
+
+    from helpers import run_cli
+
+    monkeypatch.setenv("POSETUNE_CACHE", str(tmp_path / "cache"))
+    data = tmp_path / "data"
+    for name in ("person", "empty"):
+        (data / name).mkdir(parents=True)
+    for i in range(2):
+        Image.fromarray(astronaut).save(data / "person" / f"astronaut_{i}.png")
+        Image.new("RGB", (240, 200), (40 + 60 * i, 90, 140)).save(data / "empty" / f"wall_{i}.png")
+    rc, out, _ = run_cli(monkeypatch, capsys, ["data", "check", data, "--json"])
+    section = json.loads(out)["no_person"]
+    assert {r["class"]: r["no_person"] for r in section["per_class"]} == {"empty": 2, "person": 0}
+    assert sorted(section["paths"]["empty"]) == sorted(str(p) for p in (data / "empty").glob("*.png"))
+    assert "person" not in section["paths"] and rc == 0  # informational: not a problem of the data
+    rc, out, _ = run_cli(monkeypatch, capsys, ["data", "check", data])
+    assert rc == 0 and "empty: no person in" in out and "wall_0.png" in out
+    rc, out, _ = run_cli(monkeypatch, capsys, ["data", "check", data, "--json", "--no-person", "no"])
+    assert json.loads(out)["no_person"] is None

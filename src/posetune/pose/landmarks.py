@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import threading
@@ -55,13 +56,35 @@ def check_complexity(model_complexity: int) -> None:
                          f"offline): use model complexity {OFFLINE_COMPLEXITY}, the model mediapipe's wheel ships")
 
 
+@contextlib.contextmanager
+def _quiet_native_stderr():
+    """TFLite and absl print INFO/W lines from C++ before any log level applies: fd 2 goes to /dev/null for the
+    Pose's creation and first image only (Python exceptions still propagate with their messages)."""
+    try:
+        saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    except OSError:
+        yield
+        return
+    try:
+        sys.stderr.flush()
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
 def _shared_pose():
+    """(the process's Pose, whether it is new: its first image logs too)."""
     global _pose
     if _pose is None:
         mp = require_mediapipe()
-        _pose = mp.solutions.pose.Pose(static_image_mode=True, model_complexity=OFFLINE_COMPLEXITY,
-                                       enable_segmentation=False)
-    return _pose
+        with _quiet_native_stderr():
+            _pose = mp.solutions.pose.Pose(static_image_mode=True, model_complexity=OFFLINE_COMPLEXITY,
+                                           enable_segmentation=False)
+        return _pose, True
+    return _pose, False
 
 
 def _as_rows(landmark_list) -> np.ndarray:
@@ -82,7 +105,9 @@ def extract_landmarks(rgb: np.ndarray, model_complexity: int = OFFLINE_COMPLEXIT
     with _pose_lock, warnings.catch_warnings():
         # mediapipe 0.10.14 calls a protobuf API that protobuf 4.x marks deprecated, on every image
         warnings.filterwarnings("ignore", message="SymbolDatabase.GetPrototype", category=UserWarning)
-        result = _shared_pose().process(rgb)
+        pose, new = _shared_pose()
+        with _quiet_native_stderr() if new else contextlib.nullcontext():
+            result = pose.process(rgb)
     if result.pose_landmarks is None:
         return None
     world = _as_rows(result.pose_world_landmarks) if result.pose_world_landmarks is not None else \
