@@ -113,3 +113,19 @@ def test_data_check_lists_no_person_images_per_class(tmp_path, monkeypatch, caps
     assert rc == 0 and "empty: no person in" in out and "wall_0.png" in out
     rc, out, _ = run_cli(monkeypatch, capsys, ["data", "check", data, "--json", "--no-person", "no"])
     assert json.loads(out)["no_person"] is None
+
+
+def test_feature_matrix_mirrors_flipped_rows_and_counts_no_person(tmp_path, astronaut, astronaut_landmarks):
+    from posetune.pose.matrix import feature_matrix, no_person_counts
+
+    photo, blank = tmp_path / "astronaut.png", tmp_path / "blank.png"
+    Image.fromarray(astronaut).save(photo)
+    Image.new("RGB", (200, 200), "white").save(blank)
+    cache = LandmarkCache(tmp_path / "cache")
+    feats = feature_matrix([photo, photo, blank], cache, flipped=[False, True, False])
+    h, w = astronaut.shape[:2]
+    np.testing.assert_allclose(feats[0], pose_features(astronaut_landmarks, w, h), atol=1e-5)
+    np.testing.assert_allclose(feats[1], pose_features(mirror_landmarks(astronaut_landmarks), w, h), atol=1e-5)
+    assert not np.allclose(feats[0], feats[1]) and not feats[2].any()
+    assert cache.misses == 2 and cache.hits == 1  # the flipped row reused the photo's landmarks
+    assert no_person_counts(feats, [0, 0, 1], ["person", "empty"]) == {"person": 0, "empty": 1}
