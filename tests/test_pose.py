@@ -129,3 +129,4 @@ def test_feature_matrix_mirrors_flipped_rows_and_counts_no_person(tmp_path, astr
     assert not np.allclose(feats[0], feats[1]) and not feats[2].any()
     assert cache.misses == 2 and cache.hits == 1  # the flipped row reused the photo's landmarks
     assert no_person_counts(feats, [0, 0, 1], ["person", "empty"]) == {"person": 0, "empty": 1}
+

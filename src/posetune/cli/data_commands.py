@@ -20,6 +20,9 @@ def data_synth(
     masks: bool = typer.Option(False, "--masks", help="Also write each image's figure mask to "
                                "OUT/masks/<split>/<pose>/<name>.png (`evaluate --cam` then reports background "
                                "reliance); the images are the same either way."),
+    shift: bool = typer.Option(False, "--shift", help="Render the same figures as without it (same --seed) on "
+                               "backgrounds, clothing colours and lighting that a render without it never shows: "
+                               "a robustness test set."),
     json_out: bool = typer.Option(False, "--json"),
 ):
     """Render a synthetic yoga-pose dataset (articulated figures in asanas on varied backgrounds)."""
@@ -27,11 +30,11 @@ def data_synth(
     from posetune.data.synth.dataset import SynthOptions
 
     opts = SynthOptions(out=out, poses=poses, per_class=per_class, test_per_class=test_per_class, size=size,
-                        seed=seed, masks=masks).validate()  # before the progress bar, which needs the pose count
+                        seed=seed, masks=masks, shift=shift).validate()  # before the progress bar, which needs the pose count
     reporter = reporter_for(json_out)
     advance = reporter.start("render", len(opts.pose_names) * (opts.per_class + opts.test_per_class))
     info = render_dataset(out, poses=opts.poses, per_class=per_class, test_per_class=test_per_class, size=size,
-                          seed=seed, masks=masks, progress=lambda done, total: advance(1))
+                          seed=seed, masks=masks, shift=shift, progress=lambda done, total: advance(1))
     reporter.stop()
     if json_out:
         return print_json(info)
