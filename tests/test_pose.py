@@ -6,19 +6,45 @@ import numpy as np
 import pytest
 from PIL import Image
 
-pytest.importorskip("mediapipe", reason="posetune[pose] not installed")
-
-from posetune.errors import UsageError  # noqa: E402
-from posetune.pose import FEATURE_DIM, extract_landmarks, mirror_landmarks, pose_features  # noqa: E402
-from posetune.pose.cache import LandmarkCache  # noqa: E402
-from posetune.pose.drawing import draw_skeleton  # noqa: E402
-from posetune.pose.features import presence  # noqa: E402
+from posetune.errors import UsageError
+from posetune.pose import FEATURE_DIM, Landmarks, extract_landmarks, mirror_landmarks, pose_features
+from posetune.pose.audit import mediapipe_installed
+from posetune.pose.cache import LandmarkCache
+from posetune.pose.drawing import draw_skeleton
+from posetune.pose.features import presence
 
 NOSE, L_SHOULDER, R_SHOULDER, L_HIP, R_HIP = 0, 11, 12, 23, 24
 
 
+def test_features_need_no_mediapipe():
+    """Normalisation and mirroring are numpy only: a body standing upright, made up, 200 x 400 px."""
+    rows = np.zeros((33, 4), np.float32)
+    rows[:, 3] = 1.0
+    rows[:, 0] = 0.5 + 0.05 * np.where(np.arange(33) % 2, 1, -1) * (np.arange(33) > 0)  # left joints on the right
+    rows[:, 1] = np.linspace(0.1, 0.9, 33)
+    body = Landmarks(image=rows, world=rows.copy())
+    f = pose_features(body, 200, 400)
+    assert f.shape == (FEATURE_DIM,) and presence(f) == 1.0
+    twice = mirror_landmarks(mirror_landmarks(body))
+    np.testing.assert_allclose(twice.image, body.image, atol=1e-6)
+    mirrored = pose_features(mirror_landmarks(body), 200, 400)
+    np.testing.assert_allclose(mirrored[99:107], f[99:107], atol=1e-5)  # this body is symmetric: same angles
+
+
+def test_python_313_gets_one_line(monkeypatch):
+    from posetune.pose import landmarks
+
+    monkeypatch.setattr(landmarks.sys, "version_info", (3, 13, 0))
+    with pytest.raises(UsageError, match=r"needs mediapipe 0.10.14 \(wheels for CPython 3.8-3.12\)"):
+        landmarks.require_mediapipe()
+
+
+needs_mediapipe = pytest.mark.skipif(not mediapipe_installed(), reason="posetune[pose] not installed")
+
+
 @pytest.fixture(scope="module")
 def astronaut() -> np.ndarray:
+    pytest.importorskip("mediapipe", reason="posetune[pose] not installed")
     from skimage.data import astronaut as photo
 
     return photo()
@@ -59,6 +85,7 @@ def test_mirroring_matches_the_flipped_photo(astronaut, astronaut_landmarks):
     assert mirror_landmarks(None) is None
 
 
+@needs_mediapipe
 @pytest.mark.parametrize("size", [256, 8, 1])
 def test_blank_or_tiny_image_is_no_person(size):
     found = extract_landmarks(np.full((size, size, 3), 255, np.uint8))

@@ -38,7 +38,7 @@ class Landmarks:
 def require_mediapipe():
     """The mediapipe module, or a one-line UsageError (exit 2) saying how to get it."""
     if sys.version_info >= (3, 13):
-        raise UsageError(f"{INSTALL_HINT}; this is Python {sys.version_info.major}.{sys.version_info.minor}")
+        raise UsageError(f"{INSTALL_HINT}; this is Python {sys.version_info[0]}.{sys.version_info[1]}")
     # mediapipe's C++ side logs INFO lines (absl, TFLite) to stderr at import and first use
     os.environ.setdefault("GLOG_minloglevel", "2")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
