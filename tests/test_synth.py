@@ -163,3 +163,16 @@ def test_colour_alone_is_near_chance_but_shape_is_not() -> None:
     assert colour < chance + 0.15, f"colour histograms predict the pose: {colour:.2f}"
     assert shape > 0.42, f"shape features barely beat chance: {shape:.2f}"
     assert shape > colour + 0.2
+
+
+def test_synth_shift_keeps_the_figure_and_changes_the_world(tmp_path):
+    from posetune.data.synth.dataset import mask_path
+
+    plain, shifted = tmp_path / "plain", tmp_path / "shifted"
+    for root, shift in ((plain, False), (shifted, True)):
+        render_dataset(root, poses=["tree", "plank"], per_class=0, test_per_class=2, size=96, masks=True, shift=shift)
+    for name in ("tree/tree_00000.jpg", "plank/plank_00001.jpg"):
+        a, b = (np.asarray(Image.open(r / "TEST" / name), np.float32) for r in (plain, shifted))
+        assert np.abs(a - b).mean() > 20  # another background, clothing and light
+        masks = [np.asarray(Image.open(mask_path(r, r / "TEST" / name))) for r in (plain, shifted)]
+        np.testing.assert_array_equal(*masks)  # the same figure in the same place

@@ -47,6 +47,7 @@ from posetune.console import Reporter
 from posetune.data.check import CheckOptions, audit, inside_data
 from posetune.errors import UsageError
 from posetune.io import atomic_write_bytes, file_sha256, write_csv, write_json
+from posetune.pose.audit import add_no_person
 from posetune.version import __version__
 
 if TYPE_CHECKING:  # torch-heavy; imported inside the functions that run
@@ -73,7 +74,8 @@ def check_data(data, reporter: Reporter | None = None, verbose: bool = False, **
     opts = CheckOptions.build("posetune.check_data", data=data, **options)
     reporter = reporter or (RichReporter() if verbose else Reporter())
     if not opts.label_issues:
-        return audit(opts)[0]
+        report, index = audit(opts)
+        return add_no_person(report, index, opts.no_person, reporter)
     from posetune.backbones import parse_spec
 
     spec = parse_spec(opts.backbone)  # an unknown backbone fails here, with close names, before any image is read
@@ -83,6 +85,7 @@ def check_data(data, reporter: Reporter | None = None, verbose: bool = False, **
     if opts.fix_manifest:
         check_manifest_owner(opts.fix_manifest)
     report, index = audit(opts)
+    add_no_person(report, index, opts.no_person, reporter)
     result = find_label_issues(opts, spec, index, reporter, sheet)
     report["label_issues"] = result
     counts = result["counts"]

@@ -20,6 +20,9 @@ def data_synth(
     masks: bool = typer.Option(False, "--masks", help="Also write each image's figure mask to "
                                "OUT/masks/<split>/<pose>/<name>.png (`evaluate --cam` then reports background "
                                "reliance); the images are the same either way."),
+    shift: bool = typer.Option(False, "--shift", help="Render the same figures as without it (same --seed) on "
+                               "backgrounds, clothing colours and lighting that a render without it never shows: "
+                               "a robustness test set."),
     json_out: bool = typer.Option(False, "--json"),
 ):
     """Render a synthetic yoga-pose dataset (articulated figures in asanas on varied backgrounds)."""
@@ -27,11 +30,11 @@ def data_synth(
     from posetune.data.synth.dataset import SynthOptions
 
     opts = SynthOptions(out=out, poses=poses, per_class=per_class, test_per_class=test_per_class, size=size,
-                        seed=seed, masks=masks).validate()  # before the progress bar, which needs the pose count
+                        seed=seed, masks=masks, shift=shift).validate()  # before the progress bar, which needs the pose count
     reporter = reporter_for(json_out)
     advance = reporter.start("render", len(opts.pose_names) * (opts.per_class + opts.test_per_class))
     info = render_dataset(out, poses=opts.poses, per_class=per_class, test_per_class=test_per_class, size=size,
-                          seed=seed, masks=masks, progress=lambda done, total: advance(1))
+                          seed=seed, masks=masks, shift=shift, progress=lambda done, total: advance(1))
     reporter.stop()
     if json_out:
         return print_json(info)
@@ -47,6 +50,8 @@ def data_check(
     json_out: bool = typer.Option(False, "--json"),
     near_duplicates: bool = typer.Option(True, help="Also look for near-duplicates (perceptual hash)."),
     label_level: int = typer.Option(6, help="Yoga-82 only: 6, 20 or 82 classes."),
+    no_person: str = typer.Option("auto", help="List, per class, the images where BlazePose finds nobody: auto "
+                                               "(when posetune[pose] is installed) | yes | no."),
     label_issues: bool = typer.Option(False, "--label-issues",
                                       help="Also find likely mislabelled and out-of-place images: pretrained features, "
                                            "out-of-fold logistic regression, cleanlab; a ranked table and a contact sheet."),
@@ -64,11 +69,15 @@ def data_check(
 ):
     """Audit DATA before training: counts, resolutions, bad files, duplicates and train/test leaks; with
     --label-issues, likely mislabelled and out-of-place images too. Exit 1 on problems."""
+    from pathlib import Path
+
     from posetune.data.check import print_report
     from posetune.label_issues import check_data
+    from posetune.pose.audit import print_no_person
 
     reporter = reporter_for(json_out)
     report = check_data(data, reporter=reporter, near_duplicates=near_duplicates, label_level=label_level,
+                        no_person=no_person,
                         label_issues=label_issues, backbone=backbone, image_size=image_size, folds=folds,
                         batch_size=batch_size, device=device, seed=seed, fix_manifest=fix_manifest,
                         contact_sheet=contact_sheet)
@@ -76,6 +85,7 @@ def data_check(
         print_json(report)
     else:
         print_report(report, reporter)
+        print_no_person(report.get("no_person"), reporter, str(Path(report["data"])) + "/")
     if report["problems"]:
         raise typer.Exit(1)
 

@@ -59,6 +59,8 @@ class CheckOptions(Options):
     near_duplicates: bool = option(True, Bool())
     label_level: int = option(6, Choice(*LABEL_LEVELS))
     max_bits: int = option(NEAR_DUPLICATE_BITS, Int(0, 64), flag="max_bits")  # of a 64-bit perceptual hash
+    # BlazePose over every image (posetune.pose.audit): "auto" = when posetune[pose] is installed
+    no_person: str = option("auto", Choice("auto", "yes", "no"))
     label_issues: bool = option(False, Bool())
     backbone: str = option("efficientnet_lite0", Text("a timm model name, NAME@random or NAME@PATH"))
     image_size: int | None = option(None, Int(*IMAGE_SIZE), hint="omit it for the backbone's pretrained size")

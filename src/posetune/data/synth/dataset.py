@@ -32,6 +32,7 @@ class SynthOptions(Options):
     size: int = option(224, Int(MIN_SIZE, MAX_SIZE))
     seed: int = option(0, Int(*SEED))
     masks: bool = option(False, Bool())  # also OUT/masks/<split>/<pose>/<name>.png: where the figure is
+    shift: bool = option(False, Bool())  # the same figures (same seed) on an unseen domain: robustness tests
 
     def check_together(self, label) -> None:
         unknown = [p for p in self.poses or [] if p not in POSES]
@@ -140,7 +141,7 @@ def render_dataset(out: str | Path, progress: Callable[[int, int], None] | None 
                     old.unlink()
             for i in range(count):
                 rng = _image_rng(seed, split, name, i)
-                img, mask = render_pose(name, rng, size, with_mask=True)
+                img, mask = render_pose(name, rng, size, with_mask=True, shifted=opts.shift)
                 path = folder / f"{name}_{i:05d}.jpg"
                 img.save(path, "JPEG", quality=int(rng.integers(60, 96)))
                 if opts.masks:

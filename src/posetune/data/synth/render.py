@@ -12,6 +12,7 @@ from posetune.data.synth.colours import Colour, luminance, outfit_colours
 from posetune.data.synth.figure import Figure, Point, build_figure, draw_figure
 from posetune.data.synth.poses import check_pose
 from posetune.data.synth.scene import camera_effects, clutter, gradient, mat, photo, photos_for, room, texture
+from posetune.data.synth.shift import colour_cast, pattern_background, saturated_outfit, side_stream
 
 MIN_SIZE = 32
 
@@ -137,13 +138,14 @@ def _drop_shadow(img: Image.Image, layer: Image.Image, light: Point, rng: np.ran
 MASK_ALPHA = 128  # a pixel belongs to the figure when the figure layer covers at least half of it
 
 
-def render_pose(pose: str, rng: np.random.Generator, size: int = 224,
-                with_mask: bool = False) -> Image.Image | tuple[Image.Image, Image.Image]:
+def render_pose(pose: str, rng: np.random.Generator, size: int = 224, with_mask: bool = False,
+                shifted: bool = False) -> Image.Image | tuple[Image.Image, Image.Image]:
     """Render one RGB ``size`` x ``size`` image of ``pose``; all randomness comes from ``rng``.
 
     ``with_mask=True`` returns (image, mask): the mask is an 'L' image, 255 where the figure covers the pixel
     (its anti-aliased layer's alpha >= 128), 0 elsewhere. It is read off the figure layer the image is
-    composited from, so the pixels and the draws from ``rng`` are the same either way.
+    composited from, so the pixels and the draws from ``rng`` are the same either way. ``shifted=True``: the
+    same figure in an unseen domain (:mod:`posetune.data.synth.shift`), its mask unchanged.
 
     >>> render_pose("plank", np.random.default_rng(0), size=48).mode
     'RGB'
@@ -159,6 +161,10 @@ def render_pose(pose: str, rng: np.random.Generator, size: int = 224,
     floor, contact = _floor_and_contact(fig)
     img = _backdrop(rng, size, camera, floor, contact)
     colours = outfit_colours(rng, _luminance_behind(img, camera))  # clothing must stand out from what is behind
+    if shifted:
+        side = side_stream(rng)
+        img = pattern_background(side, size)
+        colours = saturated_outfit(colours, side, _luminance_behind(img, camera))
     la = math.radians(rng.uniform(200, 340))  # light from above (image y points down)
     light = (math.cos(la), math.sin(la))
     layer = _figure_layer(fig, camera, colours, light, rng, size)
@@ -166,6 +172,8 @@ def render_pose(pose: str, rng: np.random.Generator, size: int = 224,
         _drop_shadow(img, layer, light, rng, size)
     img.paste(layer, (0, 0), layer)
     img = camera_effects(img, rng, size)  # pixel effects only: the figure stays where the layer drew it
+    if shifted:
+        img = colour_cast(img, side)
     if with_mask:
         return img, layer.getchannel("A").point(lambda a: 255 if a >= MASK_ALPHA else 0)
     return img
