@@ -82,19 +82,22 @@ def read_idx(path: Path) -> np.ndarray:
     return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
 
 
-def write_folders(src: Path, out: Path) -> Path:
-    """TRAIN/<class>/*.png (100 per class, stratified, default_rng(0)) and TEST/<class>/*.png (all 10,000)."""
+def write_folders(src: Path, out: Path, per_class: int = PER_CLASS, test_limit: int | None = None) -> Path:
+    """TRAIN/<class>/*.png (100 per class, stratified, default_rng(0)) and TEST/<class>/*.png (all 10,000, or
+    the first ``test_limit``: smoke runs only)."""
     from PIL import Image
 
-    done = out / ".complete"
+    smaller = per_class != PER_CLASS or test_limit is not None
+    done = out / (f".complete-{per_class}-{test_limit}" if smaller else ".complete")
     if done.is_file():
         return out
     x_train, y_train = read_idx(src / "train-images-idx3-ubyte.gz"), read_idx(src / "train-labels-idx1-ubyte.gz")
     x_test, y_test = read_idx(src / "t10k-images-idx3-ubyte.gz"), read_idx(src / "t10k-labels-idx1-ubyte.gz")
     rng = np.random.default_rng(0)
-    picked = np.concatenate([rng.choice(np.flatnonzero(y_train == c), PER_CLASS, replace=False)
+    picked = np.concatenate([rng.choice(np.flatnonzero(y_train == c), per_class, replace=False)
                              for c in range(len(CLASSES))])
-    for split, xs, ys, idx in (("TRAIN", x_train, y_train, picked), ("TEST", x_test, y_test, range(len(y_test)))):
+    test = range(min(len(y_test), test_limit or len(y_test)))
+    for split, xs, ys, idx in (("TRAIN", x_train, y_train, picked), ("TEST", x_test, y_test, test)):
         for c in CLASSES:
             (out / split / c).mkdir(parents=True, exist_ok=True)
         for i in idx:

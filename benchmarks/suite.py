@@ -20,7 +20,8 @@ summary.json holds the headline keys; benchmarks/README.md gets the tables.
   help_seconds, predict_one_seconds, peak_rss_mb_train, peak_rss_mb_predict
 
 Run: python benchmarks/suite.py --quick | --full [--only train_efficiency,onnx,...] [--skip-fmnist]
-(--full also runs bench_fmnist.py and bench_label_issues.py, the label-issue finder against flipped labels.)
+(--full also runs bench_fmnist.py, bench_label_issues.py (the label-issue finder against flipped labels),
+bench_reliance.py (background reliance per strategy) and bench_calibration.py (ECE before/after temperature).)
 
 The sections are in sections/ (train, inference, cli), the measurements that each need a fresh interpreter
 in workers.py, and what they share (child processes, photo sets, results files) in common.py.
@@ -121,6 +122,13 @@ def main(argv: list[str] | None = None) -> int:
         import bench_label_issues
 
         bench_label_issues.main(["--sets", "synth"] if args.skip_fmnist else [])
+        import bench_reliance  # results/background_reliance.json: linear vs partial vs full on masked synthetic yoga
+
+        bench_reliance.main([])
+        if not args.skip_fmnist:  # results/calibration.json: ECE before/after temperature on the 10,000 test images
+            import bench_calibration
+
+            bench_calibration.main([])
     from tables import write_readme
 
     write_readme()

@@ -135,6 +135,31 @@ def fmnist_table() -> list[str]:
     return lines
 
 
+def trust_tables() -> list[str]:
+    """Background reliance per strategy and ECE before/after temperature, from full runs only (not --smoke)."""
+    lines: list[str] = []
+    rel, cal = _load("background_reliance"), _load("calibration")
+    if rel and rel.get("mode") == "full":
+        p, bg = rel["protocol"], rel.get("background") or {}
+        lines += ["", f"## Background reliance (`bench_reliance.py`: synthetic yoga with figure masks, demo settings, "
+                  f"{p['backbones']} at {p['image_size']} px, {p['reliance_images']} test images, {p.get('cpus')} CPUs)", "",
+                  "Share of the HiResCAM map (predicted class) outside the figure; 0 = only the figure; a map with no "
+                  f"preference scores {_fmt(bg.get('background_area'))}.", "",
+                  "| strategy | background reliance | test accuracy | train s |", "|---|---|---|---|"]
+        lines += [f"| {r['strategy']} | {_fmt(r['background_reliance'])} | {_fmt(r['test_accuracy'])} | "
+                  f"{_fmt(r['train_seconds'])} |" for r in rel["rows"]]
+    if cal and cal.get("mode") == "full":
+        p = cal["protocol"]
+        lines += ["", f"## Calibration (`bench_calibration.py`: Fashion-MNIST-1k, {p['test']} test images, ECE over "
+                  f"{p['ece_bins']} bins, temperature fitted on val; goal: after <= {p['goal_ece_after']})", "",
+                  "| strategy | seed | temperature | ECE before | ECE after | evaluate's ECE | test accuracy |",
+                  "|---|---|---|---|---|---|---|"]
+        lines += [f"| {r['strategy']} | {r['seed']} | {_fmt(r['temperature'])} | {_fmt(r['ece_before'])} | "
+                  f"{_fmt(r['ece_after'])} | {_fmt(r['ece_after_evaluate'])} | {_fmt(r['test_accuracy'])} |"
+                  for r in cal["runs"]]
+    return lines
+
+
 def write_readme() -> Path:
     path = HERE / "README.md"
     text = path.read_text() if path.is_file() else INTRO
@@ -142,6 +167,6 @@ def write_readme() -> Path:
         text = text.rstrip() + f"\n\n{BEGIN}\n{END}\n"
     head, rest = text.split(BEGIN, 1)
     tail = rest.split(END, 1)[1]
-    body = "\n".join(summary_table() + fmnist_table())
+    body = "\n".join(summary_table() + fmnist_table() + trust_tables())
     path.write_text(f"{head}{BEGIN}\n{body}\n{END}{tail}")
     return path

@@ -88,6 +88,10 @@ def test_leaderboard_files_and_json(sweep):
     for png in ("accuracy_vs_latency.png", "accuracy_by_strategy.png"):
         assert (out / png).stat().st_size > 1000
     assert any(r["pareto"] for r in rows)
+    # No figure masks in these data: the background-reliance column is absent (null, not 0) and not shown.
+    assert result["background"] is None and all(r["background_reliance"] is None for r in rows)
+    assert "bg reliance" not in md and all("background" not in json.loads(Path(r["run"], "cell.json").read_text())
+                                           for r in rows)
 
 
 def test_best_is_usable_by_load_predict_and_evaluate(sweep, yoga):
@@ -117,6 +121,85 @@ def test_rerun_skips_finished_cells(sweep, monkeypatch, capsys):
     assert [(r["backbone"], r["strategy"], r["test_accuracy"]) for r in again["rows"]] == [
         (r["backbone"], r["strategy"], r["test_accuracy"]) for r in sweep["json"]["rows"]]
     assert again["seconds"]["stage2"] < 1.0 and time.perf_counter() - t0 < 10
+
+
+@pytest.fixture(scope="module")
+def masked_yoga(tmp_path_factory) -> Path:
+    """Three rendered poses at 64 px with the renderer's figure masks (`data synth --masks`)."""
+    from posetune.data.synth import render_dataset
+
+    root = tmp_path_factory.mktemp("masked-yoga") / "data"
+    render_dataset(root, poses=["plank", "tree", "warrior2"], per_class=12, test_per_class=4, size=64, masks=True)
+    return root
+
+
+def test_background_reliance_column_on_masked_synthetic_data(masked_yoga, tmp_path, monkeypatch, capsys):
+    import posetune.cam as cam
+    from posetune.comparison.reliance import reliance_images, reliance_split
+    from posetune.data.layouts import discover
+    from posetune.predict.torch_engine import Classifier
+    from posetune.run import RunDir
+
+    out = tmp_path / "cmp"
+
+    def sweep_args(images: int) -> list:
+        return ["compare", masked_yoga, "--backbones", "test_efficientnet@random", "--strategies", "linear,partial",
+                "--top-k", "1", "--reliance-images", images, "--out", out, *TINY]
+
+    args = sweep_args(6)
+    code, stdout, err = run_cli(monkeypatch, capsys, *args, "--json")
+    assert code == 0, err
+    result = json.loads(stdout)
+    background = result["background"]
+    assert {k: background[k] for k in ("split", "images", "requested")} == {"split": "test", "images": 6,
+                                                                            "requested": 6}
+    assert 0.0 < background["background_area"] < 1.0
+    rows = {r["strategy"]: r for r in result["rows"]}
+    assert set(rows) == {"linear", "partial"}
+    # Each cell's figure is the mean share of its own maps outside the figure, on the same 6 test images
+    # (two per class, in turn), measured again here from the cell's run folder.
+    index = discover(masked_yoga, val_fraction=0.15, seed=0)
+    paths = reliance_images(reliance_split(index)[1], 6)
+    assert len({Path(p).parent.name for p in paths}) == 3
+    for row in rows.values():
+        clf = Classifier(RunDir(row["run"]), device="cpu", optimize=False)
+        again = cam.figure_reliance(clf, masked_yoga, paths)
+        assert again["background_reliance_n"] == 6
+        assert row["background_reliance"] == pytest.approx(again["background_reliance"], abs=1e-6)
+        assert 0.0 <= row["background_reliance"] <= 1.0
+        saved = json.loads(Path(row["run"], "cell.json").read_text())["background"]
+        assert saved["setting"] == {"split": "test", "images": 6, "requested": 6}
+    md = (out / "leaderboard.md").read_text()
+    assert "| bg reliance |" in md and "on 6 test images with figure masks" in md
+    assert f"{rows['partial']['background_reliance']:.3f}" in md
+    code, table, _ = run_cli(monkeypatch, capsys, *args)  # the people's table: every cell reused
+    assert code == 0 and "bg reliance" in table and "outside the figure" in table
+
+    # A rerun measures nothing again (the figures come from cell.json) ...
+    stamps = {p: p.stat().st_mtime_ns for p in (out / "cells").glob("*/cell.json")}
+
+    def no_maps(*_args, **_kwargs):
+        raise AssertionError("background reliance measured again")
+
+    monkeypatch.setattr(cam, "figure_reliance", no_maps)
+    code, stdout, err = run_cli(monkeypatch, capsys, *args, "--json")
+    assert code == 0, err
+    assert [r["background_reliance"] for r in json.loads(stdout)["rows"]] == [r["background_reliance"]
+                                                                             for r in result["rows"]]
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+    monkeypatch.undo()
+    # ... unless the images asked for change; and 0 turns the column off (absent, not zero).
+    code, stdout, err = run_cli(monkeypatch, capsys, *sweep_args(3), "--json")
+    assert code == 0, err
+    fewer = json.loads(stdout)
+    assert fewer["background"]["images"] == 3
+    assert all(json.loads(Path(r["run"], "cell.json").read_text())["background"]["background_reliance_n"] == 3
+               for r in fewer["rows"])
+    code, stdout, err = run_cli(monkeypatch, capsys, *sweep_args(0), "--json")
+    assert code == 0, err
+    off = json.loads(stdout)
+    assert off["background"] is None and all(r["background_reliance"] is None for r in off["rows"])
+    assert "bg reliance" not in (out / "leaderboard.md").read_text()
 
 
 def test_unknown_backbone_fails_before_any_work(tmp_path, yoga, monkeypatch, capsys):

@@ -149,6 +149,44 @@ def background_share(cam: np.ndarray, mask: np.ndarray) -> float | None:
     return float(cam[~mask].sum()) / total
 
 
+def figure_reliance(clf, data, paths: Sequence[str], targets: Sequence[int] | None = None,
+                    batch_size: int = 16, progress=None, description: str = "background reliance") -> dict | None:
+    """How much of ``clf``'s maps (of ``targets``, default the predicted classes) lies outside the figure, on the
+    images of ``paths`` that have a figure mask in DATA ``data`` (a `data synth --masks` render): None when DATA
+    has no masks, else ``background_reliance`` (the mean share of a map's mass outside the figure; None when
+    no map points anywhere), ``background_reliance_n`` (the maps it averages) and ``background_area`` (the mean
+    share of the image outside the figure: what a map with no preference for the figure scores).
+    ``progress`` (a Reporter) shows a bar named ``description`` over the masked images."""
+    from posetune.data.synth.dataset import has_masks, mask_path
+
+    if not has_masks(data):
+        return None
+    pairs = []
+    for i, path in enumerate(paths):
+        try:
+            mask = mask_path(data, path)
+        except ValueError:  # a path outside DATA (a CSV manifest)
+            continue
+        if mask.is_file():
+            pairs.append((i, mask))
+    shares, areas = [], []
+    on_step = progress.start(description, len(pairs)) if progress else None
+    for start in range(0, len(pairs), batch_size):
+        chunk = pairs[start:start + batch_size]
+        want = None if targets is None else [targets[i] for i, _ in chunk]
+        _, maps, _ = class_activation_maps(clf, [paths[i] for i, _ in chunk], want, batch_size)
+        for cam, (_, mask_file) in zip(maps, chunk):
+            mask = eval_mask(clf.preprocess, mask_file)
+            share = background_share(cam, mask)
+            if share is not None:
+                shares.append(share)
+                areas.append(1.0 - float(mask.mean()))
+        if on_step:
+            on_step(len(chunk))
+    return {"background_reliance": float(np.mean(shares)) if shares else None,
+            "background_reliance_n": len(shares), "background_area": float(np.mean(areas)) if areas else None}
+
+
 def background_reliance(cams: np.ndarray, masks: np.ndarray) -> float | None:
     """The mean :func:`background_share` over images (all-zero maps left out); None when none is left."""
     shares = [s for s in (background_share(c, m) for c, m in zip(cams, masks)) if s is not None]

@@ -131,37 +131,14 @@ def cam_report(run: str, data: str, paths: Sequence[str], y_true: Sequence[int],
     a `data synth --masks` render, every image's map is weighed against its figure mask: ``background_reliance``
     is the mean share of the map's mass outside the figure (0: only the figure), beside ``background_area``, the
     mean share of the image outside it: what a map with no preference for the figure would score."""
-    from posetune.cam import METHOD, background_share, cam_target, class_activation_maps, eval_mask
-    from posetune.data.synth.dataset import has_masks, mask_path
+    from posetune.cam import METHOD, cam_target, class_activation_maps, figure_reliance
     from posetune.predict.torch_engine import Classifier
     from posetune.run import RunDir
 
     clf = Classifier(RunDir(run), device=device, optimize=False)  # gradients through the training graph
     out: dict = {"cam": {"method": METHOD, "layer": cam_target(clf.model, clf.preprocess.size).layer_name,
                          "class": "predicted"}}
-    if has_masks(data):
-        shares, areas, pairs = [], [], []
-        for i, path in enumerate(paths):
-            try:
-                mask = mask_path(data, path)
-            except ValueError:  # a path outside DATA (a CSV manifest)
-                continue
-            if mask.is_file():
-                pairs.append((i, mask))
-        on_step = progress.start("background reliance", len(pairs)) if progress else None
-        for start in range(0, len(pairs), batch_size):
-            chunk = pairs[start:start + batch_size]
-            _, maps, _ = class_activation_maps(clf, [paths[i] for i, _ in chunk], [y_pred[i] for i, _ in chunk],
-                                               batch_size)
-            masks = [eval_mask(clf.preprocess, f) for _, f in chunk]
-            shares += [background_share(m, mask) for m, mask in zip(maps, masks)]
-            areas += [1.0 - float(mask.mean()) for s, mask in zip(shares[-len(chunk):], masks) if s is not None]
-            if on_step:
-                on_step(len(chunk))
-        kept = [s for s in shares if s is not None]
-        out["background_reliance"] = float(np.mean(kept)) if kept else None
-        out["background_reliance_n"] = len(kept)
-        out["background_area"] = float(np.mean(areas)) if areas else None
+    out.update(figure_reliance(clf, data, paths, y_pred, batch_size, progress) or {})
     where = {p: i for i, p in enumerate(paths)}
     wrong = [where[t["path"]] for t in top]
     right: list[int] = []

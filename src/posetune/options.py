@@ -148,6 +148,7 @@ class CompareOptions(Options):
     device: str = option("auto", DEVICE)
     val_fraction: float = option(0.15, VAL_FRACTION)
     label_level: int = option(6, Choice(*LABEL_LEVELS))
+    reliance_images: int = option(32, Int(0, 10_000))  # test images per cell for background reliance (masked data)
     log: list[str] | None = option(None, LOG)  # one child run / folder per cell (posetune.tracking)
     log_dir: str | None = option(None, OutputPath(folder=True))  # TensorBoard root; default OUT/tensorboard
     mlflow_uri: str | None = option(None, MLFLOW_URI)  # default $MLFLOW_TRACKING_URI, else <OUT's parent>/mlflow.db

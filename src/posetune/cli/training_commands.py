@@ -180,6 +180,8 @@ def compare(
     device: str = typer.Option("auto", help="auto | cpu | cuda | mps."),
     val_fraction: float = typer.Option(0.15, help="Held out of train when DATA has no val split."),
     label_level: int = typer.Option(6, help="Yoga-82 only: 6, 20 or 82 classes."),
+    reliance_images: int = typer.Option(32, help="On `data synth --masks` data: test images (val without a test "
+                                        "split) per cell for the background-reliance column; 0 turns it off."),
     log: Optional[str] = typer.Option(None, help="Experiment tracking of every cell: tensorboard | mlflow | tensorboard,mlflow. "
                                       "MLflow: a run for the sweep (its leaderboard as artifacts) with one nested run per "
                                       "cell; TensorBoard: one folder per cell under OUT/tensorboard (HParams compares them)."),
@@ -193,15 +195,20 @@ def compare(
     fine-tune the top-k, and write a leaderboard, plots and OUT/best."""
     from posetune.comparison import compare as run_compare
     from posetune.comparison import display_rows
+    from posetune.comparison.leaderboard import reliance_note
 
     reporter = reporter_for(json_out)
     result = run_compare(data, reporter=reporter, backbones=backbones, strategies=strategies, seeds=seeds,
                          epochs=epochs, top_k=top_k, budget_minutes=budget_minutes, out=out, image_size=image_size,
                          batch_size=batch_size, device=device, val_fraction=val_fraction, label_level=label_level,
-                         log=log, log_dir=log_dir, mlflow_uri=mlflow_uri)
+                         reliance_images=reliance_images, log=log, log_dir=log_dir, mlflow_uri=mlflow_uri)
     shown = display_rows(result.rows)
+    reliance = ["bg reliance"] if result.background else []
     reporter.table(f"leaderboard, best val first ({result.seconds['total']:.0f} s)", shown,
-                   ["#", "backbone", "strategy", "val acc", "test acc", "test macro-F1", "k-NN test acc", "status"])
+                   ["#", "backbone", "strategy", "val acc", "test acc", "test macro-F1", "k-NN test acc", *reliance,
+                    "status"])
+    if result.background:
+        reporter.info(reliance_note(result.background))
     reporter.table("costs", shown, ["#", "backbone", "strategy", "weights", "params M", "GMACs", "px", "train s",
                                     "ms/img (b1)", "img/s (b32)", "pareto"])
     for s in result.skipped:

@@ -6,7 +6,9 @@ logistic probe and a k-NN on the pooled features: pretrained features predict th
 costs (:mod:`.costs`). The probe, folded into the model's head, is saved as the backbone's probe cell (a
 run of the strategy that trains only the head, ``linear``). Stage 2 (:mod:`.finetune`) fine-tunes the
 top-k backbones with every requested strategy that trains the base, over the seeds, through
-:func:`posetune.training.train`. :mod:`.leaderboard` ranks the cells and writes the files.
+:func:`posetune.training.train`. On `data synth --masks` data, :mod:`.reliance` measures each cell's
+background reliance (class-activation mass outside the figure). :mod:`.leaderboard` ranks the cells and
+writes the files.
 
 Every cell (:mod:`.cells`) is a run folder under ``OUT/cells/`` plus a ``cell.json``; a rerun on the
 same OUT skips the finished ones. (Named apart from ``posetune.compare`` so importing it never shadows
@@ -43,9 +45,10 @@ from posetune.comparison.leaderboard import (
     write_leaderboard,
 )
 from posetune.comparison.probe import EXTRACT_BATCH, probe_backbone, run_stage1, top_backbones
+from posetune.comparison.reliance import measure_reliance
 from posetune.console import Reporter
 from posetune.errors import UsageError
-from posetune.evaluation import BOOTSTRAP_SAMPLES, bootstrap_interval
+from posetune.evaluation import BOOTSTRAP_SAMPLES, CAM_BATCH, bootstrap_interval
 from posetune.io import write_json
 from posetune.options import CompareOptions
 from posetune.tracking import Tracker, open_trackers
@@ -53,7 +56,7 @@ from posetune.tracking import Tracker, open_trackers
 __all__ = [
     "BOOTSTRAP_SAMPLES", "CELL_FILE", "EXTRACT_BATCH", "LEADERBOARD_COLUMNS", "TRAIN_COST_PER_FORWARD", "Cell",
     "CompareResult", "bootstrap_interval", "cell_slug", "compare", "display_rows", "estimate_cell_seconds",
-    "leaderboard_rows", "link_best", "mark_pareto", "measure_costs", "probe_backbone", "run_stage1", "run_stage2",
+    "leaderboard_rows", "link_best", "mark_pareto", "measure_costs", "measure_reliance", "probe_backbone", "run_stage1", "run_stage2",
     "stage2_cells", "top_backbones", "train_cell", "write_leaderboard",
 ]
 
@@ -65,11 +68,13 @@ class CompareResult:
     skipped: list[dict]  # cells not run: {"cell", "reason"}
     best: Path | None
     plots: list[Path]
-    seconds: dict[str, float]  # wall time per phase: stage1, profile, stage2, total
+    seconds: dict[str, float]  # wall time per phase: stage1, profile, stage2, reliance, total
+    background: dict | None = None  # what background_reliance was measured on; None: DATA has no figure masks
 
     def as_dict(self) -> dict:
         return {"out": str(self.out), "best": str(self.best) if self.best else None, "rows": self.rows,
-                "skipped": self.skipped, "plots": [str(p) for p in self.plots], "seconds": self.seconds}
+                "skipped": self.skipped, "plots": [str(p) for p in self.plots], "seconds": self.seconds,
+                "background": self.background}
 
 
 def compare(data: str | Path | None = None, reporter: Reporter | None = None, verbose: bool = False,
@@ -129,11 +134,16 @@ def _sweep(opts: CompareOptions, specs: list, index, device, out: Path, reporter
     budget_s = opts.budget_minutes * 60 if opts.budget_minutes else None
     results, skipped = run_stage2(opts, cells, probes, index, train_key, reporter, budget_s, t_start, tracker)
     seconds["stage2"] = round(time.perf_counter() - t2, 2)
+    t3 = time.perf_counter()
+    background = measure_reliance(list(probes.values()) + results, opts.data, index, opts.reliance_images,
+                                  opts.device, min(opts.batch_size, CAM_BATCH), reporter)
+    seconds["reliance"] = round(time.perf_counter() - t3, 2)
 
     rows = leaderboard_rows(probes, results, opts.strategies)
     best = link_best(out, rows)
-    plots = write_leaderboard(out, rows, skipped)
+    plots = write_leaderboard(out, rows, skipped, background)
     seconds["total"] = round(time.perf_counter() - t_start, 2)
     write_json(out / "leaderboard.json", {"rows": rows, "skipped": skipped, "best": str(best) if best else None,
-                                          "seconds": seconds})
-    return CompareResult(out=out, rows=rows, skipped=skipped, best=best, plots=plots, seconds=seconds)
+                                          "seconds": seconds, "background": background})
+    return CompareResult(out=out, rows=rows, skipped=skipped, best=best, plots=plots, seconds=seconds,
+                         background=background)

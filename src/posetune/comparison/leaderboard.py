@@ -26,7 +26,8 @@ from posetune.evaluation import bootstrap_interval
 LEADERBOARD_COLUMNS = (
     "rank", "backbone", "strategy", "weights", "params_m", "gmacs", "image_size", "val_accuracy", "val_macro_f1",
     "test_accuracy", "test_accuracy_err", "test_macro_f1", "test_macro_f1_err", "err_kind", "knn_val_accuracy",
-    "knn_test_accuracy", "train_seconds", "latency_ms", "images_per_s", "seeds", "pareto", "status", "run", "error",
+    "knn_test_accuracy", "background_reliance", "train_seconds", "latency_ms", "images_per_s", "seeds", "pareto",
+    "status", "run", "error",
 )
 
 
@@ -94,6 +95,8 @@ def _row(backbone: str, strategy: str, cells: list[dict], probe: dict, requested
         "err_kind": kind,
         "knn_val_accuracy": probe.get("knn_val_accuracy") if is_probe else None,
         "knn_test_accuracy": probe.get("knn_test_accuracy") if is_probe else None,
+        # synthetic data with figure masks only (comparison.reliance); None, never 0, without them
+        "background_reliance": _mean_of([c["background"] for c in ok if c.get("background")], "background_reliance"),
         "train_seconds": mean("train_seconds"), "latency_ms": probe.get("latency_ms"),
         "images_per_s": probe.get("images_per_s"), "seeds": len(ok),
         "status": "ok" if len(ok) == len(cells) else ("partly failed" if ok else "failed"),
@@ -171,7 +174,8 @@ def display_rows(rows: list[dict]) -> list[dict]:
             "params M": _fmt(r["params_m"], 2), "GMACs": _fmt(r["gmacs"], 3), "px": _fmt(r["image_size"]),
             "val acc": _fmt(r["val_accuracy"]), "test acc": cell(r["test_accuracy"], r["test_accuracy_err"]),
             "test macro-F1": cell(r["test_macro_f1"], r["test_macro_f1_err"]),
-            "k-NN test acc": _fmt(r["knn_test_accuracy"]), "train s": _fmt(r["train_seconds"], 1),
+            "k-NN test acc": _fmt(r["knn_test_accuracy"]), "bg reliance": _fmt(r["background_reliance"]),
+            "train s": _fmt(r["train_seconds"], 1),
             "ms/img (b1)": _fmt(r["latency_ms"], 1), "img/s (b32)": _fmt(r["images_per_s"], 1),
             "seeds": r["seeds"], "pareto": "*" if r["pareto"] else "",
             "status": r["status"] + (f": {r['error']}" if r["error"] else ""),
@@ -179,8 +183,18 @@ def display_rows(rows: list[dict]) -> list[dict]:
     return out
 
 
-def write_leaderboard(out: Path, rows: list[dict], skipped: list[dict]) -> list[Path]:
-    """leaderboard.csv (numbers), leaderboard.md (the table people read) and the two plots; returns the plots."""
+def reliance_note(background: dict) -> str:
+    """One sentence on the background-reliance column: what it is and what it was measured on."""
+    area = background.get("background_area")
+    baseline = f"; a map with no preference for the figure would score {area:.3f}" if area is not None else ""
+    return (f"bg reliance: the share of the class-activation map (HiResCAM, predicted class) outside the figure, "
+            f"0 = only the figure, on {background['images']} {background['split']} images with figure masks"
+            f"{baseline}.")
+
+
+def write_leaderboard(out: Path, rows: list[dict], skipped: list[dict], background: dict | None = None) -> list[Path]:
+    """leaderboard.csv (numbers), leaderboard.md (the table people read) and the two plots; returns the plots.
+    ``background``: what the background reliance was measured on (comparison.reliance), None if nothing."""
     from posetune.io import atomic_write_text, write_csv
     from posetune.report import plot_accuracy_vs_latency, plot_strategy_bars
 
@@ -189,17 +203,19 @@ def write_leaderboard(out: Path, rows: list[dict], skipped: list[dict]) -> list[
     if any(r["test_accuracy"] is not None for r in rows):
         plots = [plot_accuracy_vs_latency(rows, out / "accuracy_vs_latency.png"),
                  plot_strategy_bars(rows, out / "accuracy_by_strategy.png")]
-    atomic_write_text(out / "leaderboard.md", _markdown(rows, skipped, plots))
+    atomic_write_text(out / "leaderboard.md", _markdown(rows, skipped, plots, background))
     return plots
 
 
-def _markdown(rows: list[dict], skipped: list[dict], plots: list[Path]) -> str:
+def _markdown(rows: list[dict], skipped: list[dict], plots: list[Path], background: dict | None) -> str:
     shown = display_rows(rows)
-    cols = list(shown[0]) if shown else []
+    cols = [c for c in (shown[0] if shown else []) if c != "bg reliance" or background]
     lines = ["# posetune compare: leaderboard", "",
              "Best first by validation accuracy. Test scores are mean ± std over seeds, or with one seed "
              "± the half-width of a 95% bootstrap interval over test images (±ci). Latency at batch 1 and "
              "throughput at batch 32 on the device that ran the sweep.", ""]
+    if background:
+        lines += [reliance_note(background), ""]
     if cols:
         lines += ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
         lines += ["| " + " | ".join(str(r[c]).replace("|", "/") for c in cols) + " |" for r in shown]
