@@ -61,10 +61,10 @@ SUMMARY_KEYS = {"augment": ["batch_jitter_speedup"], "cli": ["help_seconds"], "t
 def settings(quick: bool) -> dict:
     if quick:
         return {"per_class": (24, 6, 6), "train_cases": [("efficientnet_lite0", "partial", 128)], "train_epochs": 3,
-                "bare_steps": 8, "mallopt_rounds": 1, "plain_size": 128, "plain_epochs": 3, "cache_size": 128,
+                "train_rounds": 3, "bare_steps": 8, "mallopt_rounds": 1, "plain_size": 128, "plain_epochs": 3, "cache_size": 128,
                 "cache_epochs": 2, "predict_rounds": 2, "onnx_reps": 20, "augment_images": 128, "augment_epochs": 2}
     cases = [(b, s, px) for b in ("efficientnet_lite0", "resnet18@random") for s in ("partial", "full") for px in (128, 224)]
-    return {"per_class": (40, 8, 8), "train_cases": cases, "train_epochs": 3, "bare_steps": 10, "mallopt_rounds": 2,
+    return {"per_class": (40, 8, 8), "train_cases": cases, "train_epochs": 3, "train_rounds": 3, "bare_steps": 10, "mallopt_rounds": 2,
             "plain_size": 224, "plain_epochs": 3, "cache_size": 224, "cache_epochs": 3, "predict_rounds": 5,
             "onnx_reps": 30, "augment_images": 256, "augment_epochs": 3}
 
