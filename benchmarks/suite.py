@@ -6,7 +6,8 @@ summary.json holds the headline keys; benchmarks/README.md gets the tables.
 
   train_efficiency      posetune train images/s (steady-state epochs, validation excluded) / the bare
                         model's forward + backward + AdamW step images/s on an in-memory tensor of the
-                        same shape, same frozen stages (the compute limit); the minimum over the cases
+                        same shape, same frozen stages (the compute limit); per case the median of
+                        per-round ratios (bare, posetune, bare, ...); the minimum over the cases
   vs_plain_loop         the torchvision-tutorial loop (ImageFolder, PIL decode every epoch) / posetune,
                         total time for the same epochs on 1024-1280 px JPEGs (posetune's one-off decode
                         included), same model, batch, image size, optimizer
