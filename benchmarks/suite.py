@@ -6,7 +6,8 @@ summary.json holds the headline keys; benchmarks/README.md gets the tables.
 
   train_efficiency      posetune train images/s (steady-state epochs, validation excluded) / the bare
                         model's forward + backward + AdamW step images/s on an in-memory tensor of the
-                        same shape, same frozen stages (the compute limit); the minimum over the cases
+                        same shape, same frozen stages (the compute limit); per case the median of
+                        per-round ratios (bare, posetune, bare, ...); the minimum over the cases
   vs_plain_loop         the torchvision-tutorial loop (ImageFolder, PIL decode every epoch) / posetune,
                         total time for the same epochs on 1024-1280 px JPEGs (posetune's one-off decode
                         included), same model, batch, image size, optimizer
@@ -62,10 +63,10 @@ SUMMARY_KEYS = {"augment": ["batch_jitter_speedup"], "cli": ["help_seconds"], "t
 def settings(quick: bool) -> dict:
     if quick:
         return {"per_class": (24, 6, 6), "train_cases": [("efficientnet_lite0", "partial", 128)], "train_epochs": 3,
-                "bare_steps": 8, "mallopt_rounds": 1, "plain_size": 128, "plain_epochs": 3, "cache_size": 128,
+                "train_rounds": 3, "bare_steps": 8, "mallopt_rounds": 1, "plain_size": 128, "plain_epochs": 3, "cache_size": 128,
                 "cache_epochs": 2, "predict_rounds": 2, "onnx_reps": 20, "augment_images": 128, "augment_epochs": 2}
     cases = [(b, s, px) for b in ("efficientnet_lite0", "resnet18@random") for s in ("partial", "full") for px in (128, 224)]
-    return {"per_class": (40, 8, 8), "train_cases": cases, "train_epochs": 3, "bare_steps": 10, "mallopt_rounds": 2,
+    return {"per_class": (40, 8, 8), "train_cases": cases, "train_epochs": 3, "train_rounds": 3, "bare_steps": 10, "mallopt_rounds": 2,
             "plain_size": 224, "plain_epochs": 3, "cache_size": 224, "cache_epochs": 3, "predict_rounds": 5,
             "onnx_reps": 30, "augment_images": 256, "augment_epochs": 3}
 

@@ -72,7 +72,8 @@ def summary_table() -> list[str]:
                                    "mallopt"))
     how = {
         "train_efficiency": "; ".join(f"{c['backbone']} {c['strategy']} {c['size']}px: {c['posetune_steady_images_per_s']} / "
-                                      f"{max(c['bare_images_per_s'])} img/s" for c in te.get("cases", [])),
+                                      f"{c['bare_images_per_s']} img/s, per round {c.get('efficiency_rounds', '-')}"
+                                      for c in te.get("cases", [])),
         "vs_plain_loop": (f"{sum(pl['plain_epoch_seconds']):.1f} s / {sum(pl['posetune_epoch_seconds']) + (pl.get('posetune_decode_once_seconds') or 0):.1f} s "
                           f"for {pl['epochs']} epochs at {pl['size']}px (steady epoch {pl['vs_plain_loop_steady_epoch']}x); "
                           f"test acc plain {pl['plain_test_accuracy']:.3f} vs posetune {pl['posetune_test_accuracy']:.3f}") if pl else "",

@@ -251,10 +251,11 @@ def worker_augment_ab(spec: dict) -> dict:
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     norm = Normalizer(pre, torch.device("cpu"))
     batched = TrainAugment(pre.size)
-    per_image = TrainAugment(pre.size)
-    per_image.transform = v2.Compose([*per_image.transform.transforms, v2.ColorJitter(0.2, 0.2, 0.2)])
+    # posetune's sample transform before the batch jitter: crop, flip and ColorJitter composed per image.
+    per_image = v2.Compose([v2.RandomResizedCrop(pre.size, scale=(0.5, 1.0), antialias=True),
+                            v2.RandomHorizontalFlip(), v2.ColorJitter(0.2, 0.2, 0.2)])
 
-    def epoch(augment: TrainAugment, color) -> float:
+    def epoch(augment, color) -> float:
         loader = make_loader(DecodedDataset(images, labels, pre, augment), spec["batch"], True, torch.device("cpu"))
         t0 = time.perf_counter()
         for x, y in loader:

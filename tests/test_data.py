@@ -138,3 +138,22 @@ def test_auto_cache_goes_to_disk_when_memory_is_short(tmp_path, monkeypatch):
     images, _ = decode_all(paths, PRE, cache="auto", cache_dir=str(tmp_path / "c"))
     assert len(list((tmp_path / "c").rglob("*.npy"))) == len(paths)
     assert all(img.shape[0] == 3 for img in images)
+
+
+def test_train_augment_draws_and_crops_exactly_as_torchvision_compose():
+    """TrainAugment calls the kernels directly for speed; a seed must still give the pixels (and leave the
+    generator where) v2.Compose([RandomResizedCrop, RandomHorizontalFlip]) did, or old runs would not replay."""
+    import torch
+    from torchvision.transforms import v2
+
+    from posetune.data.pipeline import TrainAugment
+
+    g = torch.Generator().manual_seed(3)
+    images = [torch.randint(0, 256, (3, 40, 40 + 12 * (i % 3)), dtype=torch.uint8, generator=g) for i in range(24)]
+    compose = v2.Compose([v2.RandomResizedCrop(32, scale=(0.5, 1.0), antialias=True), v2.RandomHorizontalFlip()])
+    torch.manual_seed(11)
+    ours, after_ours = [TrainAugment(32)(img) for img in images], torch.rand(4)
+    torch.manual_seed(11)
+    theirs, after_theirs = [compose(img) for img in images], torch.rand(4)
+    assert all(a.shape == (3, 32, 32) and torch.equal(a, b) for a, b in zip(ours, theirs))
+    assert torch.equal(after_ours, after_theirs)

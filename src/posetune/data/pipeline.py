@@ -39,17 +39,23 @@ class Preprocess(PreprocessConfig):
 
 class TrainAugment:
     """Light augmentation for when the base trains: random resized crop and flip per image here; the colour
-    jitter (``batch_color``) runs on whole batches in the training step, where it is a few vectorised ops."""
+    jitter (``batch_color``) runs on whole batches in the training step, where it is a few vectorised ops.
+
+    The crop and flip call torchvision's kernels directly, drawing from the global generator exactly as
+    ``v2.Compose([RandomResizedCrop, RandomHorizontalFlip])`` does (same pixels for the same seed): the
+    Compose's input flattening and checks cost as much as the resize itself on a small image."""
 
     def __init__(self, size: int, scale: tuple[float, float] = (0.5, 1.0)):
-        self.transform = v2.Compose([
-            v2.RandomResizedCrop(size, scale=scale, antialias=True),
-            v2.RandomHorizontalFlip(),
-        ])
+        self.crop = v2.RandomResizedCrop(size, scale=scale, antialias=True)
+        self.flip_p = 0.5
         self.batch_color = BatchColorJitter(brightness=0.2, contrast=0.2, saturation=0.2)
 
     def __call__(self, img: torch.Tensor) -> torch.Tensor:
-        return self.transform(img)
+        box = self.crop.make_params([img])  # top, left, height, width
+        img = F.resized_crop(img, **box, size=list(self.crop.size), interpolation=self.crop.interpolation,
+                             antialias=True)
+        # RandomHorizontalFlip's draw: torch.rand(1) >= p keeps the image as it is.
+        return img if torch.rand(1) >= self.flip_p else F.hflip(img)
 
 
 class BatchColorJitter:
