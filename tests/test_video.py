@@ -10,12 +10,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import POSE_RUN_POSES as POSES
+from helpers import POSE_RUN_SIZE as SIZE
 from helpers import run_cli
 
 from posetune.video.segments import Segment, ema, hold, score_segments, segments_of, smooth
-
-POSES = ("tree", "plank", "goddess")
-SIZE = 96
 
 
 @pytest.fixture(scope="module")
@@ -24,24 +23,6 @@ def session(tmp_path_factory) -> Path:
 
     out = tmp_path_factory.mktemp("video") / "session.mp4"
     render_session(out, poses=POSES, hold=3.0, transition=1.0, fps=10, size=SIZE, seed=2)
-    return out
-
-
-@pytest.fixture(scope="module")
-def pose_run(tmp_path_factory) -> Path:
-    """A linear head on pretrained efficientnet_lite0, trained on still renders of the session's scenes (seeds
-    0-5; the session uses seed 2): the test checks the video path, not how well the model generalises."""
-    import posetune
-    from posetune.data.synth import render_pose
-
-    root = tmp_path_factory.mktemp("posedata")
-    for seed in range(6):
-        for pose in POSES:
-            (root / pose).mkdir(exist_ok=True)
-            render_pose(pose, np.random.default_rng(seed), size=SIZE).save(root / pose / f"{seed}.png")
-    out = tmp_path_factory.mktemp("runs") / "pose"
-    posetune.train(root, backbone="efficientnet_lite0", image_size=SIZE, batch_size=16, epochs=8, strategy="linear",
-                   lr=1e-2, out=str(out))
     return out
 
 
