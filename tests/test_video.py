@@ -77,13 +77,18 @@ def test_predict_reports_a_corrupt_and_a_truncated_video_and_predicts_the_rest(s
     (folder / "truncated.mp4").write_bytes(data[: len(data) // 2])
     (folder / "session.mp4").write_bytes(data)
     render_pose("tree", np.random.default_rng(2), size=SIZE).save(folder / "still.png")
-    code, out, err = run_cli(monkeypatch, capsys, ["predict", pose_run, folder, "--json", "--engine", "torch"])
+    frames_csv = tmp_path / "frames.csv"
+    code, out, err = run_cli(monkeypatch, capsys, ["predict", pose_run, folder, "--json", "--engine", "torch",
+                                                   "--csv", frames_csv])
     assert code in (0, None) and "Traceback" not in err
     result = json.loads(out)
     by_name = {Path(v["path"]).name: v for v in result["videos"]}
     assert by_name["broken.mp4"]["error"] and by_name["truncated.mp4"]["error"]
     assert [s["pose"] for s in by_name["session.mp4"]["segments"]] == list(POSES)
     assert [p["prediction"] for p in result["images"]] == ["tree"]
+    with open(frames_csv, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == by_name["session.mp4"]["frames"] + 1 and rows[-1]["time"] == "" and rows[-1]["smoothed"]
     warned = [line for line in err.splitlines() if "could not read" in line]
     assert len(warned) == 2 and all(".mp4" in line for line in warned)
 

@@ -148,11 +148,12 @@ def predict(
     preds = _predict_images(clf, files, opts, reporter, json_out, csv_images=not videos) if files else []
     results = []
     if videos:
-        from posetune.cli.video_output import predict_videos_cli
+        from posetune.cli.video_output import predict_videos_cli, write_frames_csv
 
         results = predict_videos_cli(clf, videos, opts, reporter)
         if csv:
-            reporter.info(f"wrote {csv} (one row per sampled frame)")
+            write_frames_csv(csv, preds, results)
+            reporter.info(f"wrote {csv} (one row per sampled video frame, then one per image)")
     if json_out:
         images = [p.as_dict() for p in preds]
         print_json({"images": images, "videos": [r.as_dict() for r in results]} if videos else images)

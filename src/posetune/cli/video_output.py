@@ -18,7 +18,7 @@ def predict_videos_cli(clf, videos: list[str], opts, reporter: Reporter) -> list
 
     total = sum(expected_frames(v, opts.fps) for v in videos)
     advance = reporter.start(f"predict {len(videos)} video(s) at {opts.fps:g} fps", max(total, 1))
-    options = {k: getattr(opts, k) for k in opts.names() if k not in ("run", "paths")}
+    options = {k: getattr(opts, k) for k in opts.names() if k not in ("run", "paths", "csv")}
     results = predict_video(opts.run, videos, on_frames=advance, clf=clf, **options)
     reporter.stop()
     for r in results:
@@ -33,3 +33,13 @@ def predict_videos_cli(clf, videos: list[str], opts, reporter: Reporter) -> list
     if not opts.timeline:
         reporter.info("--timeline DIR writes a timeline PNG per video")
     return results
+
+
+def write_frames_csv(path, images: list, results: list) -> None:
+    """One CSV for a mixed call: a row per sampled video frame, then a row per image (no time; smoothed = its label)."""
+    from posetune.io import write_csv
+
+    rows = [r for res in results for r in res.frame_rows()]
+    rows += [{"path": p.path, "time": "", "prediction": p.label, "probability": p.probability, "smoothed": p.label,
+              "smoothed_probability": p.probability} for p in images]
+    write_csv(path, rows, header=["path", "time", "prediction", "probability", "smoothed", "smoothed_probability"])
