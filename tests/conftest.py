@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from helpers import TINY, write_shapes
+from helpers import POSE_RUN_POSES, POSE_RUN_SIZE, TINY, write_shapes
 
 
 @pytest.fixture(scope="session")
@@ -24,6 +24,27 @@ def tiny_run(shapes_kaggle, tmp_path_factory) -> Path:
 
     out = tmp_path_factory.mktemp("runs") / "tiny"
     posetune.train(shapes_kaggle, strategy="partial", epochs=2, out=str(out), **TINY)
+    return out
+
+
+@pytest.fixture(scope="session")
+def pose_run(tmp_path_factory) -> Path:
+    """A linear head on pretrained efficientnet_lite0 (~15 s), trained on still renders of synthetic scenes (seeds
+    0-5) of three poses: the video and live tests play sessions of those scenes (seed 2), so they check the video
+    path, not how well the model generalises."""
+    import numpy as np
+
+    import posetune
+    from posetune.data.synth import render_pose
+
+    root = tmp_path_factory.mktemp("posedata")
+    for seed in range(6):
+        for pose in POSE_RUN_POSES:
+            (root / pose).mkdir(exist_ok=True)
+            render_pose(pose, np.random.default_rng(seed), size=POSE_RUN_SIZE).save(root / pose / f"{seed}.png")
+    out = tmp_path_factory.mktemp("runs") / "pose"
+    posetune.train(root, backbone="efficientnet_lite0", image_size=POSE_RUN_SIZE, batch_size=16, epochs=8,
+                   strategy="linear", lr=1e-2, out=str(out))
     return out
 
 

@@ -11,6 +11,8 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 CLASSES = ("circle", "square", "triangle")
+POSE_RUN_POSES = ("tree", "plank", "goddess")  # conftest.pose_run's classes, in a session's order
+POSE_RUN_SIZE = 96
 TINY = dict(backbone="test_efficientnet", pretrained=False, image_size=64, batch_size=16)
 
 

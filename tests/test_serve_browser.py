@@ -8,6 +8,7 @@ POSETUNE_SCREENSHOT=docs/serve.png also saves the page there.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -45,13 +46,13 @@ def served_run(onnx_run: Path) -> Path:
     return run
 
 
-@pytest.fixture(scope="module")
-def server(served_run: Path, tmp_path_factory):
+@contextlib.contextmanager
+def serving(run: Path, log: Path, *args: str):
+    """`posetune serve RUN ARGS` on a free port until the block ends: yields its URL once /health says ok."""
     port = free_port()
-    log = tmp_path_factory.mktemp("serve") / "server.log"
     with open(log, "wb") as fh:
-        proc = subprocess.Popen([sys.executable, "-m", "posetune", "serve", str(served_run), "--port", str(port),
-                                 "--engine", "onnx"], stdout=fh, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen([sys.executable, "-m", "posetune", "serve", str(run), "--port", str(port), *args],
+                                stdout=fh, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 60
@@ -69,8 +70,14 @@ def server(served_run: Path, tmp_path_factory):
         stop(proc)
 
 
-@pytest.fixture
-def browser(tmp_path: Path):
+@pytest.fixture(scope="module")
+def server(served_run: Path, tmp_path_factory):
+    with serving(served_run, tmp_path_factory.mktemp("serve") / "server.log", "--engine", "onnx") as url:
+        yield url
+
+
+def chrome(tmp_path: Path, *extra: str):
+    """Headless Chromium through Selenium, with ``extra`` command-line flags (a fake camera, say)."""
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
@@ -80,11 +87,17 @@ def browser(tmp_path: Path):
     for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
                  "--disable-dev-shm-usage", f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1100,820",
-                 "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1"):
+                 "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1", *extra):
         options.add_argument(flag)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
     driver.set_page_load_timeout(30)
+    return driver
+
+
+@pytest.fixture
+def browser(tmp_path: Path):
+    driver = chrome(tmp_path)
     try:
         yield driver
     finally:

@@ -18,7 +18,7 @@ from posetune.version import __version__
 
 # Implementation modules are named apart from these functions (training.py, evaluation.py, ...):
 # importing a submodule binds its name on the package and would shadow a function of that name.
-__all__ = ["train", "evaluate", "load", "predict_paths", "list_backbones", "check_data", "synth", "demo", "compare", "export",
+__all__ = ["train", "evaluate", "load", "predict_paths", "predict_video", "list_backbones", "check_data", "synth", "demo", "compare", "export",
            "push", "lr_find",
            "__version__"]
 
@@ -68,6 +68,15 @@ def predict_paths(run, paths, **options):
     from posetune.predict import predict_paths as _predict_paths
 
     return _predict_paths(run, paths, **options)
+
+
+def predict_video(run, paths, **options):
+    """Predict video files with a run folder (as `posetune predict RUN session.mp4`: fps, smooth, ema_alpha,
+    min_hold, timeline, csv, batch_size, device, engine): one result per video with ``segments``, per-frame
+    ``times``/``labels``, and ``error`` for an unreadable one; the engine is torch unless asked."""
+    from posetune.video.prediction import predict_video as _predict_video
+
+    return _predict_video(run, paths, **options)
 
 
 def export(run, **options) -> dict:

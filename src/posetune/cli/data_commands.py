@@ -9,9 +9,17 @@ import typer
 from posetune.cli.app import app, data_app, print_json, reporter_for
 
 
-@data_app.command("synth", epilog="Example: `posetune data synth yoga-synth --per-class 60 --test-per-class 20`")
+@data_app.command("synth", epilog="Examples: `posetune data synth yoga-synth --per-class 60 --test-per-class 20` · "
+                                  "`posetune data synth --video session.mp4 --hold 4 --transition 1.5 --fps 10` "
+                                  "(a video of one figure moving through the poses, ground truth in session.csv)")
 def data_synth(
-    out: str = typer.Argument(..., help="Folder to write (Kaggle layout: OUT/TRAIN/<pose>, OUT/TEST/<pose>)."),
+    out: Optional[str] = typer.Argument(None, help="Folder to write (Kaggle layout: OUT/TRAIN/<pose>, OUT/TEST/<pose>)."),
+    video: Optional[str] = typer.Option(None, "--video", help="Instead of a folder, render a session video here "
+                                        "(.mp4/.mkv/.mov: H.264, .avi/.webm: MPEG-4) and its holds (pose,start,end "
+                                        "in seconds) to the same name with .csv."),
+    hold: float = typer.Option(4.0, help="--video: seconds each pose is held."),
+    transition: float = typer.Option(1.5, help="--video: seconds of movement between two holds."),
+    fps: int = typer.Option(10, help="--video: frames per second."),
     poses: Optional[str] = typer.Option(None, help="Comma-separated poses (default the 5 Kaggle poses)."),
     per_class: int = typer.Option(60, help="Training images per pose."),
     test_per_class: int = typer.Option(20, help="Test images per pose."),
@@ -25,7 +33,14 @@ def data_synth(
                                "a robustness test set."),
     json_out: bool = typer.Option(False, "--json"),
 ):
-    """Render a synthetic yoga-pose dataset (articulated figures in asanas on varied backgrounds)."""
+    """Render a synthetic yoga-pose dataset (articulated figures in asanas on varied backgrounds), or with
+    --video a session video with known answers."""
+    if video is not None:
+        return _synth_video(video, poses, hold, transition, fps, size, seed, json_out)
+    if out is None:
+        from posetune.errors import UsageError
+
+        raise UsageError("give OUT (a folder for the dataset) or --video OUT.mp4 (a session video)")
     from posetune.data.synth import render_dataset
     from posetune.data.synth.dataset import SynthOptions
 
@@ -40,6 +55,25 @@ def data_synth(
         return print_json(info)
     reporter.info(f"wrote {info['train']} train + {info['test']} test images of {', '.join(info['poses'])} to {out}; "
                   f"preview: {info['preview']}")
+
+
+def _synth_video(video: str, poses: Optional[str], hold: float, transition: float, fps: int, size: int, seed: int,
+                 json_out: bool) -> None:
+    from posetune.data.synth import KAGGLE_POSES
+    from posetune.data.synth.session import frame_count, render_session
+
+    reporter = reporter_for(json_out)
+    names = [p.strip() for p in poses.split(",") if p.strip()] if poses else None
+    reporter.info(f"rendering a session: hold {hold:g} s, transition {transition:g} s, {fps} fps, {size} px, seed {seed}")
+    advance = reporter.start("render", frame_count(len(names or KAGGLE_POSES), hold, transition, fps))
+    info = render_session(video, poses=names, hold=hold, transition=transition, fps=fps, size=size, seed=seed,
+                          progress=lambda done, total: advance(1))
+    reporter.stop()
+    if json_out:
+        return print_json(info)
+    reporter.table(f"ground truth ({info['segments_csv']})",
+                   [{"pose": s["pose"], "start": s["start"], "end": s["end"]} for s in info["segments"]])
+    reporter.info(f"wrote {info['video']} ({info['frames']} frames, {info['seconds']:g} s) + {info['segments_csv']}")
 
 
 @data_app.command("check", epilog="Examples: `posetune data check DATASET --json` · "

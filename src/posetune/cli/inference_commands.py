@@ -100,57 +100,91 @@ def print_trust(reporter, metrics: dict) -> None:
 
 @app.command(epilog="Examples: `posetune predict runs/yoga photos/ --top-k 3 --csv predictions.csv` · "
                     "`posetune predict runs/yoga photo.jpg --engine onnx` (after `posetune export runs/yoga`) · "
-                    "`posetune predict runs/yoga photo.jpg --min-confidence 0.8` ('unsure' below 80%)")
+                    "`posetune predict runs/yoga photo.jpg --min-confidence 0.8` ('unsure' below 80%) · "
+                    "`posetune predict runs/yoga session.mp4 --fps 5 --timeline plots/ --csv frames.csv` "
+                    "(segments of a recorded session)")
 def predict(
     run: str = typer.Argument(..., help="Run folder written by `posetune train`."),
-    paths: List[str] = typer.Argument(..., help="Image files and/or folders."),
+    paths: List[str] = typer.Argument(..., help="Image files, video files (.mp4 .mov .mkv .avi .webm .m4v) and/or "
+                                                "folders of them."),
     top_k: int = typer.Option(3, help="How many classes to list per image."),
     batch_size: int = typer.Option(32),
-    csv: Optional[Path] = typer.Option(None, "--csv", help="Write path,prediction,probability,top-k columns here."),
+    csv: Optional[Path] = typer.Option(None, "--csv", help="Write path,prediction,probability,top-k columns here "
+                                                           "(videos: one row per sampled frame, raw and smoothed)."),
     device: str = typer.Option("auto"),
     engine: str = typer.Option("auto", help="auto: onnx when RUN/model.onnx matches the weights, else torch | torch "
                                             "(model.safetensors) | onnx (RUN/model.onnx, no torch needed)."),
-    tta: bool = typer.Option(False, "--tta", help="Average flipped and multi-crop views (torch engine)."),
+    tta: bool = typer.Option(False, "--tta", help="Average flipped and multi-crop views (torch engine; images only)."),
     min_confidence: Optional[float] = typer.Option(None, help="A threshold P in 0..1: an image whose top probability "
                                                    "is below P gets the label 'unsure' (its top-k still listed, "
                                                    "\"unsure\": true in --json). `evaluate --min-confidence P` "
                                                    "shows how many images that leaves and how well they score."),
-    json_out: bool = typer.Option(False, "--json", help="Print predictions as JSON on stdout."),
+    fps: float = typer.Option(5.0, help="Videos: frames sampled per second."),
+    smooth: str = typer.Option("ema+hold", help="Videos: ema (moving average of probabilities) | hold (a new label "
+                                                "must last --min-hold s) | ema+hold | none."),
+    ema_alpha: float = typer.Option(0.5, help="Videos: weight of the newest frame in the moving average (0..1]."),
+    min_hold: float = typer.Option(1.0, help="Videos: seconds a new label must last before the segment changes."),
+    timeline: Optional[Path] = typer.Option(None, help="Videos: write NAME-timeline.png per video into this folder."),
+    json_out: bool = typer.Option(False, "--json", help="Print predictions as JSON on stdout (with videos: "
+                                                        "{\"images\": [...], \"videos\": [...]})."),
 ):
-    """Predict the class of images (files or folders), in batches; unreadable files are reported, not fatal.
-    Probabilities are after the run's temperature (fitted on val when it was trained)."""
-    from posetune.predict import PredictOptions, choose_engine, collect_paths, load
-    from posetune.predict.prediction import write_predictions_csv
+    """Predict the class of images (files or folders), in batches, and the held poses of videos (sampled, smoothed,
+    cut into segments); unreadable files are reported, not fatal. Probabilities are after the run's temperature."""
+    from posetune.predict import choose_engine, collect_paths, load
     from posetune.runtime import tune_allocator
+    from posetune.video.decoding import split_videos
+    from posetune.video.prediction import VideoOptions
 
-    opts = PredictOptions(run=run, paths=paths, top_k=top_k, batch_size=batch_size, device=device, engine=engine,
-                          tta=tta, csv=csv, min_confidence=min_confidence).validate()
+    opts = VideoOptions(run=run, paths=paths, top_k=top_k, batch_size=batch_size, device=device, engine=engine,
+                        tta=tta, csv=csv, min_confidence=min_confidence, fps=fps, smooth=smooth, ema_alpha=ema_alpha,
+                        min_hold=min_hold, timeline=timeline).validate()
+    videos, others = split_videos(opts.paths)
+    files = collect_paths(others, allow_empty=bool(videos)) if others else []
     tune_allocator()
     reporter = reporter_for(json_out)
     engine, why = choose_engine(opts.run, opts.engine, opts.device, opts.tta)
     reporter.info(f"engine: {engine} - {why}")
     clf = load(opts.run, device=opts.device, engine=engine)
-    files = collect_paths(opts.paths)
+    preds = _predict_images(clf, files, opts, reporter, json_out, csv_images=not videos) if files else []
+    results = []
+    if videos:
+        from posetune.cli.video_output import predict_videos_cli, write_frames_csv
+
+        results = predict_videos_cli(clf, videos, opts, reporter)
+        if csv:
+            write_frames_csv(csv, preds, results)
+            reporter.info(f"wrote {csv} (one row per sampled video frame, then one per image)")
+    if json_out:
+        images = [p.as_dict() for p in preds]
+        print_json({"images": images, "videos": [r.as_dict() for r in results]} if videos else images)
+    for p in preds:
+        if p.error:
+            reporter.warn(f"could not read {p.path}: {p.error}")
+    for r in results:
+        if r.error:
+            reporter.warn(f"could not read {r.path}: {r.error}")
+
+
+def _predict_images(clf, files: list[str], opts, reporter, json_out: bool, csv_images: bool) -> list:
+    from posetune.predict.prediction import write_predictions_csv
+
     advance = reporter.start("predict", len(files))
     preds = clf.predict(files, top_k=opts.top_k, batch_size=opts.batch_size, on_step=advance,
                         min_confidence=opts.min_confidence, **({"tta": True} if opts.tta else {}))
     reporter.stop()
-    if opts.csv:
+    if opts.csv and csv_images:
         write_predictions_csv(preds, opts.csv)
     if json_out:
-        print_json([p.as_dict() for p in preds])
-    else:
-        reporter.table(f"predictions ({len(preds)} images)",
-                       [{"path": p.path, "prediction": p.label or "-", "probability": p.probability,
-                         "top-k": ", ".join(f"{c} {pr:.2f}" for c, pr in p.top_k) or p.error} for p in preds])
+        return preds
+    reporter.table(f"predictions ({len(preds)} images)",
+                   [{"path": p.path, "prediction": p.label or "-", "probability": p.probability,
+                     "top-k": ", ".join(f"{c} {pr:.2f}" for c, pr in p.top_k) or p.error} for p in preds])
+    if opts.min_confidence is not None:
         unsure = sum(p.unsure for p in preds)
-        if opts.min_confidence is not None:
-            reporter.info(f"{unsure} of {len(preds)} images unsure (top probability below {opts.min_confidence:g})")
-        if csv:
-            reporter.info(f"wrote {csv}")
-    errors = [p for p in preds if p.error]
-    for p in errors:
-        reporter.warn(f"could not read {p.path}: {p.error}")
+        reporter.info(f"{unsure} of {len(preds)} images unsure (top probability below {opts.min_confidence:g})")
+    if opts.csv and csv_images:
+        reporter.info(f"wrote {opts.csv}")
+    return preds
 
 
 @app.command(epilog="Examples: `posetune export runs/yoga` · `posetune export runs/yoga --format torchscript` · "

@@ -71,8 +71,11 @@ POSES: dict[str, PoseTemplate] = {t.name: t for t in _TEMPLATES}
 KAGGLE_POSES: tuple[str, ...] = ("downdog", "goddess", "plank", "tree", "warrior2")
 
 
-def check_pose(pose: str) -> PoseTemplate:
-    """The template named ``pose``; an unknown name raises ValueError listing the valid ones."""
+def check_pose(pose: str | PoseTemplate) -> PoseTemplate:
+    """The template named ``pose`` (a template passes through: a video's in-between poses); an unknown name
+    raises ValueError listing the valid ones."""
+    if isinstance(pose, PoseTemplate):
+        return pose
     if pose not in POSES:
         raise ValueError(f"unknown pose {pose!r}; valid poses: {', '.join(POSES)}")
     return POSES[pose]

@@ -10,7 +10,7 @@ from PIL import Image, ImageDraw, ImageFilter
 
 from posetune.data.synth.colours import Colour, luminance, outfit_colours
 from posetune.data.synth.figure import Figure, Point, build_figure, draw_figure
-from posetune.data.synth.poses import check_pose
+from posetune.data.synth.poses import PoseTemplate, check_pose
 from posetune.data.synth.scene import camera_effects, clutter, gradient, mat, photo, photos_for, room, texture
 from posetune.data.synth.shift import colour_cast, pattern_background, saturated_outfit, side_stream
 
@@ -138,7 +138,7 @@ def _drop_shadow(img: Image.Image, layer: Image.Image, light: Point, rng: np.ran
 MASK_ALPHA = 128  # a pixel belongs to the figure when the figure layer covers at least half of it
 
 
-def render_pose(pose: str, rng: np.random.Generator, size: int = 224, with_mask: bool = False,
+def render_pose(pose: str | PoseTemplate, rng: np.random.Generator, size: int = 224, with_mask: bool = False,
                 shifted: bool = False) -> Image.Image | tuple[Image.Image, Image.Image]:
     """Render one RGB ``size`` x ``size`` image of ``pose``; all randomness comes from ``rng``.
 

@@ -1,0 +1,116 @@
+"""Live mode in a real browser: Chromium's fake camera plays a rendered synthetic session (a .y4m file), the page
+sends frames to `posetune serve` one at a time, and its smoothed label must follow the session's poses in order.
+Also the skeleton overlay's drawing on a hand-made landmarks object (no server sends "pose" yet).
+Skipped, with the reason, where Chromium or chromedriver is missing (`scripts/ensure-chromium.sh`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from helpers import POSE_RUN_POSES
+from test_serve_browser import CHROMEDRIVER, CHROMIUM, chrome, serving
+
+pytestmark = pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER),
+                                reason="chromium and chromedriver are needed: bash scripts/ensure-chromium.sh")
+FPS, HOLD, TRANSITION = 10, 3.0, 1.0
+
+
+def write_y4m(path: Path, frames, fps: int) -> Path:
+    """Raw YUV 4:2:0 frames in a YUV4MPEG2 file, the format Chromium's fake camera reads."""
+    import av
+
+    frames = list(frames)
+    h, w = frames[0].shape[:2]
+    with open(path, "wb") as f:
+        f.write(f"YUV4MPEG2 W{w} H{h} F{fps}:1 Ip A1:1 C420jpeg\n".encode())
+        for rgb in frames:
+            f.write(b"FRAME\n")
+            f.write(av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(format="yuv420p").to_ndarray().tobytes())
+    return path
+
+
+@pytest.fixture(scope="module")
+def camera_file(tmp_path_factory) -> Path:
+    from posetune.data.synth import render_pose
+    from posetune.data.synth.session import frame_count, pose_at, session_plan
+
+    plan = session_plan(POSE_RUN_POSES, HOLD, TRANSITION)
+    n = frame_count(len(plan), HOLD, TRANSITION, FPS)
+    frames = [np.asarray(render_pose(pose_at(plan, i / FPS), np.random.default_rng(2), size=160)) for i in range(n)]
+    return write_y4m(tmp_path_factory.mktemp("camera") / "session.y4m", frames, FPS)
+
+
+@pytest.fixture(scope="module")
+def pose_server(pose_run: Path, tmp_path_factory):
+    with serving(pose_run, tmp_path_factory.mktemp("serve") / "server.log", "--engine", "torch") as url:
+        yield url
+
+
+@pytest.fixture
+def camera_browser(tmp_path: Path, camera_file: Path):
+    driver = chrome(tmp_path, "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream",
+                    f"--use-file-for-fake-video-capture={camera_file}")
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def _follows_in_order(history: list[str], poses) -> bool:
+    """Some rotation of ``poses`` appears back to back in ``history`` (the fake camera loops the session)."""
+    poses = list(poses)
+    rotations = [poses[i:] + poses[:i] for i in range(len(poses))]
+    return any(history[i:i + len(poses)] == r for r in rotations for i in range(len(history)))
+
+
+def test_live_label_follows_the_poses_of_the_camera(pose_server: str, camera_browser, record_property) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select, WebDriverWait
+
+    b = camera_browser
+    b.get(pose_server)
+    WebDriverWait(b, 20).until(lambda d: "poses:" in d.find_element(By.ID, "model").text)
+    b.find_element(By.ID, "live").click()
+    WebDriverWait(b, 20).until(lambda d: d.find_element(By.ID, "result").get_attribute("data-state") == "live")
+    Select(b.find_element(By.ID, "smoothing")).select_by_value("hold")
+
+    def history(d) -> list[str]:
+        return [li.get_attribute("data-label") for li in d.find_elements(By.CSS_SELECTOR, "#history li")]
+
+    # two loops of the 11 s session at most, on a shared, loaded CPU
+    WebDriverWait(b, 45, poll_frequency=0.5).until(lambda d: _follows_in_order(history(d), POSE_RUN_POSES))
+    stats = b.find_element(By.ID, "live-stats")
+    fps, latency = float(stats.get_attribute("data-fps")), float(stats.get_attribute("data-latency"))
+    record_property("live_fps", fps)
+    record_property("live_latency_ms", latency)
+    assert fps > 0 and latency > 0
+    b.find_element(By.ID, "live").click()  # stop: the camera is released
+    assert b.find_element(By.ID, "live").text == "Live"
+    assert not b.find_element(By.ID, "camera-view").is_displayed()
+
+
+def test_skeleton_is_drawn_from_landmarks_skipping_unseen_points(pose_server: str, camera_browser) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    b = camera_browser
+    b.get(pose_server)
+    WebDriverWait(b, 20).until(lambda d: "poses:" in d.find_element(By.ID, "model").text)
+    landmarks = [[0.3 + 0.4 * (i % 7) / 6, 0.1 + 0.8 * i / 32, 0.2 if i in (0, 15, 27) else 0.9] for i in range(33)]
+    drawn, painted = b.execute_script("""
+        const img = document.getElementById("preview");
+        img.style.display = "block"; img.style.width = "300px"; img.style.height = "300px";
+        const n = drawSkeleton({detected: true, landmarks: arguments[0]}, img, 300, 300);
+        const c = document.getElementById("skeleton");
+        const data = c.getContext("2d").getImageData(0, 0, c.width, c.height).data;
+        let painted = 0;
+        for (let i = 3; i < data.length; i += 4) painted += data[i] > 0;
+        return [n, painted];
+    """, landmarks)
+    assert drawn == 30 and painted > 500
+    assert b.execute_script("return drawSkeleton({detected: false, landmarks: []}, "
+                            "document.getElementById('preview'), 300, 300)") == 0
+    assert b.execute_script("return drawSkeleton(null, document.getElementById('preview'), 300, 300)") == 0
+    assert b.execute_script("return POSE_CONNECTIONS.length") == 35
