@@ -71,3 +71,17 @@ class FusionClassifier(nn.Module):
 
     def forward(self, images: torch.Tensor, pose: torch.Tensor) -> torch.Tensor:
         return self.fuse(self.cnn(images), pose)
+
+
+class FeatureHead(nn.Module):
+    """What the `linear` strategy trains on cached rows: for fusion [pooled CNN features | landmark features],
+    for `pose` the landmark features alone. Shares its modules with the model, so training it trains the model's
+    head (the landmark embedding and the classifier)."""
+
+    def __init__(self, model: PoseClassifier | FusionClassifier):
+        super().__init__()
+        self.embed, self.classifier, self.pose_dim = model.embed, model.classifier, model.pose_dim
+
+    def forward(self, rows: torch.Tensor) -> torch.Tensor:
+        image, pose = rows[:, : -self.pose_dim], rows[:, -self.pose_dim:]
+        return self.classifier(torch.cat([image, self.embed(pose)], dim=1))
