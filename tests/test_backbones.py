@@ -92,3 +92,58 @@ def test_describe_backbone_lists_stages():
     assert info["weight_source"].startswith("offline")
     assert [s["stage"] for s in info["stages"]][:2] == ["stem", "stage1"]
     assert info["stages"][-1]["stage"] == "head"
+
+
+def test_pose_and_fusion_specs_parse_to_their_kind():
+    assert backbones.parse_spec("efficientnet_lite0").kind == "image"
+    pose = backbones.parse_spec("pose")
+    assert (pose.kind, pose.arch, pose.uses_pose) == ("pose", backbones.POSE_ARCH, True)
+    fusion = backbones.parse_spec("efficientnet_lite0+pose")
+    assert (fusion.kind, fusion.arch, fusion.source.kind) == ("fusion", "tf_efficientnet_lite0", "offline")
+    assert backbones.parse_spec("efficientnet_lite0+pose@random").source.kind == "random"
+    for bad, says in (("pose@random", "no image weights"), ("pose+pose", "image backbone"),
+                      ("efficientnet_lit0+pose", "did you mean")):
+        with pytest.raises(UsageError, match=says):
+            backbones.parse_spec(bad)
+
+
+def test_fusion_keeps_the_pretrained_cnn_and_puts_the_landmark_embedding_in_the_head():
+    from posetune.pose import FEATURE_DIM
+
+    model, info = backbones.create_backbone("efficientnet_lite0+pose", num_classes=5, pose_dim=FEATURE_DIM)
+    ref, _ = backbones.create_backbone("efficientnet_lite0", num_classes=5)
+    assert info["kind"] == "fusion"
+    assert torch.equal(model.cnn.conv_stem.weight, ref.conv_stem.weight)
+    stages = backbones.model_stages(model)
+    head = stages[-1]
+    assert head.name == "head" and all(not n.startswith("cnn.") for n in head.param_names)
+    assert any(n.startswith("embed.") for n in head.param_names)
+    # the CNN's stages are the image backbone's, same names and sizes (so --freeze-stages K means the same)
+    assert [(s.name, s.n_params) for s in stages[:-1]] == [(s.name, s.n_params) for s in backbones.model_stages(ref)[:-1]]
+    with torch.inference_mode():
+        logits = model.eval()(torch.rand(2, 3, 64, 64), torch.zeros(2, FEATURE_DIM))
+    assert logits.shape == (2, 5)
+
+
+def test_pose_backbone_is_all_head_and_ignores_the_pixels():
+    from posetune.pose import FEATURE_DIM
+
+    model, info = backbones.create_backbone("pose", num_classes=3, pose_dim=FEATURE_DIM)
+    assert info["kind"] == "pose" and info["notes"] == []
+    assert [s.name for s in backbones.model_stages(model)] == ["head"]
+    pose = torch.randn(4, FEATURE_DIM)
+    with torch.inference_mode():
+        model.eval()
+        assert torch.equal(model(torch.rand(4, 3, 32, 32), pose), model(None, pose))
+    with pytest.raises(ValueError, match="pose_dim"):
+        backbones.create_backbone("pose", num_classes=3)
+
+
+def test_backbones_lists_the_pose_kinds():
+    from posetune.pose import FEATURE_DIM
+
+    rows = {r["name"]: r for r in backbones.list_backbones(extra=["resnet18"], pose_dim=FEATURE_DIM)}
+    assert rows["pose"]["kind"] == "pose" and rows["pose"]["offline_now"]
+    assert rows["efficientnet_lite0+pose"]["kind"] == "fusion"
+    assert rows["efficientnet_lite0+pose"]["params_m"] > rows["efficientnet_lite0"]["params_m"]
+    assert backbones.describe_backbone("efficientnet_lite0+pose", pose_dim=FEATURE_DIM)["stages"][-1]["stage"] == "head"

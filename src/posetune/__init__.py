@@ -103,10 +103,11 @@ def push(run, repo_id: str, **options) -> dict:
 def list_backbones(name: str | None = None):
     """The backbone table, or one backbone's stages (as `posetune backbones [NAME]`)."""
     from posetune import backbones as _b
+    from posetune.pose import FEATURE_DIM
 
     if name is None:
-        return _b.list_backbones()
-    return _b.describe_backbone(name)
+        return _b.list_backbones(pose_dim=FEATURE_DIM)
+    return _b.describe_backbone(name, pose_dim=FEATURE_DIM)
 
 
 def check_data(data, **options) -> dict:

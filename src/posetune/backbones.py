@@ -2,7 +2,10 @@
 
 A backbone spec is ``NAME`` (default weight source), ``NAME@random`` (random init) or
 ``NAME@PATH`` (a local state dict). NAME is any timm model name, or one of the aliases below
-that map to a timm architecture with an offline weight package.
+that map to a timm architecture with an offline weight package. Two more kinds use body landmarks
+(posetune[pose]): ``pose`` (landmark features + a small MLP head, no image network) and ``NAME+pose``
+(fusion: NAME's pooled features and the landmark embedding into one head), e.g. ``efficientnet_lite0+pose``.
+The landmark feature size is passed in (``pose_dim``) by the layers above, which know posetune.pose.
 
 >>> model, info = create_backbone("efficientnet_lite0", num_classes=5)  # doctest: +SKIP
 >>> [s.name for s in model_stages(model)]                               # doctest: +SKIP
@@ -18,6 +21,10 @@ from posetune.errors import UsageError
 from posetune.weights import LocalFile, OfflinePackage, RandomInit, TimmHub
 
 DEFAULT_BACKBONE = "efficientnet_lite0"
+POSE_SPEC = "pose"
+FUSION_SUFFIX = "+pose"
+POSE_ARCH = "pose-mlp"  # the `arch` recorded for a `pose` run: no timm model behind it
+KINDS = ("image", "pose", "fusion")
 
 
 @dataclass(frozen=True)
@@ -42,6 +49,11 @@ class BackboneSpec:
     name: str  # what the user wrote before any '@'
     arch: str  # the timm architecture
     source: object  # a weight source from posetune.weights
+    kind: str = "image"  # image | pose | fusion (see KINDS)
+
+    @property
+    def uses_pose(self) -> bool:
+        return self.kind != "image"
 
     @property
     def weight_source(self) -> str:
@@ -82,6 +94,15 @@ def parse_spec(spec: str, weights: str | None = None, pretrained: bool = True) -
     """
     name, _, suffix = spec.partition("@")
     name = name.strip()
+    if name == POSE_SPEC:
+        if suffix:
+            raise UsageError(f"'{spec}': the pose backbone has no image weights; write just `pose`")
+        return BackboneSpec(name=name, arch=POSE_ARCH, source=RandomInit(), kind="pose")
+    if name.endswith(FUSION_SUFFIX):
+        image = parse_spec(name[: -len(FUSION_SUFFIX)] + (f"@{suffix}" if suffix else ""), weights, pretrained)
+        if image.kind != "image":
+            raise UsageError(f"'{spec}': fuse pose with an image backbone, e.g. {DEFAULT_BACKBONE}{FUSION_SUFFIX}")
+        return BackboneSpec(name=name, arch=image.arch, source=image.source, kind="fusion")
     check_name(name)
     arch = ALIASES[name].arch if name in ALIASES else name
     if suffix == "random" or not pretrained:
@@ -104,19 +125,45 @@ def build_model(arch: str, num_classes: int, **kwargs):
     return timm.create_model(arch, pretrained=False, num_classes=num_classes, **kwargs)
 
 
+def build_spec_model(spec: BackboneSpec, num_classes: int, pose_dim: int | None = None, cnn=None, **kwargs):
+    """The model of any kind of spec: a timm model, a PoseClassifier or a FusionClassifier (around ``cnn``
+    when given, e.g. one with its pretrained weights already loaded). No weights are loaded here."""
+    if spec.kind == "image":
+        return build_model(spec.arch, num_classes, **kwargs)
+    from posetune.pose_heads import FusionClassifier, PoseClassifier
+
+    if not pose_dim:
+        raise ValueError(f"backbone '{spec.name}' uses landmarks: pass pose_dim (posetune.pose.FEATURE_DIM)")
+    if spec.kind == "pose":
+        return PoseClassifier(pose_dim, num_classes)
+    return FusionClassifier(cnn if cnn is not None else build_model(spec.arch, num_classes, **kwargs),
+                            pose_dim, num_classes)
+
+
 def create_backbone(spec: str | BackboneSpec, num_classes: int, weights: str | None = None,
-                    pretrained: bool = True, drop_rate: float | None = None):
+                    pretrained: bool = True, drop_rate: float | None = None, pose_dim: int | None = None):
     """Build the model for ``spec`` with a new ``num_classes`` head and load its pretrained weights.
 
-    Returns ``(model, info)`` where info has ``arch``, ``weight_source`` and ``notes``.
+    Returns ``(model, info)`` where info has ``arch``, ``kind``, ``weight_source`` and ``notes``. ``pose_dim``
+    (the landmark feature size) is needed for the `pose` and `NAME+pose` kinds.
     """
     if isinstance(spec, str):
         spec = parse_spec(spec, weights=weights, pretrained=pretrained)
     kwargs = {} if drop_rate is None else {"drop_rate": drop_rate}
-    model = build_model(spec.arch, num_classes, **kwargs)
+    notes: list[str] = []
+    if spec.kind == "fusion":
+        # the weight sources map onto a whole timm model (offline packages by position): load the CNN with its
+        # classifier, then FusionClassifier drops that classifier for pooled features
+        cnn = build_model(spec.arch, num_classes, **kwargs)
+        notes = spec.source.load(cnn)
+        model = build_spec_model(spec, num_classes, pose_dim, cnn=cnn)
+    else:
+        model = build_spec_model(spec, num_classes, pose_dim, **kwargs)
     init_head(model)
-    notes = spec.source.load(model)
-    return model, {"name": spec.name, "arch": spec.arch, "weight_source": spec.weight_source, "notes": notes}
+    if spec.kind == "image":
+        notes = spec.source.load(model)
+    return model, {"name": spec.name, "arch": spec.arch, "kind": spec.kind, "weight_source": spec.weight_source,
+                   "notes": notes}
 
 
 def init_head(model) -> None:
@@ -145,17 +192,26 @@ def model_stages(model) -> list[Stage]:
     """
     from timm.models import group_parameters
 
-    head = head_param_names(model)
-    groups = group_parameters(model, model.group_matcher(coarse=True))
+    from posetune.pose_heads import FusionClassifier, PoseClassifier
+
     params = dict(model.named_parameters())
     stages: list[Stage] = []
-    for _, names in sorted(groups.items()):
-        names = [n for n in names if n not in head]
-        if not names:
-            continue
-        stage = Stage(name="stem" if not stages else f"stage{len(stages)}", param_names=names)
-        stage.n_params = sum(params[n].numel() for n in names)
-        stages.append(stage)
+    if isinstance(model, (PoseClassifier, FusionClassifier)):
+        # the landmark embedding trains with the new classifier: both are the 'head' every strategy trains
+        head = {n for n in params if not n.startswith("cnn.")}
+        if isinstance(model, FusionClassifier):
+            stages = [Stage(s.name, [f"cnn.{n}" for n in s.param_names], s.n_params)
+                      for s in model_stages(model.cnn) if s.name != "head"]
+    else:
+        head = head_param_names(model)
+        groups = group_parameters(model, model.group_matcher(coarse=True))
+        for _, names in sorted(groups.items()):
+            names = [n for n in names if n not in head]
+            if not names:
+                continue
+            stage = Stage(name="stem" if not stages else f"stage{len(stages)}", param_names=names)
+            stage.n_params = sum(params[n].numel() for n in names)
+            stages.append(stage)
     head_names = [n for n in params if n in head]
     stages.append(Stage("head", head_names, sum(params[n].numel() for n in head_names)))
     return stages
@@ -192,41 +248,44 @@ def data_config(model, image_size: int | None = None, crop_pct: float | None = N
     }
 
 
-def list_backbones(extra: list[str] | None = None) -> list[dict]:
-    """Rows for `posetune backbones`: the offline ones and a few common timm names."""
+def list_backbones(extra: list[str] | None = None, pose_dim: int | None = None) -> list[dict]:
+    """Rows for `posetune backbones`: the offline ones and a few common timm names; with ``pose_dim`` (the
+    landmark feature size, when posetune[pose] is there) also `pose` and `efficientnet_lite0+pose`."""
     names = list(ALIASES) + (extra or ["resnet18", "resnet50", "resnext50_32x4d", "convnext_tiny",
                                        "efficientnet_b0", "mobilenetv3_large_100", "vit_small_patch16_224"])
+    if pose_dim:
+        names += [POSE_SPEC, DEFAULT_BACKBONE + FUSION_SUFFIX]
     rows = []
     for name in names:
         spec = parse_spec(name)
-        n = _param_count(spec.arch)
+        n = _param_count(spec, pose_dim)
         rows.append({
-            "name": name, "arch": spec.arch, "params_m": round(n / 1e6, 2),
+            "name": name, "kind": spec.kind, "arch": spec.arch, "params_m": round(n / 1e6, 2),
             "weight_source": spec.weight_source, "offline_now": spec.source.kind in ("offline", "file")
-            or (spec.source.kind == "hub" and spec.source.available()),
+            or spec.kind == "pose" or (spec.source.kind == "hub" and spec.source.available()),
         })
     return rows
 
 
-def _param_count(arch: str) -> int:
+def _param_count(spec: BackboneSpec, pose_dim: int | None) -> int:
     import torch
 
     with torch.device("meta"):
-        model = build_model(arch, 1000)
+        model = build_spec_model(spec, 1000, pose_dim)
     return sum(p.numel() for p in model.parameters())
 
 
-def describe_backbone(spec: str, num_classes: int = 1000) -> dict:
+def describe_backbone(spec: str, num_classes: int = 1000, pose_dim: int | None = None) -> dict:
     """One backbone's stages with parameter counts, for choosing --freeze-stages."""
     import torch
 
     parsed = parse_spec(spec)
     with torch.device("meta"):
-        model = build_model(parsed.arch, num_classes)
+        model = build_spec_model(parsed, num_classes, pose_dim)
     stages = model_stages(model)
-    cfg = model.pretrained_cfg
+    cfg = getattr(model, "pretrained_cfg", {})  # a `pose` model has none: it reads no pixels
     return {
-        "name": parsed.name, "arch": parsed.arch, "weight_source": parsed.weight_source,
+        "name": parsed.name, "kind": parsed.kind, "arch": parsed.arch, "weight_source": parsed.weight_source,
         "params_m": round(sum(s.n_params for s in stages) / 1e6, 2),
         "input_size": list(cfg.get("input_size", (3, 224, 224))), "mean": list(cfg.get("mean", ())),
         "std": list(cfg.get("std", ())),

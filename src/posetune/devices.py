@@ -85,6 +85,14 @@ class Normalizer:
         x = x.sub_(self.mean).div_(self.std)
         return x.contiguous(memory_format=self.layout)
 
+    def inputs(self, batch, color: Callable[[torch.Tensor], torch.Tensor] | None = None) -> tuple:
+        """The model's positional inputs for a loader batch: ``(images,)``, or ``(images, landmark features)``
+        where the dataset pairs each image with its pose features (the `pose` / `NAME+pose` backbones)."""
+        if isinstance(batch, (list, tuple)):
+            images, pose = batch
+            return self(images, color), pose.to(self.device, non_blocking=True).float()
+        return (self(batch, color),)
+
 
 def training_backend(device_name: str) -> str:
     """The process-group backend for ``--device``: nccl when training on CUDA, else gloo's 'cpu'."""

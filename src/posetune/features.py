@@ -19,12 +19,22 @@ PROBE_C_GRID = (0.01, 0.1, 1.0, 10.0)  # inverse L2 strength; strongest first so
 KNN_K_GRID = (1, 5, 10, 20)
 
 
-def extract_features(model: torch.nn.Module, loader, device: torch.device, preprocess: Preprocess,
+def extract_features(model: torch.nn.Module | None, loader, device: torch.device, preprocess: Preprocess,
                      on_step: Callable[[int], None] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pooled pre-logits features (the classifier's input) for every image of ``loader``."""
-    model.eval()
-    return run_batches(lambda x: model.forward_head(model.forward_features(x), pre_logits=True), loader, device,
-                       preprocess, model.num_features, on_step)
+    """Pooled pre-logits features (the classifier's input) for every image of ``loader``.
+
+    Where the loader pairs images with landmark features (`NAME+pose`), those follow the pooled features in
+    each row; with ``model`` None (`pose`: no image network) the rows are the landmark features alone."""
+    if model is not None:
+        model.eval()
+
+    def pooled(x: torch.Tensor, *pose: torch.Tensor) -> torch.Tensor:
+        if model is None:
+            return pose[0]
+        f = model.forward_head(model.forward_features(x), pre_logits=True)
+        return torch.cat([f, *pose], dim=1) if pose else f
+
+    return run_batches(pooled, loader, device, preprocess, model.num_features if model is not None else 0, on_step)
 
 
 @dataclass

@@ -58,6 +58,9 @@ class RunMeta:
     calibration: dict = field(default_factory=dict)  # how the temperature was chosen; ECE and NLL before/after
     head: dict | None = None  # how the head was fitted, when not by the epoch loop (compare's probe)
     budget: dict | None = None  # train --time-budget: what was measured, what was chosen and why, time used
+    kind: str = "image"  # the backbone spec's kind: image | pose (landmarks only) | fusion (NAME+pose)
+    pose_dim: int = 0  # landmark features per image (posetune.pose.FEATURE_DIM) for pose / fusion runs
+    no_person: dict | None = None  # pose / fusion: {split: {class: images where BlazePose found nobody}}
     created: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%S"))
     format_version: int = FORMAT_VERSION
     extra: dict = field(default_factory=dict)
@@ -76,7 +79,7 @@ class RunMeta:
 
     def to_json(self) -> dict:
         obj = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "extra"}
-        for optional in ("head", "budget"):
+        for optional in ("head", "budget", "no_person"):
             if obj[optional] is None:
                 del obj[optional]
         return {"format_version": obj.pop("format_version"), **obj, **self.extra}
@@ -112,6 +115,10 @@ def schema_problem(obj: dict) -> str | None:
         return f"'preprocessing.crop_pct' must be a number in 0.1..1, not {crop!r}"
     if not isinstance(pre.get("interpolation", "bicubic"), str):
         return f"'preprocessing.interpolation' must be a name like bicubic, not {pre['interpolation']!r}"
+    if obj.get("kind", "image") not in ("image", "pose", "fusion"):
+        return f"'kind' must be image, pose or fusion, not {obj['kind']!r}"
+    if obj.get("kind", "image") != "image" and not (isinstance(obj.get("pose_dim"), int) and obj["pose_dim"] > 0):
+        return f"'pose_dim' must be a positive integer for a {obj['kind']} run, not {obj.get('pose_dim')!r}"
     return temperature_problem(obj.get("temperature", 1.0))
 
 

@@ -124,23 +124,26 @@ def data_check(
         raise typer.Exit(1)
 
 
-@app.command(epilog="Examples: `posetune backbones` · `posetune backbones resnet50`")
+@app.command(epilog="Examples: `posetune backbones` · `posetune backbones resnet50` · "
+             "`posetune backbones efficientnet_lite0+pose`")
 def backbones(
     name: Optional[str] = typer.Argument(None, help="Show this backbone's stages (to choose --freeze-stages)."),
     json_out: bool = typer.Option(False, "--json"),
 ):
     """List backbones with their weight source, or show one backbone's stages and parameter counts."""
     from posetune import backbones as bb
+    from posetune.pose import FEATURE_DIM
 
     reporter = reporter_for(json_out)
     if name is None:
-        rows = bb.list_backbones()
+        rows = bb.list_backbones(pose_dim=FEATURE_DIM)
         if json_out:
             return print_json(rows)
         reporter.table("backbones (any timm model name works too)", rows)
-        reporter.info("offline_now: weights usable without internet. Others download from the Hugging Face hub.")
+        reporter.info("offline_now: weights usable without internet. Others download from the Hugging Face hub. "
+                      "pose / NAME+pose use BlazePose landmarks (posetune\\[pose]).")
         return
-    info = bb.describe_backbone(name)
+    info = bb.describe_backbone(name, pose_dim=FEATURE_DIM)
     if json_out:
         return print_json(info)
     reporter.info(f"{info['name']} = timm {info['arch']}, {info['params_m']} M params, weights: {info['weight_source']}, "

@@ -31,7 +31,7 @@ class Classifier:
     engine = "torch"
 
     def __init__(self, run: RunDir, device: str = "auto", optimize: bool = True):
-        from posetune.backbones import build_model
+        from posetune.backbones import BackboneSpec, build_spec_model
 
         self.run = run.require()
         self.meta = run.meta()
@@ -40,7 +40,8 @@ class Classifier:
         self.temperature = float(self.meta.temperature)  # fitted on val after training; 1.0 in older runs
         self.device = resolve_device(device)
         try:
-            model = build_model(self.meta.arch, len(self.classes))
+            spec = BackboneSpec(self.meta.backbone, self.meta.arch, source=None, kind=self.meta.kind)
+            model = build_spec_model(spec, len(self.classes), self.meta.pose_dim)
         except RuntimeError as exc:  # timm: "Unknown model (...)"
             raise UsageError(f"{run / 'model.json'} names the architecture '{self.meta.arch}', which timm does not "
                              f"know ({exc}); restore model.json or train again") from exc
@@ -56,23 +57,44 @@ class Classifier:
             from posetune.inference import optimize_for_inference
 
             size = self.preprocess.size
-            self.model, self.inference_changes = optimize_for_inference(self.model, (3, size, size))
+            if self.meta.kind == "image":
+                self.model, self.inference_changes = optimize_for_inference(self.model, (3, size, size))
+            elif self.meta.kind == "fusion":  # the CNN takes the images alone; the head stays as trained
+                self.model.cnn, self.inference_changes = optimize_for_inference(self.model.cnn, (3, size, size))
         self.normalize = Normalizer(self.preprocess, self.device)  # uint8 NCHW -> normalised float on the device
 
-    def logits(self, batch: torch.Tensor) -> torch.Tensor:
-        """Normalised float N x 3 x S x S (see :attr:`normalize`) -> N x classes logits on the CPU."""
-        with torch.inference_mode(), autocast(self.device):
-            return self.model(batch).float().cpu()
+    @property
+    def uses_pose(self) -> bool:
+        return self.meta.kind != "image"
 
-    def decode(self, item) -> torch.Tensor:
+    def logits(self, batch: torch.Tensor, pose: torch.Tensor | None = None) -> torch.Tensor:
+        """Normalised float N x 3 x S x S (see :attr:`normalize`) [and N x pose_dim landmark features for a pose
+        or fusion run] -> N x classes logits on the CPU."""
+        inputs = (batch,) if pose is None else (batch, pose.to(self.device))
+        with torch.inference_mode(), autocast(self.device):
+            return self.model(*inputs).float().cpu()
+
+    def decode(self, item):
         """One path, PIL image or array -> what :meth:`probabilities` takes: a uint8 CHW tensor with the short side
-        resized, not yet cropped (raises ImageError). The per-image half of :meth:`predict`, run outside the model."""
-        return self.preprocess.decode(item)
+        resized, not yet cropped (raises ImageError); for a pose/fusion run (that tensor, landmark features,
+        landmarks or None). The per-image half of :meth:`predict`, run outside the model."""
+        if not self.uses_pose:
+            return self.preprocess.decode(item)
+        from posetune.pose.inputs import image_pose
+
+        features, found = image_pose(item)
+        return self.preprocess.decode(item), torch.from_numpy(features), found
 
     def probabilities(self, decoded: list, tta: bool = False) -> np.ndarray:
         """Decoded images (:meth:`decode`) -> one forward pass: a (len, classes) array of
         ``softmax(logits / temperature)``. ``tta=True`` averages flipped and multi-crop views (10 per image)."""
         pre, temperature = self.preprocess, self.temperature
+        if self.uses_pose:
+            if tta:
+                raise UsageError("--tta is for image runs; this run uses landmarks (drop --tta)")
+            batch = self.normalize(torch.stack([pre.eval_crop(t) for t, _, _ in decoded]))
+            pose = torch.stack([f for _, f, _ in decoded])
+            return (self.logits(batch, pose) / temperature).softmax(1).numpy()
         if tta:
             views = self.normalize(torch.stack([v for t in decoded for v in pre.tta_views(t)]))
             probs = (self.logits(views) / temperature).softmax(1).view(len(decoded), -1, len(self.classes)).mean(1)
@@ -94,7 +116,7 @@ class Classifier:
 
 
 @torch.inference_mode()
-def run_batches(forward: Callable[[torch.Tensor], torch.Tensor], loader, device: torch.device,
+def run_batches(forward: Callable[..., torch.Tensor], loader, device: torch.device,
                 preprocess: Preprocess, width: int, on_step: Callable[[int], None] | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``forward`` over every normalised batch of ``loader``: (outputs on the CPU, labels); ``width``
@@ -102,12 +124,12 @@ def run_batches(forward: Callable[[torch.Tensor], torch.Tensor], loader, device:
     prepare = Normalizer(preprocess, device)
     outs, labels = [], []
     for x, y in loader:
-        x = prepare(x)
+        inputs = prepare.inputs(x)  # (images,) or (images, landmark features)
         with autocast(device):
-            outs.append(forward(x).float().cpu())
+            outs.append(forward(*inputs).float().cpu())
         labels.append(torch.as_tensor(y))
         if on_step:
-            on_step(len(x))
+            on_step(len(y))
     if not outs:
         return torch.zeros(0, width), torch.zeros(0, dtype=torch.long)
     return torch.cat(outs), torch.cat(labels)

@@ -168,8 +168,14 @@ def head_phase(p: Prepared, phase, reporter: Reporter, tracker: Tracker = NullTr
     from posetune.inference import optimize_for_inference
     from posetune.training.heads import fit_head_on_features
 
-    net, _ = optimize_for_inference(p.model, (3, p.preprocess.size, p.preprocess.size))
+    image_net = p.model.cnn if p.spec.kind == "fusion" else p.model
+    net = None if p.spec.kind == "pose" else optimize_for_inference(image_net, (3, p.preprocess.size,
+                                                                                 p.preprocess.size))[0]
     plain = DecodedDataset(p.train_ds.images, p.train_ds.labels, p.preprocess)  # no augmentation
+    if p.spec.uses_pose:  # the unflipped landmark features beside each image
+        from posetune.training.pose_inputs import PoseDataset
+
+        plain = PoseDataset(plain, p.train_ds.features, p.train_ds.mirrored, augment=False)
     advance = reporter.start("extract features", len(plain) + len(p.val_ds))
     # Under torchrun each rank extracts its shard; the gathered features are the same on every rank.
     f_train, y_train = (p.dist.unshard(t) for t in extract_features(net, p.shard_loader(plain), p.device,
@@ -183,7 +189,12 @@ def head_phase(p: Prepared, phase, reporter: Reporter, tracker: Tracker = NullTr
         settings = dataclasses.replace(settings, epochs=phase.epochs, mixup=0.0, cutmix=0.0)
     lr = phase.lr if phase.lr is not None else p.plan.lrs["head"]
     reporter.info(f"head on cached features: {settings.epochs} epochs, lr {lr:.0e}")
-    head = p.model.get_classifier().to("cpu")
+    if p.spec.uses_pose:
+        from posetune.pose_heads import FeatureHead
+
+        head = FeatureHead(p.model).to("cpu")
+    else:
+        head = p.model.get_classifier().to("cpu")
     result = fit_head_on_features(head, f_train, y_train, f_val, y_val, lr, settings,
                                   on_epoch=tracked_epochs(reporter.epoch, tracker, prefix),
                                   class_weights=p.class_weights)
@@ -332,7 +343,7 @@ def write_run(p: Prepared, history: list[dict], best_epoch: int, scores: Scores,
         train_images_per_s=round(images_seen / max(train_seconds, 1e-9), 2),
         data=str(p.opts.data), layout=p.index.layout, device=str(p.device),
         metrics=RunMeta.summarize(scores.metrics), temperature=scores.temperature, calibration=scores.calibration,
-        budget=budget)
+        budget=budget, kind=p.spec.kind, pose_dim=getattr(p.model, "pose_dim", 0), no_person=p.no_person)
     p.model.to("cpu")
     p.out.save_model(p.model, meta)
     p.out.write_results(meta, history, scores.metrics, p.index.skipped, p.plan.table(p.stages), errors=scores.errors)

@@ -225,12 +225,13 @@ class Trainer:
 
     def step(self, module: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, color, global_step: int):
         """One optimisation step on a uint8 batch: (loss, logits)."""
-        x, y = self.normalize(x, color), y.to(self.device, non_blocking=True)
+        inputs, y = self.normalize.inputs(x, color), y.to(self.device, non_blocking=True)
         target = None
-        if self.mixer is not None and len(y) % 2 == 0:
-            x, target = self.mixer(x, y)
+        if self.mixer is not None and len(y) % 2 == 0:  # prepare refuses mixing for landmark inputs
+            mixed, target = self.mixer(inputs[0], y)
+            inputs = (mixed, *inputs[1:])
         with autocast(self.device):
-            logits = module(x).float()
+            logits = module(*inputs).float()
         if target is not None:
             loss = self.soft_loss(logits, target)
         else:

@@ -51,6 +51,7 @@ class Prepared:
     dist: Dist
     config_sha256: str | None = None  # of the run's config.yaml: the checkpoints carry it
     budget: dict | None = None  # train --time-budget's decision, recorded in model.json
+    no_person: dict | None = None  # pose / NAME+pose: {split: {class: images with no person found}}
 
     @property
     def epochs(self) -> int:
@@ -102,10 +103,15 @@ def prepare(opts: TrainOptions, reporter: Reporter, write_config: bool = True, d
     dist = dist or Dist()
     strategy = strategies.get_strategy(opts.strategy)
     spec = backbones.parse_spec(opts.backbone, weights=opts.weights, pretrained=opts.pretrained)
+    if spec.kind == "pose" and opts.strategy != "linear":
+        # a `pose` model is all head: nothing to freeze or unfreeze, so every strategy but linear (head on
+        # cached landmark features) is the epoch loop over the whole (small) model
+        reporter.info(f"backbone pose is all head: --strategy {opts.strategy} trains it in the epoch loop (as full)")
+        strategy = strategies.get_strategy("full")
     device = _device(opts.device, dist)
     seed_everything(opts.seed)
     index = load_index(opts, reporter)
-    model, stages, plan = build_model(opts, spec, len(index.classes), reporter)
+    model, stages, plan = build_model(opts, spec, len(index.classes), reporter, strategy.name)
     epochs = opts.epochs if opts.epochs is not None else strategy.epochs
     preprocess = Preprocess.from_config(backbones.data_config(model, opts.image_size, opts.crop_pct))
     out = _run_folder(opts, dist, write_config and create, overwrite, resume, create)
@@ -114,6 +120,14 @@ def prepare(opts: TrainOptions, reporter: Reporter, write_config: bool = True, d
                   f"head lr {plan.lrs['head']:.1e} -> {out.path}")
     reporter.table("stages", plan.table(stages))
     train_ds, val_ds, test_ds = decode_datasets(opts, index, preprocess, reporter)
+    no_person = None
+    if spec.uses_pose:
+        from posetune.training.pose_inputs import attach_pose
+
+        if opts.mixup or opts.cutmix:
+            raise UsageError(f"--mixup/--cutmix do not mix landmarks yet; drop them for --backbone {spec.name}")
+        with_pose, no_person = attach_pose(index, {"train": train_ds, "val": val_ds, "test": test_ds}, reporter)
+        train_ds, val_ds, test_ds = with_pose["train"], with_pose["val"], with_pose["test"]
     place(model, device)
     settings = Settings(epochs=epochs, batch_size=opts.batch_size, patience=opts.patience,
                         weight_decay=opts.weight_decay, label_smoothing=opts.label_smoothing, seed=opts.seed,
@@ -130,7 +144,7 @@ def prepare(opts: TrainOptions, reporter: Reporter, write_config: bool = True, d
     config = out / "config.yaml"
     return Prepared(opts, strategy, spec, device, index, model, stages, plan, preprocess, out,
                     train_ds, val_ds, test_ds, settings, class_weights, sampler, dist,
-                    file_sha256(config) if config.is_file() else None)
+                    file_sha256(config) if config.is_file() else None, no_person=no_person)
 
 
 def _device(name: str, dist: Dist):
@@ -161,15 +175,19 @@ def load_index(opts: TrainOptions, reporter: Reporter) -> DataIndex:
     return index
 
 
-def build_model(opts: TrainOptions, spec: BackboneSpec, n_classes: int, reporter: Reporter):
+def build_model(opts: TrainOptions, spec: BackboneSpec, n_classes: int, reporter: Reporter,
+                strategy_name: str | None = None):
     """The backbone with a new head, its stages, and the strategy's plan applied (frozen stages frozen)."""
     from posetune import backbones, strategies
 
-    model, info = backbones.create_backbone(spec, num_classes=n_classes)
+    pose_dim = None
+    if spec.uses_pose:
+        from posetune.pose import FEATURE_DIM as pose_dim
+    model, info = backbones.create_backbone(spec, num_classes=n_classes, pose_dim=pose_dim)
     for note in info["notes"]:
         reporter.info(f"note: {note}")
     stages = backbones.model_stages(model)
-    plan = strategies.make_plan(opts.strategy, stages, lr=opts.lr, freeze_stages=opts.freeze_stages,
+    plan = strategies.make_plan(strategy_name or opts.strategy, stages, lr=opts.lr, freeze_stages=opts.freeze_stages,
                                 base_lr_ratio=opts.base_lr_ratio, layer_decay=opts.layer_decay, bn=opts.bn,
                                 freeze_epochs=opts.freeze_epochs, unfreeze_every=opts.unfreeze_every)
     strategies.apply_freeze(model, stages, plan.frozen)
