@@ -15,6 +15,7 @@ from helpers import run_cli
 import posetune
 from posetune import cli
 from posetune.checks import Options
+from posetune.data.synth.session import SessionOptions
 from posetune.errors import InvalidOption, UsageError
 from posetune.options import (
     CheckOptions,
@@ -27,6 +28,7 @@ from posetune.options import (
     SynthOptions,
     TrainOptions,
 )
+from posetune.video.prediction import VideoOptions
 
 CONFIGS = {
     "epochs-two.yaml": "epochs: two\n",
@@ -230,6 +232,8 @@ def test_the_python_api_gets_the_same_checks(inputs, tmp_path, monkeypatch):
 OPTIONS = {"train": TrainOptions, "compare": CompareOptions, "lr-find": LrFindOptions, "evaluate": EvaluateOptions,
            "predict": PredictOptions, "export": ExportOptions, "serve": ServeOptions, "data check": CheckOptions,
            "data synth": SynthOptions}
+OPTIONS["predict"] = VideoOptions  # what the CLI validates: PredictOptions and the video flags
+EXTRA_OPTIONS = {"data synth": SessionOptions}  # `data synth --video`: a session video, its own options
 # CLI parameters with no field of the same name, and why.
 CLI_ONLY = {
     "json_out": "--json picks the output format, not what the command does",
@@ -237,6 +241,7 @@ CLI_ONLY = {
     "nproc": "--nproc relaunches the CLI under torchrun (one process per GPU)",
     "resume": "--resume is posetune.train(resume=RUN): the options come from RUN/config.yaml",
     "overwrite": "--overwrite is posetune.train(overwrite=True): whether to replace a run, not how to train one",
+    "time_budget": "--time-budget is posetune.train(time_budget=T): it chooses the options itself, like --resume",
 }
 RENAMED = {"no_pretrained": "pretrained", "ema": "ema", "ema_decay": "ema"}  # --no-pretrained; --ema [--ema-decay D]
 API_ONLY = {  # fields with no flag: the complete list, for the commands whose flags cover everything
@@ -254,6 +259,8 @@ def cli_params(command: str) -> dict:
 @pytest.mark.parametrize("command", sorted(OPTIONS))
 def test_every_flag_is_a_field_of_the_options_dataclass(command):
     fields = {f.name: f for f in dataclasses.fields(OPTIONS[command])}
+    if command in EXTRA_OPTIONS:
+        fields |= {f.name: f for f in dataclasses.fields(EXTRA_OPTIONS[command])}
     for name, param in cli_params(command).items():
         if name in CLI_ONLY:
             continue

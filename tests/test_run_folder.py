@@ -15,7 +15,7 @@ from posetune.run import RunDir, RunMeta
 MODEL_JSON_KEYS = {
     "format_version", "backbone", "arch", "weight_source", "classes", "preprocessing", "strategy", "frozen_stages",
     "stage_lrs", "best_epoch", "epochs_run", "train_seconds", "train_images_per_s", "data", "layout", "device",
-    "metrics", "temperature", "calibration", "created",
+    "metrics", "temperature", "calibration", "created", "kind", "pose_dim",
 }
 
 

@@ -60,10 +60,12 @@ def data_synth(
 def _synth_video(video: str, poses: Optional[str], hold: float, transition: float, fps: int, size: int, seed: int,
                  json_out: bool) -> None:
     from posetune.data.synth import KAGGLE_POSES
-    from posetune.data.synth.session import frame_count, render_session
+    from posetune.data.synth.session import SessionOptions, frame_count, render_session
 
+    opts = SessionOptions(video=video, poses=poses, hold=hold, transition=transition, fps=fps, size=size,
+                          seed=seed).validate()
     reporter = reporter_for(json_out)
-    names = [p.strip() for p in poses.split(",") if p.strip()] if poses else None
+    names = opts.poses
     reporter.info(f"rendering a session: hold {hold:g} s, transition {transition:g} s, {fps} fps, {size} px, seed {seed}")
     advance = reporter.start("render", frame_count(len(names or KAGGLE_POSES), hold, transition, fps))
     info = render_session(video, poses=names, hold=hold, transition=transition, fps=fps, size=size, seed=seed,

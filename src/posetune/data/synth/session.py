@@ -17,9 +17,23 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from posetune.checks import SEED, Float, Int, Names, Options, OutputPath, option
 from posetune.data.synth.poses import KAGGLE_POSES, PoseTemplate, check_pose
 from posetune.data.synth.render import MIN_SIZE, render_pose
 from posetune.errors import UsageError
+
+
+@dataclass
+class SessionOptions(Options):
+    """Every option of `posetune data synth --video` (same names as the flags), checked before rendering."""
+
+    video: str = option("", OutputPath(folder=False), flag="--video")
+    poses: list[str] | None = option(None, Names("tree,plank,downdog", unique=True))
+    hold: float = option(4.0, Float(0.0, 600.0, low_open=True))
+    transition: float = option(1.5, Float(0.0, 60.0))
+    fps: int = option(10, Int(1, 60))
+    size: int = option(224, Int(MIN_SIZE, 1024))
+    seed: int = option(0, Int(*SEED))
 
 VIDEO_SUFFIXES = (".mp4", ".mkv", ".mov", ".avi", ".webm")
 
