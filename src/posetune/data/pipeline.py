@@ -51,11 +51,16 @@ class TrainAugment:
         self.batch_color = BatchColorJitter(brightness=0.2, contrast=0.2, saturation=0.2)
 
     def __call__(self, img: torch.Tensor) -> torch.Tensor:
+        return self.crop_and_flip(img)[0]
+
+    def crop_and_flip(self, img: torch.Tensor) -> tuple[torch.Tensor, bool]:
+        """The augmented image and whether it was flipped (the pose backbones flip the landmarks with it)."""
         box = self.crop.make_params([img])  # top, left, height, width
         img = F.resized_crop(img, **box, size=list(self.crop.size), interpolation=self.crop.interpolation,
                              antialias=True)
         # RandomHorizontalFlip's draw: torch.rand(1) >= p keeps the image as it is.
-        return img if torch.rand(1) >= self.flip_p else F.hflip(img)
+        flipped = bool(torch.rand(1) < self.flip_p)
+        return (F.hflip(img) if flipped else img), flipped
 
 
 class BatchColorJitter:

@@ -11,7 +11,6 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import torch
-from torchvision.transforms import v2
 
 from posetune.console import Reporter
 
@@ -23,25 +22,23 @@ if TYPE_CHECKING:
 class PoseDataset(torch.utils.data.Dataset):
     """((uint8 image, landmark features), label): a DecodedDataset's images with their landmark features.
 
-    Augmented, it crops like TrainAugment and flips the image and the features together (p = 0.5)."""
+    Augmented, it crops and flips with the images' TrainAugment, the features flipped with the image."""
 
     def __init__(self, base: DecodedDataset, features: torch.Tensor, mirrored: torch.Tensor, augment: bool):
         self.images, self.labels, self.preprocess = base.images, base.labels, base.preprocess
         self.features, self.mirrored = features, mirrored
-        self.crop = v2.RandomResizedCrop(base.preprocess.size, scale=(0.5, 1.0), antialias=True) if augment else None
         self.augment = base.augment  # its batch colour jitter runs in the training step, as for images
+        self.crop_flip = base.augment if augment else None  # the images' own TrainAugment: same crops and flips
 
     def __len__(self) -> int:
         return len(self.images)
 
     def __getitem__(self, i: int):
         img = self.images[i]
-        if self.crop is None:
+        if self.crop_flip is None:
             return (self.preprocess.eval_crop(img), self.features[i]), self.labels[i]
-        img = self.crop(img)
-        if torch.rand(()) < 0.5:
-            return (img.flip(-1), self.mirrored[i]), self.labels[i]
-        return (img, self.features[i]), self.labels[i]
+        img, flipped = self.crop_flip.crop_and_flip(img)
+        return (img, (self.mirrored if flipped else self.features)[i]), self.labels[i]
 
 
 def landmark_features(paths: list[str], reporter: Reporter) -> tuple[torch.Tensor, torch.Tensor]:
