@@ -163,7 +163,7 @@ def bench_linear_cache(ctx: dict) -> dict:
     opts = TrainOptions(data=str(ctx["data"]), out=str(ctx["work"] / "linear-per-epoch"), **common)
     p = prepare(opts, Reporter())
     t0 = time.perf_counter()
-    train_loader = p.loader(p.train_ds, shuffle=True)
+    train_loader = p.train_loader()  # the loader posetune train uses
     trainer = Trainer(p.model, p.stages, p.plan, p.preprocess, p.settings, p.device, len(train_loader))
     result = fit(trainer, train_loader, p.loader(p.val_ds))
     per_epoch_seconds = time.perf_counter() - t0
