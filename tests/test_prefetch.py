@@ -110,3 +110,25 @@ def test_training_with_the_thread_equals_training_without(tmp_path, shapes_kaggl
     assert loss_a == loss_b
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert producer_threads() == []
+
+
+def test_pose_batches_mirror_the_landmarks_exactly_where_the_pixels_flip():
+    """PoseDataset in seeded batches: the same crops as the images' own dataset, and the mirrored features
+    for exactly the images that came out flipped (a left-to-right ramp tells which)."""
+    from posetune.data.pipeline import DecodedDataset, Preprocess, TrainAugment, crop_seed
+    from posetune.training.pose_inputs import PoseDataset
+
+    ramp = torch.arange(60, dtype=torch.uint8).mul(4).expand(3, 48, 60).contiguous()  # brighter to the right
+    pre = Preprocess(size=32, mean=(0.5,) * 3, std=(0.5,) * 3)
+    base = DecodedDataset([ramp] * 16, [0] * 16, pre, TrainAugment(32))
+    plain, mirrored = torch.zeros(16, 4), torch.ones(16, 4)
+    pose = PoseDataset(base, plain, mirrored, augment=True)
+    items = [(i, crop_seed(77, 3)) for i in range(16)]
+    with_pose, images_only = pose.__getitems__(items), base.__getitems__(items)
+    flips = []
+    for ((img, feats), _), (same_img, _) in zip(with_pose, images_only):
+        assert torch.equal(img, same_img)
+        flipped = int(img[0, 0, 0]) > int(img[0, 0, -1])
+        assert torch.equal(feats, mirrored[0] if flipped else plain[0])
+        flips.append(flipped)
+    assert 0 < sum(flips) < 16  # both kinds drawn
