@@ -133,3 +133,19 @@ def test_score_segments_measures_time_and_boundaries():
     assert score_segments(good, truth) == {"time_accuracy": 1.0, "boundaries_within": 1.0, "tolerance_s": 1.0}
     scored = score_segments(late, truth)
     assert scored["time_accuracy"] == pytest.approx(0.75, abs=0.02) and scored["boundaries_within"] == 0.0
+
+
+def test_centred_ema_has_no_lag_and_settled_segments_leave_transitions_out():
+    step = np.array([[1.0, 0.0]] * 6 + [[0.0, 1.0]] * 6)
+    causal, centred = ema(step, 0.5), ema(step, 0.5, centred=True)
+    assert causal[6].argmax() == 0  # the causal average still says the old pose one frame after the change
+    assert centred[5].argmax() == 0 and centred[6].argmax() == 1  # the centred one switches where the step is
+    assert centred[5, 0] == pytest.approx(centred[6, 1], abs=1e-3)  # and is symmetric about it
+    times = [i * 0.5 for i in range(10)]
+    labels = ["a"] * 5 + ["b"] * 5
+    top = [0.9, 0.9, 0.9, 0.6, 0.5, 0.5, 0.6, 0.9, 0.9, 0.9]  # a walk between two holds: the middle frames doubt
+    tiled = segments_of(times, labels, top, 0.5)
+    held = segments_of(times, labels, top, 0.5, settled=0.9)
+    assert [(s.start, s.end) for s in tiled] == [(0.0, 2.5), (2.5, 5.0)]
+    assert [(s.pose, s.start, s.end) for s in held] == [("a", 0.0, 1.5), ("b", 3.5, 5.0)]
+    assert held[0].mean_probability == pytest.approx(0.9)

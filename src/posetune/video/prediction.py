@@ -17,7 +17,7 @@ import numpy as np
 from posetune.checks import Choice, Float, OutputPath, option
 from posetune.predict.loading import PredictOptions, choose_engine, load
 from posetune.video.decoding import VideoError, sample_frames
-from posetune.video.segments import SMOOTHING, Segment, segments_of, smooth
+from posetune.video.segments import SETTLED, SMOOTHING, Segment, segments_of, smooth
 
 
 @dataclass
@@ -82,11 +82,12 @@ def predict_one_video(clf, path: str, opts: VideoOptions, on_frames=None) -> Vid
         return VideoResult(path, error=str(exc))
     classes = list(clf.classes)
     raw = probs.argmax(1)
-    idx, smoothed = smooth(probs, times, opts.smooth, opts.ema_alpha, opts.min_hold)
+    # a recorded video: centred smoothing (no lag) and segments trimmed to the held frames (video/segments.py)
+    idx, smoothed = smooth(probs, times, opts.smooth, opts.ema_alpha, opts.min_hold, centred=True)
     labels = [classes[i] for i in idx]
     top = [float(smoothed[k, i]) for k, i in enumerate(idx)]
     result = VideoResult(path, times, [classes[i] for i in raw], [float(probs[k, i]) for k, i in enumerate(raw)],
-                         labels, top, segments_of(times, labels, top, 1.0 / opts.fps))
+                         labels, top, segments_of(times, labels, top, 1.0 / opts.fps, SETTLED))
     if opts.timeline:
         from posetune.video.timeline import plot_timeline
 
