@@ -149,3 +149,25 @@ def test_centred_ema_has_no_lag_and_settled_segments_leave_transitions_out():
     assert [(s.start, s.end) for s in tiled] == [(0.0, 2.5), (2.5, 5.0)]
     assert [(s.pose, s.start, s.end) for s in held] == [("a", 0.0, 1.5), ("b", 3.5, 5.0)]
     assert held[0].mean_probability == pytest.approx(0.9)
+
+
+def test_prefetched_keeps_order_raises_the_sources_error_and_stops_its_thread_when_closed():
+    import threading
+
+    from posetune.data.images import prefetched
+
+    assert list(prefetched(iter(range(100)), ahead=3)) == list(range(100))
+
+    def broken():
+        yield 1
+        raise ValueError("frame 2 is corrupt")
+
+    got = []
+    with pytest.raises(ValueError, match="frame 2"):
+        for x in prefetched(broken()):
+            got.append(x)
+    assert got == [1]
+    endless = prefetched(iter(int, 1), ahead=2)  # never ends: only closing it stops the producer
+    assert next(endless) == 0
+    endless.close()
+    assert not [t for t in threading.enumerate() if t.name == "posetune-prefetch"]

@@ -15,6 +15,7 @@ from typing import Callable
 import numpy as np
 
 from posetune.checks import Choice, Float, OutputPath, option
+from posetune.data.images import prefetched
 from posetune.predict.loading import PredictOptions, choose_engine, load
 from posetune.video.decoding import VideoError, sample_frames
 from posetune.video.segments import SETTLED, SMOOTHING, Segment, segments_of, smooth
@@ -59,9 +60,10 @@ def frame_probabilities(clf, path: str, fps: float, batch_size: int,
                         on_frames: Callable[[int], None] | None = None) -> tuple[list[float], np.ndarray]:
     """(times, a frames x classes array) for ``path`` sampled at ``fps``, one forward pass per ``batch_size``."""
     times, probs, pending = [], [], []
-    for t, rgb in sample_frames(path, fps):
+    frames = ((t, clf.decode(rgb)) for t, rgb in sample_frames(path, fps))
+    for t, item in prefetched(frames, ahead=2 * batch_size):  # the next frames decode while the model runs
         times.append(t)
-        pending.append(clf.decode(rgb))
+        pending.append(item)
         if len(pending) >= batch_size:
             probs.append(clf.probabilities(pending))
             pending.clear()
