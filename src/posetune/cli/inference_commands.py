@@ -52,14 +52,30 @@ def evaluate(
                         for k in ("accuracy", "balanced_accuracy", "macro_f1")])
     print_trust(reporter, metrics)
     print_cam(reporter, metrics)
+    print_no_person(reporter, metrics.get("no_person"))
     for s in metrics["skipped"]:
         reporter.warn(f"skipped {s['path']}: {s['reason']}")
     for key, what in (("confusion_png", "confusion matrix"), ("reliability_png", "reliability diagram"),
                       ("risk_coverage_png", "risk-coverage curve"), ("top_losses_png", "most confidently wrong"),
                       ("cam_top_losses_png", "class-activation maps, most confidently wrong"),
-                      ("cam_correct_png", "class-activation maps, correct")):
+                      ("cam_correct_png", "class-activation maps, correct"),
+                      ("skeletons_png", "BlazePose skeletons per class")):
         if metrics.get(key):
             reporter.info(f"{what} plot: {metrics[key]}")
+
+
+def print_no_person(reporter, section: dict | None) -> None:
+    """Pose / fusion runs: how many images showed nobody, and how well the model did with and without a person."""
+    if not section:
+        return
+    f = lambda v: "-" if v is None else f"{v:.4f}"  # noqa: E731
+    rows = [{"measure": "images where BlazePose found nobody", "value": f"{section['no_person']} of {section['images']}"},
+            {"measure": "accuracy where a person was found", "value": f(section["accuracy_person_found"])},
+            {"measure": "accuracy where nobody was found", "value": f(section["accuracy_no_person"])}]
+    if "answered_accuracy" in section:
+        rows.append({"measure": "accuracy of predict's answers ('no person detected' counted wrong)",
+                     "value": f(section["answered_accuracy"])})
+    reporter.table("people found (BlazePose)", rows)
 
 
 def print_cam(reporter, metrics: dict) -> None:
