@@ -124,6 +124,8 @@ def test_a_class_named_no_person_detected_is_refused(runs, photos, tmp_path, mon
     code, out, err = run_cli(monkeypatch, capsys, ["predict", run, photos["blank"], "--engine", "torch"])
     assert code == 2 and err.startswith("error: ") and err.strip().count("\n") == 0 and NO_PERSON in err
     with pytest.raises(UsageError, match="rename that class"):
+        create_app(run, engine="torch", device="cpu")  # at start, not as a 500 per request
+    with pytest.raises(UsageError, match="rename that class"):
         batched_predictions([], 0, lambda items: np.zeros((0, 2)), [NO_PERSON, "tree"], kind="pose")
     batched_predictions([], 0, lambda items: np.zeros((0, 2)), [NO_PERSON, "tree"], kind="fusion")  # answers a class
 
