@@ -131,7 +131,7 @@ def landmarks_of(decoded_item) -> tuple[bool, Landmarks | None]:
     return False, None
 
 
-def answer(name: str, p: np.ndarray, decoded_item, classes: list[str], top_k: int, min_confidence: float | None,
+def one_prediction(name: str, p: np.ndarray, decoded_item, classes: list[str], top_k: int, min_confidence: float | None,
            kind: str) -> Prediction:
     """One image's Prediction from its probabilities (the ranking, 'unsure', 'no person detected', the pose)."""
     uses_pose, found = landmarks_of(decoded_item)
@@ -168,7 +168,7 @@ def batched_predictions(decoded: Iterable[tuple[str, object, str | None]], n: in
         if not pending:
             return
         for (i, name, item), p in zip(pending, probabilities([px for _, _, px in pending])):
-            results[i] = answer(name, p, item, classes, top_k, min_confidence, kind)
+            results[i] = one_prediction(name, p, item, classes, top_k, min_confidence, kind)
         if on_step:
             on_step(len(pending))
         pending.clear()
