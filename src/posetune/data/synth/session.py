@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -21,6 +21,9 @@ from posetune.checks import SEED, Float, Int, Names, Options, OutputPath, option
 from posetune.data.synth.poses import KAGGLE_POSES, PoseTemplate, check_pose
 from posetune.data.synth.render import MIN_SIZE, render_pose
 from posetune.errors import UsageError
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 
 @dataclass
@@ -85,6 +88,12 @@ def pose_at(plan: Sequence[Hold], t: float) -> PoseTemplate:
     return check_pose(plan[-1].pose)
 
 
+def session_frames(plan: Sequence[Hold], frames: int, fps: int, size: int, seed: int) -> Iterator[Image.Image]:
+    """The session's first ``frames`` frames, ``fps`` a second (one scene throughout: only the pose moves)."""
+    for i in range(frames):
+        yield render_pose(pose_at(plan, i / fps), np.random.default_rng(seed), size=size)
+
+
 def render_session(out: str | Path, poses: Sequence[str] | None = None, hold: float = 4.0,
                    transition: float = 1.5, fps: int = 10, size: int = 224, seed: int = 0,
                    progress: Callable[[int, int], None] | None = None) -> dict:
@@ -119,8 +128,7 @@ def render_session(out: str | Path, poses: Sequence[str] | None = None, hold: fl
         stream.pix_fmt = "yuv420p"
         if codec == "libx264":
             stream.options = {"crf": "18", "preset": "fast"}
-        for i in range(frames):
-            image = render_pose(pose_at(plan, i / fps), np.random.default_rng(seed), size=size)
+        for i, image in enumerate(session_frames(plan, frames, fps, size, seed)):
             for packet in stream.encode(av.VideoFrame.from_image(image)):
                 container.mux(packet)
             if progress:
