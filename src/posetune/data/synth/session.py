@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 import numpy as np
 
 from posetune.checks import SEED, Float, Int, Names, Options, OutputPath, option
+from posetune.data.images import VIDEO_SUFFIXES
 from posetune.data.synth.poses import KAGGLE_POSES, PoseTemplate, check_pose
 from posetune.data.synth.render import MIN_SIZE, render_pose
 from posetune.errors import UsageError
@@ -38,7 +39,10 @@ class SessionOptions(Options):
     size: int = option(224, Int(MIN_SIZE, 1024))
     seed: int = option(0, Int(*SEED))
 
-VIDEO_SUFFIXES = (".mp4", ".mkv", ".mov", ".avi", ".webm")
+H264_SUFFIXES = (".mp4", ".m4v", ".mkv", ".mov")
+# What a session is written as: every suffix predict reads but WebM (VP8/VP9/AV1 only; neither codec used here
+# fits it); H.264 where the container takes it, MPEG-4 Part 2 in .avi.
+SESSION_SUFFIXES = tuple(s for s in VIDEO_SUFFIXES if s != ".webm")
 
 
 @dataclass(frozen=True)
@@ -97,7 +101,7 @@ def session_frames(plan: Sequence[Hold], frames: int, fps: int, size: int, seed:
 def render_session(out: str | Path, poses: Sequence[str] | None = None, hold: float = 4.0,
                    transition: float = 1.5, fps: int = 10, size: int = 224, seed: int = 0,
                    progress: Callable[[int, int], None] | None = None) -> dict:
-    """Encode the session to ``out`` (H.264 in .mp4/.mkv/.mov, MPEG-4 otherwise) and its holds to OUT.csv
+    """Encode the session to ``out`` (H.264 in .mp4/.m4v/.mkv/.mov, MPEG-4 in .avi) and its holds to OUT.csv
     (``pose,start,end``). Refuses to replace an existing file. Returns what was written."""
     import av
 
@@ -110,8 +114,8 @@ def render_session(out: str | Path, poses: Sequence[str] | None = None, hold: fl
             check_pose(p)
         except ValueError as exc:
             raise UsageError(f"--poses: {exc}") from None
-    if out.suffix.lower() not in VIDEO_SUFFIXES:
-        raise UsageError(f"--video {out}: give a video file name ending in {', '.join(VIDEO_SUFFIXES)}")
+    if out.suffix.lower() not in SESSION_SUFFIXES:
+        raise UsageError(f"--video {out}: give a video file name ending in {', '.join(SESSION_SUFFIXES)}")
     truth = out.with_suffix(".csv")
     for path in (out, truth):
         if path.exists():
@@ -121,7 +125,7 @@ def render_session(out: str | Path, poses: Sequence[str] | None = None, hold: fl
     plan = session_plan(poses, hold, transition)
     frames = frame_count(len(plan), hold, transition, fps)
     out.parent.mkdir(parents=True, exist_ok=True)
-    codec = "libx264" if out.suffix.lower() in (".mp4", ".mkv", ".mov") else "mpeg4"
+    codec = "libx264" if out.suffix.lower() in H264_SUFFIXES else "mpeg4"
     with av.open(str(out), "w") as container:
         stream = container.add_stream(codec, rate=fps)
         stream.width = stream.height = size
