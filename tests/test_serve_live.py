@@ -69,6 +69,14 @@ def test_live_label_follows_the_poses_of_the_camera(pose_server: str, camera_bro
     b.find_element(By.ID, "live").click()  # stop: the camera is released
     assert b.find_element(By.ID, "live").text == "Live"
     assert not b.find_element(By.ID, "camera-view").is_displayed()
+    # the timings hook bench_live.py reads outlives Stop: every answered frame, in order, with both labels
+    hook = b.execute_script("return window.posetuneLive")
+    frames = hook["frames"]
+    assert hook["answered"] == len(frames) >= len(POSE_RUN_POSES) and hook["sent"] in (hook["answered"], hook["answered"] + 1)
+    assert all(hook["streamStart"] <= f["captured"] < f["drawn"] for f in frames)
+    assert all(p["captured"] < q["captured"] for p, q in zip(frames, frames[1:]))
+    assert {f["shown"] for f in frames} >= set(POSE_RUN_POSES) and frames[-1]["smoothing"] == "hold"
+    assert all(f["label"] in POSE_RUN_POSES for f in frames)
 
 
 def test_skeleton_is_drawn_from_landmarks_skipping_unseen_points(pose_server: str, camera_browser) -> None:
