@@ -8,32 +8,18 @@ POSETUNE_SCREENSHOT=docs/serve.png also saves the page there.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import shutil
-import socket
-import subprocess
-import sys
-import time
 import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import stop
+from browser import CHROMEDRIVER, CHROMIUM, chrome, serving
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-CHROMEDRIVER = shutil.which("chromedriver") or ("/usr/bin/chromedriver" if Path("/usr/bin/chromedriver").exists() else None)
 selenium = pytest.importorskip("selenium", reason="selenium is not installed (pip install -e '.[dev]')")
 pytestmark = pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER),
                                 reason="chromium and chromedriver are needed: bash scripts/ensure-chromium.sh")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -46,53 +32,10 @@ def served_run(onnx_run: Path) -> Path:
     return run
 
 
-@contextlib.contextmanager
-def serving(run: Path, log: Path, *args: str):
-    """`posetune serve RUN ARGS` on a free port until the block ends: yields its URL once /health says ok."""
-    port = free_port()
-    with open(log, "wb") as fh:
-        proc = subprocess.Popen([sys.executable, "-m", "posetune", "serve", str(run), "--port", str(port), *args],
-                                stdout=fh, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
-                    if json.load(r)["status"] == "ok":
-                        break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail(f"posetune serve did not start:\n{log.read_text()[-3000:]}")
-                time.sleep(0.2)
-        yield url
-    finally:
-        stop(proc)
-
-
 @pytest.fixture(scope="module")
 def server(served_run: Path, tmp_path_factory):
     with serving(served_run, tmp_path_factory.mktemp("serve") / "server.log", "--engine", "onnx") as url:
         yield url
-
-
-def chrome(tmp_path: Path, *extra: str):
-    """Headless Chromium through Selenium, with ``extra`` command-line flags (a fake camera, say)."""
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    # No network beyond the server under test: every other host name fails to resolve.
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--disable-dev-shm-usage", f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1100,820",
-                 "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1", *extra):
-        options.add_argument(flag)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
-    driver.set_page_load_timeout(30)
-    return driver
 
 
 @pytest.fixture

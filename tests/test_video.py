@@ -49,6 +49,44 @@ def test_synth_video_writes_a_decodable_session_and_its_ground_truth(tmp_path, m
     assert code == 2 and "exists" in err and len(err.strip().splitlines()) == 1
 
 
+@pytest.mark.parametrize("args, says", [
+    (["--size", "49"], "--size must be even"),
+    (["--poses", "tree,lotus"], "--poses"),
+    (["--fps", "0"], "--fps must be an integer from 1 to 60"),
+    (["--hold", "0"], "--hold must be a number > 0"),
+])
+def test_synth_video_refuses_bad_options_in_one_line_from_cli_and_api(args, says, tmp_path, monkeypatch, capsys):
+    """The CLI (at the door) and render_session (the API) check through SessionOptions: the same message."""
+    from posetune.data.synth.session import render_session
+    from posetune.errors import InvalidOption
+
+    out = tmp_path / "s.mp4"
+    code, _, err = run_cli(monkeypatch, capsys, ["data", "synth", "--video", out, *args])
+    assert code == 2 and says in err and len(err.strip().splitlines()) == 1, err
+    keywords = {args[0][2:]: (args[1] if args[0] == "--poses" else float(args[1]) if args[0] == "--hold"
+                              else int(args[1]))}
+    with pytest.raises(InvalidOption, match=says):
+        render_session(out, **keywords)
+    assert not out.exists() and not out.with_suffix(".csv").exists()
+
+
+def test_synth_video_writes_every_session_suffix_and_refuses_webm(tmp_path) -> None:
+    """The writer's suffixes are the readable ones (data.images.VIDEO_SUFFIXES) but WebM, which takes neither
+    codec used here; each written file decodes."""
+    from posetune.data.images import VIDEO_SUFFIXES
+    from posetune.data.synth.session import SESSION_SUFFIXES, render_session
+    from posetune.errors import InvalidOption
+    from posetune.video.decoding import is_video_path, sample_frames
+
+    assert set(SESSION_SUFFIXES) == set(VIDEO_SUFFIXES) - {".webm"}
+    for suffix in SESSION_SUFFIXES:
+        out = tmp_path / f"s-{suffix[1:]}{suffix}"
+        render_session(out, poses=["tree"], hold=0.5, transition=0, fps=4, size=32)
+        assert is_video_path(out) and len(list(sample_frames(out, 4))) == 2
+    with pytest.raises(InvalidOption, match=r"\.mp4, \.m4v"):
+        render_session(tmp_path / "s.webm", poses=["tree"], hold=0.5, fps=4, size=32)
+
+
 def test_predict_finds_the_holds_of_a_session(session, pose_run, tmp_path, monkeypatch, capsys):
     frames_csv, plots = tmp_path / "frames.csv", tmp_path / "plots"
     code, out, err = run_cli(monkeypatch, capsys, ["predict", pose_run, session, "--json", "--csv", frames_csv,

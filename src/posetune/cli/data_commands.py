@@ -15,7 +15,7 @@ from posetune.cli.app import app, data_app, print_json, reporter_for
 def data_synth(
     out: Optional[str] = typer.Argument(None, help="Folder to write (Kaggle layout: OUT/TRAIN/<pose>, OUT/TEST/<pose>)."),
     video: Optional[str] = typer.Option(None, "--video", help="Instead of a folder, render a session video here "
-                                        "(.mp4/.mkv/.mov: H.264, .avi/.webm: MPEG-4) and its holds (pose,start,end "
+                                        "(.mp4/.m4v/.mkv/.mov: H.264, .avi: MPEG-4) and its holds (pose,start,end "
                                         "in seconds) to the same name with .csv."),
     hold: float = typer.Option(4.0, help="--video: seconds each pose is held."),
     transition: float = typer.Option(1.5, help="--video: seconds of movement between two holds."),

@@ -70,7 +70,6 @@ def train(
     Strategies: linear (head only, on cached features), partial (freeze stem + K stages), full,
     lp-ft (linear probe, then fine-tune), gradual (unfreeze stages one by one from the top).
     """
-    from posetune.options import TrainOptions
     from posetune.training import train as run_train
 
     reporter = reporter_for(json_out)
@@ -84,30 +83,38 @@ def train(
                    mixup=mixup, cutmix=cutmix, cache=cache, cache_dir=cache_dir, log=log, log_dir=log_dir,
                    mlflow_uri=mlflow_uri)
     if time_budget is not None:
-        if nproc > 1:
-            from posetune.errors import UsageError
-
-            raise UsageError("--time-budget measures and trains on one process; drop --nproc")
-        from posetune.comparison.budget import train_within_budget
-
-        result = train_within_budget(data, time_budget, reporter=reporter, config=config, overwrite=overwrite,
-                                     resume=resume, **options)
-        _print_result(reporter, result, json_out)
-        return
+        return _print_result(reporter, _train_within_budget(data, time_budget, nproc, reporter, config, overwrite,
+                                                            resume, options), json_out)
     if nproc > 1 and "WORLD_SIZE" not in os.environ:
-        from posetune.distributed import launch
+        raise typer.Exit(_launch_processes(nproc, data, resume, config, options))
+    # with --resume, any other option given is refused by name (--overwrite does not apply)
+    given = {"resume": resume} if resume else {"overwrite": overwrite}
+    _print_result(reporter, run_train(data, reporter=reporter, config=config, **given, **options), json_out)
 
-        if not resume:  # a bad value fails here once, not in each of the nproc processes
-            TrainOptions.from_sources(config, data=data, **options)
-        argv = sys.argv[1:]
-        i = next(i for i, a in enumerate(argv) if a.startswith("--nproc"))
-        del argv[i: i + (1 if "=" in argv[i] else 2)]
-        raise typer.Exit(launch(nproc, argv))
-    if resume:  # any other option given with it is refused by name
-        result = run_train(data, reporter=reporter, resume=resume, config=config, **options)
-    else:
-        result = run_train(data, reporter=reporter, config=config, overwrite=overwrite, **options)
-    _print_result(reporter, result, json_out)
+
+def _train_within_budget(data, time_budget: str, nproc: int, reporter, config, overwrite: bool, resume, options: dict):
+    """`train --time-budget`: measure, plan, then train on one process."""
+    if nproc > 1:
+        from posetune.errors import UsageError
+
+        raise UsageError("--time-budget measures and trains on one process; drop --nproc")
+    from posetune.comparison.budget import train_within_budget
+
+    return train_within_budget(data, time_budget, reporter=reporter, config=config, overwrite=overwrite,
+                               resume=resume, **options)
+
+
+def _launch_processes(nproc: int, data, resume, config, options: dict) -> int:
+    """`train --nproc N`: torchrun this command again without --nproc; its exit code."""
+    from posetune.distributed import launch
+    from posetune.options import TrainOptions
+
+    if not resume:  # a bad value fails here once, not in each of the nproc processes
+        TrainOptions.from_sources(config, data=data, **options)
+    argv = sys.argv[1:]
+    i = next(i for i, a in enumerate(argv) if a.startswith("--nproc"))
+    del argv[i: i + (1 if "=" in argv[i] else 2)]
+    return launch(nproc, argv)
 
 
 def _print_result(reporter, result, json_out: bool) -> None:

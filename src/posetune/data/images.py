@@ -12,6 +12,8 @@ import numpy as np
 from PIL import Image, ImageOps
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
+# The video files `predict` decodes (video/, PyAV); data/synth/session.py writes a subset. Here, below both.
+VIDEO_SUFFIXES = (".mp4", ".m4v", ".mkv", ".mov", ".avi", ".webm")
 # What a file's first bytes say it is, to catch mislabelled extensions.
 _MAGIC = {
     b"\xff\xd8\xff": "jpeg", b"\x89PNG": "png", b"GIF8": "gif", b"BM": "bmp",
