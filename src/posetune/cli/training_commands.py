@@ -205,12 +205,13 @@ def compare(
     shown = display_rows(result.rows)
     reliance = ["bg reliance"] if result.background else []
     reporter.table(f"leaderboard, best val first ({result.seconds['total']:.0f} s)", shown,
-                   ["#", "backbone", "strategy", "val acc", "test acc", "test macro-F1", "k-NN test acc", *reliance,
+                   ["#", "backbone", "kind", "strategy", "val acc", "test acc", "test macro-F1", "k-NN test acc", *reliance,
                     "status"])
     if result.background:
         reporter.info(reliance_note(result.background))
+    landmarks = ["landmarks ms"] if any(r["landmark_ms"] is not None for r in result.rows) else []
     reporter.table("costs", shown, ["#", "backbone", "strategy", "weights", "params M", "GMACs", "px", "train s",
-                                    "ms/img (b1)", "img/s (b32)", "pareto"])
+                                    "ms/img (b1)", *landmarks, "img/s (b32)", "pareto"])
     for s in result.skipped:
         reporter.warn(f"skipped {s['cell']}: {s['reason']}")
     reporter.info(f"leaderboard: {result.out / 'leaderboard.md'} (.csv, .json); plots: "
