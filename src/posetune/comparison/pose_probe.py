@@ -62,7 +62,8 @@ def no_person_rows(spec, feats: dict, classes: list[str]) -> dict | None:
         return None
     from posetune.pose.matrix import no_person_counts
 
-    return {split: no_person_counts(x.numpy(), y.tolist(), classes) for split, (x, y) in feats.items()}
+    return {split: no_person_counts(x.numpy(), y.tolist(), classes) if len(y) else dict.fromkeys(classes, 0)
+            for split, (x, y) in feats.items()}
 
 
 def with_landmarks(ds, rows: list):
