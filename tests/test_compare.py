@@ -370,3 +370,11 @@ def test_compare_ranks_image_pose_and_fusion_backbones_with_landmark_costs(maske
         assert posetune.load(row["run"]).predict([str(test_image)])[0].label in ("plank", "tree", "goddess")
     assert fusion["params_m"] > image["params_m"] and fusion["gmacs"] >= image["gmacs"] > pose["gmacs"]
     assert "landmarks ms" in (out / "leaderboard.md").read_text()
+
+
+def test_pose_specs_without_mediapipe_are_one_line_before_out_is_made(tmp_path, yoga, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "mediapipe", None)  # import mediapipe now raises ImportError
+    out = tmp_path / "cmp"
+    code, _, err = run_cli(monkeypatch, capsys, "compare", yoga, "--backbones", "test_resnet@random,pose",
+                           "--out", out, *TINY)
+    assert code == 2 and "posetune[pose]" in err and len(err.strip().splitlines()) == 1 and not out.exists()
