@@ -24,7 +24,7 @@ class TrainedHead:
     in `posetune train`. It is the model's own head, so there is nothing to fold."""
 
     C = None
-    grid: list = []
+    grid: tuple = ()  # no C grid: the head trains with the linear strategy's settings
 
     def __init__(self, head):
         self.head = head
