@@ -212,7 +212,9 @@ def write_leaderboard(out: Path, rows: list[dict], skipped: list[dict], backgrou
 
 def _markdown(rows: list[dict], skipped: list[dict], plots: list[Path], background: dict | None) -> str:
     shown = display_rows(rows)
-    cols = [c for c in (shown[0] if shown else []) if c != "bg reliance" or background]
+    landmarks = any(r.get("landmark_ms") is not None for r in rows)  # a column of pose kinds only
+    cols = [c for c in (shown[0] if shown else []) if (c != "bg reliance" or background)
+            and (c != "landmarks ms" or landmarks)]
     lines = ["# posetune compare: leaderboard", "",
              "Best first by validation accuracy. Test scores are mean ± std over seeds, or with one seed "
              "± the half-width of a 95% bootstrap interval over test images (±ci). Latency at batch 1 and "
