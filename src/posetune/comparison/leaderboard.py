@@ -222,6 +222,9 @@ def _markdown(rows: list[dict], skipped: list[dict], plots: list[Path], backgrou
              "backbones both include BlazePose's landmark extraction (landmarks ms, measured on this data).", ""]
     if background:
         lines += [reliance_note(background), ""]
+        if any(r.get("kind", "image") != "image" for r in rows):
+            lines += ["bg reliance of pose and fusion cells: not measured (their maps would not account for the "
+                      "landmarks; each cell.json says why).", ""]
     if cols:
         lines += ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
         lines += ["| " + " | ".join(str(r[c]).replace("|", "/") for c in cols) + " |" for r in shown]
