@@ -91,8 +91,8 @@ def data_check(
     label_issues: bool = typer.Option(False, "--label-issues",
                                       help="Also find likely mislabelled and out-of-place images: pretrained features, "
                                            "out-of-fold logistic regression, cleanlab; a ranked table and a contact sheet."),
-    backbone: str = typer.Option("efficientnet_lite0", help="--label-issues: the feature extractor (NAME, NAME@random "
-                                                            "or NAME@PATH)."),
+    backbone: str = typer.Option("efficientnet_lite0", help="--label-issues: the feature extractor (NAME, NAME@random, "
+                                                            "NAME@PATH, pose: landmark features, NAME+pose: both)."),
     image_size: Optional[int] = typer.Option(None, help="--label-issues: input size (default the backbone's pretrained size)."),
     folds: int = typer.Option(5, help="--label-issues: stratified folds; every image is judged by a model that never saw it."),
     batch_size: int = typer.Option(32, help="--label-issues: feature-extraction batch."),

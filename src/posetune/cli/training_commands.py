@@ -171,11 +171,14 @@ def lr_find_cmd(
 
 
 @app.command(epilog="Example: `posetune compare DATASET --backbones efficientnet_lite0,efficientnet_lite2,resnet18@random "
-                    "--strategies linear,partial,full --seeds 3 --epochs 5 --top-k 2 --budget-minutes 30 --out cmp`")
+                    "--strategies linear,partial,full --seeds 3 --epochs 5 --top-k 2 --budget-minutes 30 --out cmp` · "
+                    "`posetune compare DATASET --backbones efficientnet_lite0,pose,efficientnet_lite0+pose` (image, "
+                    "landmarks, both)")
 def compare(
     data: str = typer.Argument(..., help="DATA in any supported layout."),
     backbones: str = typer.Option("efficientnet_lite0,efficientnet_lite1,efficientnet_lite2",
-                                  help="Comma-separated specs: NAME, NAME@random or NAME@PATH."),
+                                  help="Comma-separated specs: NAME, NAME@random, NAME@PATH, pose (body landmarks) or "
+                                       "NAME+pose (fusion; posetune[pose])."),
     strategies: str = typer.Option("linear,partial,full", help="Comma-separated: linear, partial, full."),
     seeds: int = typer.Option(1, help="Seeds per stage-2 cell (test scores: mean +- std over seeds)."),
     epochs: Optional[int] = typer.Option(None, help="Epochs per stage-2 cell (default per strategy)."),
@@ -212,12 +215,13 @@ def compare(
     shown = display_rows(result.rows)
     reliance = ["bg reliance"] if result.background else []
     reporter.table(f"leaderboard, best val first ({result.seconds['total']:.0f} s)", shown,
-                   ["#", "backbone", "strategy", "val acc", "test acc", "test macro-F1", "k-NN test acc", *reliance,
+                   ["#", "backbone", "kind", "strategy", "val acc", "test acc", "test macro-F1", "k-NN test acc", *reliance,
                     "status"])
     if result.background:
         reporter.info(reliance_note(result.background))
+    landmarks = ["landmarks ms"] if any(r["landmark_ms"] is not None for r in result.rows) else []
     reporter.table("costs", shown, ["#", "backbone", "strategy", "weights", "params M", "GMACs", "px", "train s",
-                                    "ms/img (b1)", "img/s (b32)", "pareto"])
+                                    "ms/img (b1)", *landmarks, "img/s (b32)", "pareto"])
     for s in result.skipped:
         reporter.warn(f"skipped {s['cell']}: {s['reason']}")
     reporter.info(f"leaderboard: {result.out / 'leaderboard.md'} (.csv, .json); plots: "
