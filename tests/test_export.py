@@ -328,6 +328,14 @@ def test_auto_engine_takes_a_landmark_export_and_tta_stays_refused(landmark_run:
     assert code == 0 and "engine: onnx" in err and len(json.loads(out)) == 6
     code, _, err = cli(monkeypatch, capsys, "predict", landmark_run, rendered_poses / "tree", "--tta")
     assert code == 2 and "--tta" in err and len(err.strip().splitlines()) == 1
+    from fastapi.testclient import TestClient
+
+    from posetune.serve.app import create_app
+
+    client = TestClient(create_app(landmark_run, engine="auto", device="cpu"))
+    photo = (rendered_poses / "tree" / "0.png").read_bytes()
+    answer = client.post("/predict", files={"file": ("tree.png", photo, "image/png")}).json()
+    assert answer["engine"] == "onnx" and answer["prediction"] in posetune.load(landmark_run).classes
 
 
 def test_landmark_onnx_engine_without_mediapipe_names_the_extra(landmark_run: Path, rendered_poses: Path,
