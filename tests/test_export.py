@@ -242,12 +242,15 @@ def test_onnx_predicts_and_serves_with_torch_blocked(kind: str, request, shapes_
     assert json.loads(cli_rows)[0]["prediction"] == expected
 
 
-def test_onnx_export_without_onnxscript_uses_the_torchscript_exporter(tiny_run: Path, tmp_path: Path,
+@pytest.mark.parametrize("kind", ["image", "pose", "fusion"])
+def test_onnx_export_without_onnxscript_uses_the_torchscript_exporter(kind: str, request, tmp_path: Path,
                                                                       monkeypatch) -> None:
+    run = request.getfixturevalue("tiny_run" if kind == "image" else CALIBRATED_RUNS[kind])
     monkeypatch.setitem(sys.modules, "onnxscript", None)  # `import onnxscript` now raises ImportError
-    result = posetune.export(tiny_run, out=tmp_path / "legacy.onnx", n_random=2, n_images=4)
+    result = posetune.export(run, out=tmp_path / "legacy.onnx", n_random=2, n_images=4)
     assert result["exporter"] == "torch.onnx.export(dynamo=False)"
     assert result["ok"] and result["parity"]["images"]["top1_agreement"] == 1.0
+    assert posetune.load(tmp_path / "legacy.onnx", engine="onnx").predict([np.zeros((80, 80, 3), np.uint8)])[0].label
 
 
 @pytest.fixture(scope="module", params=["pose", "fusion"])
