@@ -348,3 +348,17 @@ def test_landmark_onnx_engine_without_mediapipe_names_the_extra(landmark_run: Pa
         posetune.load(landmark_run, engine="onnx")
     code, _, err = cli(monkeypatch, capsys, "predict", landmark_run, rendered_poses / "tree", "--engine", "onnx")
     assert code == 2 and "posetune[pose]" in err and len(err.strip().splitlines()) == 1
+
+
+def test_landmark_export_of_another_feature_size_or_kind_is_refused(calibrated_fusion_run: Path, tmp_path: Path) -> None:
+    """Metadata that does not fit this posetune (another landmark feature size, an unknown kind): one line that says
+    to re-export, not a shape error from ONNX Runtime on the first image."""
+    import onnx
+
+    for key, value, says in (("pose_dim", 7, "landmark features; re-export"), ("kind", "hands", "kind 'hands'")):
+        proto = onnx.load(str(calibrated_fusion_run / "model.onnx"))
+        meta = json.loads(proto.metadata_props[0].value)
+        proto.metadata_props[0].value = json.dumps({**meta, key: value})
+        onnx.save(proto, str(tmp_path / "other.onnx"))
+        with pytest.raises(UsageError, match=says):
+            posetune.load(tmp_path / "other.onnx", engine="onnx")
