@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import tempfile
 import time
 from pathlib import Path
+
+from common import load_average, ratio, write_result
 
 import posetune
 from posetune.data.synth import render_dataset
@@ -42,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=3)
     args = ap.parse_args(argv)
     out: dict = {"images": 5 * args.test_per_class, "render_size": DEMO_SIZE, "input_size": DEMO_INPUT,
-                 "rounds": args.rounds, "load_average_before": os.getloadavg()[0]}
+                 "rounds": args.rounds, "load_average_before": load_average()}
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "data"
         render_dataset(data, per_class=args.train_per_class, test_per_class=args.test_per_class, size=DEMO_SIZE, seed=0)
@@ -64,12 +65,10 @@ def main(argv: list[str] | None = None) -> int:
     for name, values in times.items():
         out[f"{name}_images_per_s"] = round(statistics.median(values), 1)
         out[f"{name}_rounds"] = [round(v, 1) for v in values]
-    out["fusion_onnx_vs_torch"] = round(out["fusion_onnx_images_per_s"] / out["fusion_torch_images_per_s"], 2)
-    out["image_onnx_vs_torch"] = round(out["image_onnx_images_per_s"] / out["image_torch_images_per_s"], 2)
-    out["fusion_vs_image_onnx"] = round(out["fusion_onnx_images_per_s"] / out["image_onnx_images_per_s"], 2)
-    out["load_average_after"] = os.getloadavg()[0]
-    target = Path(__file__).resolve().parent / "results" / "pose_deploy.json"
-    target.write_text(json.dumps(out, indent=2) + "\n")
+    for a, b in (("fusion_onnx", "fusion_torch"), ("image_onnx", "image_torch"), ("fusion_onnx", "image_onnx")):
+        out[f"{a}_vs_{b}"] = ratio(out[f"{a}_images_per_s"], out[f"{b}_images_per_s"])
+    out["load_average_after"] = load_average()
+    write_result("pose_deploy", out)
     print(json.dumps(out, indent=2))
     return 0
 
