@@ -11,7 +11,7 @@ from typing import Callable
 import numpy as np
 import pytest
 import torch
-from helpers import CLASSES, POSE_RUN_POSES, TINY
+from helpers import CALIBRATED_RUNS, CLASSES, POSE_RUN_POSES, TINY
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
@@ -146,14 +146,30 @@ def test_a_registered_strategy_is_one_new_entry(shapes_kaggle, tmp_path, monkeyp
     assert meta.strategy == "top-half" and meta.frozen_stages == body[: len(body) // 2]
 
 
-# Every prediction engine (their outputs agree to 1e-5: test_export.py::test_onnx_engine_agrees_with_torch_engine).
+# Every prediction engine (their outputs agree to 1e-5: test_export.py::test_onnx_engine_agrees_with_torch_engine),
+# on every kind of run (helpers.CALIBRATED_RUNS). A new engine or kind is one entry in a list.
 ENGINES = ["torch", "onnx"]
 
 
+@pytest.fixture(scope="module", params=list(CALIBRATED_RUNS))
+def kind_run(request) -> Path:
+    return request.getfixturevalue(CALIBRATED_RUNS[request.param])
+
+
+def _with_a_person(paths: list[Path], n: int) -> list[str]:
+    """The first ``n`` renders BlazePose finds a person in (~75% of them): a pose run answers those with a class."""
+    from posetune.pose.inputs import image_pose
+
+    return [str(p) for p in paths if image_pose(p)[1] is not None][:n]
+
+
 @pytest.fixture(scope="module")
-def contract_images(shapes_kaggle, tmp_path_factory) -> list:
-    """Paths, a PIL image, an array, and an unreadable file in the middle."""
-    files = [str(p) for p in sorted((shapes_kaggle / "TEST").rglob("*.jpg"))[:5]]
+def contract_images(kind_run, shapes_kaggle, rendered_poses, tmp_path_factory) -> list:
+    """Paths, a PIL image, an array, and an unreadable file in the middle (a landmark run: renders of people)."""
+    if posetune.load(kind_run).meta.kind == "image":
+        files = [str(p) for p in sorted((shapes_kaggle / "TEST").rglob("*.jpg"))[:5]]
+    else:
+        files = _with_a_person(sorted(rendered_poses.rglob("*.png"), key=lambda p: (p.stem, p.parent.name)), 5)
     bad = tmp_path_factory.mktemp("bad") / "broken.jpg"
     bad.write_bytes(b"\xff\xd8\xff not really a jpeg")
     pil = Image.open(files[0]).convert("RGB")
@@ -161,12 +177,14 @@ def contract_images(shapes_kaggle, tmp_path_factory) -> list:
 
 
 @pytest.mark.parametrize("engine", ENGINES)
-def test_prediction_engine_contract(engine, calibrated_run: Path, contract_images):
+def test_prediction_engine_contract(engine, kind_run: Path, contract_images):
     """Same answers from every engine's .predict, probabilities = softmax(.logits / .temperature) with the run's
     temperature (the ONNX engine reads it from the export alone), and 'unsure' below min_confidence."""
-    clf = posetune.load(calibrated_run, engine=engine, device="cpu")
-    assert clf.engine == engine and list(clf.classes) == list(CLASSES)
-    assert clf.temperature == 0.25  # calibrated_run's model.json, and its export's metadata
+    clf = posetune.load(kind_run, engine=engine, device="cpu")
+    meta = posetune.load(kind_run).meta  # model.json, through the torch engine
+    classes, pose_dim = meta.classes, meta.pose_dim
+    assert clf.engine == engine and list(clf.classes) == classes
+    assert clf.temperature == 0.25  # the calibrated run's model.json, and its export's metadata
     preds = clf.predict(contract_images, top_k=2, batch_size=2)
     assert len(preds) == len(contract_images)
     bad = preds[2]
@@ -174,7 +192,7 @@ def test_prediction_engine_contract(engine, calibrated_run: Path, contract_image
     for item, p in zip(contract_images, preds):
         if p is bad:
             continue
-        assert p.error is None and p.label in CLASSES and len(p.top_k) == 2
+        assert p.error is None and p.label in classes and len(p.top_k) == 2
         assert p.top_k[0][0] == p.label and p.top_k[0][1] >= p.top_k[1][1] and 0 < p.probability <= 1
         assert p.path == (item if isinstance(item, str) else "<image>")
     assert preds[0].label == preds[3].label == preds[4].label  # path, PIL and array of one image agree
@@ -183,9 +201,12 @@ def test_prediction_engine_contract(engine, calibrated_run: Path, contract_image
         batch = clf.normalize(torch.zeros(2, 3, size, size, dtype=torch.uint8))
     else:
         batch = clf.normalize(np.zeros((2, size, size, 3), np.uint8))
-    assert tuple(clf.logits(batch).shape) == (2, len(CLASSES))
+    pose = _pose_rows(engine, clf.uses_pose, pose_dim, 2)
+    assert tuple(clf.logits(batch, *pose).shape) == (2, len(classes))
     good = [p for p in preds if p.error is None]
-    logits = np.asarray(clf.logits(clf.normalize(_uint8_batch(engine, contract_images[0], clf.preprocess))))
+    decoded = clf.decode(contract_images[0])
+    pixels, pose = (decoded[0], _pose_rows(engine, True, pose_dim, 1, decoded[1])) if clf.uses_pose else (decoded, ())
+    logits = np.asarray(clf.logits(clf.normalize(_uint8_batch(engine, pixels, clf.preprocess)), *pose))
     z = logits[0] / clf.temperature
     expected = np.exp(z - z.max()) / np.exp(z - z.max()).sum()
     np.testing.assert_allclose(preds[0].probabilities, expected, atol=1e-5)
@@ -200,8 +221,39 @@ def test_prediction_engine_contract(engine, calibrated_run: Path, contract_image
     assert any(g.unsure for g in gated) and not all(g.unsure for g in gated if g.error is None)
 
 
-def _uint8_batch(engine: str, path: str, preprocess):
-    """One image as the engine's own decoding gives it to .normalize (torch: NCHW tensor; onnx: NHWC array)."""
+def _pose_rows(engine: str, uses_pose: bool, pose_dim: int, n: int, row=None) -> tuple:
+    """() for an image run, else (n landmark rows,): ``row`` repeated, or zeros (nobody found)."""
+    if not uses_pose:
+        return ()
+    rows = np.zeros((n, pose_dim), np.float32) if row is None else np.stack([np.asarray(row)] * n)
+    return (torch.from_numpy(rows),) if engine == "torch" else (rows,)
+
+
+def _uint8_batch(engine: str, pixels, preprocess):
+    """One image as the engine's own decode gave it, as a batch for .normalize (torch: NCHW tensor, onnx: NHWC)."""
     if engine == "torch":
-        return torch.stack([preprocess.eval_crop(preprocess.decode(path))])
-    return np.stack([preprocess.crop(preprocess.pixels(path))])
+        return torch.stack([preprocess.eval_crop(pixels)])
+    return np.stack([pixels])
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_prediction_pose_field_contract(engine, kind_run: Path, contract_images):
+    """Every engine and kind: the JSON's 'pose' is null for image runs, else the landmarks BlazePose found; a blank
+    wall (nobody) is 'no person detected' for a pose run and still a class, from the image, for a fusion run."""
+    from posetune.predict.prediction import NO_PERSON
+
+    clf = posetune.load(kind_run, engine=engine, device="cpu")
+    kind = posetune.load(kind_run).meta.kind
+    blank = Image.new("RGB", (160, 160), (200, 200, 190))
+    person, nobody = (p.as_dict() for p in clf.predict([contract_images[0], blank], top_k=2))
+    if kind == "image":
+        assert person["pose"] is None and nobody["pose"] is None and nobody["prediction"] in clf.classes
+        return
+    assert person["pose"]["detected"] and len(person["pose"]["landmarks"]) == 33
+    assert all(len(pt) == 3 for pt in person["pose"]["landmarks"]) and person["prediction"] in clf.classes
+    assert nobody["pose"] == {"detected": False, "landmarks": []}
+    if kind == "pose":
+        assert (nobody["prediction"], nobody["probability"], nobody["top_k"], nobody["no_person"]) == (
+            NO_PERSON, 0.0, [], True)
+    else:
+        assert nobody["prediction"] in clf.classes and not nobody["no_person"]

@@ -248,7 +248,7 @@ def export(
                                                         "timm (a folder timm loads: config.json, model.safetensors, "
                                                         "README.md model card; RUN/timm/)."),
     opset: Optional[int] = typer.Option(None, help="ONNX opset (default 18)."),
-    dynamic_batch: bool = typer.Option(False, "--dynamic-batch", help="Any batch size at run time (default: batch 1)."),
+    dynamic_batch: bool = typer.Option(False, "--dynamic-batch", help="Any batch size at run time (default: batch 1; pose and fusion runs: always any)."),
     out: Optional[Path] = typer.Option(None, help="Where to write the model file (default inside RUN); for timm the "
                                                   "folder (default RUN/timm/; an earlier export there is replaced, "
                                                   "a folder with other files refused)."),
@@ -280,8 +280,8 @@ def export(
             reporter.info(f"wrote {result['path']}/ ({', '.join(result['files'])}; {result['bytes'] / 1e6:.1f} MB); "
                           f"load it with {result['load']}")
         else:
-            reporter.info(f"wrote {result['path']} ({result['bytes'] / 1e6:.1f} MB, input {result['input_shape']}) "
-                          f"+ {result['sidecar']}")
+            inputs = ", ".join(f"{name} {spec['shape']}" for name, spec in result["inputs"].items())
+            reporter.info(f"wrote {result['path']} ({result['bytes'] / 1e6:.1f} MB, inputs: {inputs}) + {result['sidecar']}")
     if result["problems"]:
         raise CheckFailed(f"the export disagrees with the PyTorch model: {'; '.join(result['problems'])}")
 

@@ -86,10 +86,11 @@ def load(run: str | Path, device: str = "auto", engine: str = "torch", spinning:
 
     ``engine="onnx"`` runs RUN/model.onnx (from `posetune export`) in ONNX Runtime without importing torch;
     ``"auto"`` picks it when it matches the weights (see :func:`choose_engine`). Both engines return an
-    object with ``.classes``, ``.temperature``, ``.normalize(uint8 batch)``, ``.logits(normalised batch)`` (before
-    the temperature), ``.predict(images, top_k, batch_size, min_confidence=None)`` and its two halves:
-    ``.decode(image)`` (per image) and ``.probabilities(decoded images)`` (one forward pass, the temperature
-    applied; the server batches requests through it). ``spinning=False`` (ONNX engine) keeps ONNX Runtime's
+    object with ``.classes``, ``.temperature``, ``.normalize(uint8 batch)``, ``.logits(normalised batch[, landmark
+    features])`` (before the temperature; a pose/fusion run takes the features too), ``.predict(images, top_k,
+    batch_size, min_confidence=None)`` and its two halves: ``.decode(image)`` (per image; a pose/fusion run: the
+    pixels, landmark features and landmarks or None) and ``.probabilities(decoded images)`` (one forward pass, the
+    temperature applied; the server batches requests through it). ``spinning=False`` (ONNX engine) keeps ONNX Runtime's
     threads from spin-waiting between runs.
     """
     engine, _ = choose_engine(run, engine, device)
