@@ -26,6 +26,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import bench_fmnist  # noqa: E402  (the Fashion-MNIST-1k folders and the plain-loop peer)
+from common import save_and_print  # noqa: E402
 
 DEMO_DATA = {"per_class": 100, "test_per_class": 30, "size": 160, "seed": 0}
 
@@ -87,10 +88,7 @@ def main(argv: list[str] | None = None) -> int:
             for budget in budgets:
                 rows.append(budget_row(root, name, budget, tmp))
     result = {"rows": rows, "plain_loop_full": peer, "cpus": os.cpu_count()}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
-    print(json.dumps(result, indent=1))
-    return 0
+    return save_and_print(args.out, result)
 
 
 if __name__ == "__main__":

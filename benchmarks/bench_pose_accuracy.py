@@ -19,6 +19,7 @@ import argparse
 import json
 import os
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -26,6 +27,9 @@ from pathlib import Path
 import posetune
 from posetune.data.synth import render_dataset
 from posetune.predict import collect_paths
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import save_and_print  # noqa: E402
 
 MODELS = {  # name -> train options beyond the demo's
     "efficientnet_lite0 partial": {"backbone": "efficientnet_lite0", "strategy": "partial"},
@@ -88,10 +92,7 @@ def main(argv: list[str] | None = None) -> int:
                    for split in ("test", "shifted")}
     fusion = result["models"]["efficientnet_lite0+pose partial"]
     result["fusion_at_least_best_single"] = {s: fusion[s]["mean"] >= best_single[s] for s in best_single}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
-    print(json.dumps(result, indent=1))
-    return 0
+    return save_and_print(args.out, result)
 
 
 if __name__ == "__main__":
