@@ -131,8 +131,8 @@ def landmarks_of(decoded_item) -> tuple[bool, Landmarks | None]:
     return False, None
 
 
-def one_prediction(name: str, p: np.ndarray, decoded_item, classes: list[str], top_k: int, min_confidence: float | None,
-           kind: str) -> Prediction:
+def one_prediction(name: str, p: np.ndarray, decoded_item, classes: list[str], top_k: int,
+                   min_confidence: float | None, kind: str) -> Prediction:
     """One image's Prediction from its probabilities (the ranking, 'unsure', 'no person detected', the pose)."""
     uses_pose, found = landmarks_of(decoded_item)
     pose = {"pose_detected": found is not None, "landmarks": found} if uses_pose else {}

@@ -70,7 +70,7 @@ class Classifier:
 
     @property
     def uses_pose(self) -> bool:
-        return self.meta.kind != "image"
+        return self.kind != "image"
 
     def logits(self, batch: torch.Tensor, pose: torch.Tensor | None = None) -> torch.Tensor:
         """Normalised float N x 3 x S x S (see :attr:`normalize`) [and N x pose_dim landmark features for a pose

@@ -93,6 +93,11 @@ def with_no_person(probs: np.ndarray, found: list[bool], classes: list[str]) -> 
     return extended, [*classes, NO_PERSON]
 
 
+def _shown(probability, label: str) -> float:
+    """A frame's probability as reported: 'no person detected' is no class, so it shows 0."""
+    return 0.0 if label == NO_PERSON else float(probability)
+
+
 def predict_one_video(clf, path: str, opts: VideoOptions, on_frames=None) -> VideoResult:
     """Predict, smooth and segment one video; an unreadable or truncated one comes back with ``error`` set."""
     try:
@@ -100,17 +105,16 @@ def predict_one_video(clf, path: str, opts: VideoOptions, on_frames=None) -> Vid
     except VideoError as exc:
         return VideoResult(path, error=str(exc))
     classes = list(clf.classes)
-    if getattr(clf, "kind", "image") == "pose":  # fusion runs answer a class from the image alone
+    if clf.kind == "pose":  # fusion runs answer a class from the image alone
         check_no_person_label("pose", classes)
         probs, classes = with_no_person(probs, found, classes)
     raw = probs.argmax(1)
     # a recorded video: centred smoothing (no lag) and segments trimmed to the held frames (video/segments.py)
     idx, smoothed = smooth(probs, times, opts.smooth, opts.ema_alpha, opts.min_hold, centred=True)
     labels = [classes[i] for i in idx]
-    shown = lambda p, label: 0.0 if label == NO_PERSON else float(p)  # noqa: E731  (no class: probability 0)
-    top = [shown(smoothed[k, i], labels[k]) for k, i in enumerate(idx)]
+    top = [_shown(smoothed[k, i], labels[k]) for k, i in enumerate(idx)]
     result = VideoResult(path, times, [classes[i] for i in raw],
-                         [shown(probs[k, i], classes[i]) for k, i in enumerate(raw)],
+                         [_shown(probs[k, i], classes[i]) for k, i in enumerate(raw)],
                          labels, top, segments_of(times, labels, top, 1.0 / opts.fps, SETTLED))
     if opts.timeline:
         from posetune.video.timeline import plot_timeline
