@@ -205,23 +205,22 @@ def compare(
     fine-tune the top-k, and write a leaderboard, plots and OUT/best."""
     from posetune.comparison import compare as run_compare
     from posetune.comparison import display_rows
-    from posetune.comparison.leaderboard import reliance_note
+    from posetune.comparison.leaderboard import hidden_columns, reliance_note
 
     reporter = reporter_for(json_out)
     result = run_compare(data, reporter=reporter, backbones=backbones, strategies=strategies, seeds=seeds,
                          epochs=epochs, top_k=top_k, budget_minutes=budget_minutes, out=out, image_size=image_size,
                          batch_size=batch_size, device=device, val_fraction=val_fraction, label_level=label_level,
                          reliance_images=reliance_images, log=log, log_dir=log_dir, mlflow_uri=mlflow_uri)
-    shown = display_rows(result.rows)
-    reliance = ["bg reliance"] if result.background else []
+    shown, hidden = display_rows(result.rows), hidden_columns(result.rows, result.background)
     reporter.table(f"leaderboard, best val first ({result.seconds['total']:.0f} s)", shown,
-                   ["#", "backbone", "kind", "strategy", "val acc", "test acc", "test macro-F1", "k-NN test acc", *reliance,
-                    "status"])
+                   [c for c in ("#", "backbone", "kind", "strategy", "val acc", "test acc", "test macro-F1",
+                                "k-NN test acc", "bg reliance", "status") if c not in hidden])
     if result.background:
         reporter.info(reliance_note(result.background))
-    landmarks = ["landmarks ms"] if any(r["landmark_ms"] is not None for r in result.rows) else []
-    reporter.table("costs", shown, ["#", "backbone", "strategy", "weights", "params M", "GMACs", "px", "train s",
-                                    "ms/img (b1)", *landmarks, "img/s (b32)", "pareto"])
+    reporter.table("costs", shown, [c for c in ("#", "backbone", "strategy", "weights", "params M", "GMACs", "px",
+                                                "train s", "ms/img (b1)", "landmarks ms", "img/s (b32)", "pareto")
+                                    if c not in hidden])
     for s in result.skipped:
         reporter.warn(f"skipped {s['cell']}: {s['reason']}")
     reporter.info(f"leaderboard: {result.out / 'leaderboard.md'} (.csv, .json); plots: "

@@ -210,11 +210,19 @@ def write_leaderboard(out: Path, rows: list[dict], skipped: list[dict], backgrou
     return plots
 
 
+def hidden_columns(rows: list[dict], background: dict | None) -> set[str]:
+    """The display columns (:func:`display_rows`) with nothing to say in this sweep: bg reliance without figure
+    masks, landmarks ms without a pose kind. The markdown leaderboard and the CLI's tables both leave them out."""
+    hidden = set() if background else {"bg reliance"}
+    if all(r.get("landmark_ms") is None for r in rows):
+        hidden.add("landmarks ms")
+    return hidden
+
+
 def _markdown(rows: list[dict], skipped: list[dict], plots: list[Path], background: dict | None) -> str:
     shown = display_rows(rows)
-    landmarks = any(r.get("landmark_ms") is not None for r in rows)  # a column of pose kinds only
-    cols = [c for c in (shown[0] if shown else []) if (c != "bg reliance" or background)
-            and (c != "landmarks ms" or landmarks)]
+    hidden = hidden_columns(rows, background)
+    cols = [c for c in (shown[0] if shown else []) if c not in hidden]
     lines = ["# posetune compare: leaderboard", "",
              "Best first by validation accuracy. Test scores are mean ± std over seeds, or with one seed "
              "± the half-width of a 95% bootstrap interval over test images (±ci). Latency at batch 1 and "
