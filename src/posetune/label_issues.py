@@ -48,6 +48,7 @@ from posetune.console import Reporter
 from posetune.data.check import CheckOptions, audit, inside_data
 from posetune.errors import UsageError
 from posetune.io import atomic_write_bytes, file_sha256, write_csv, write_json
+from posetune.pose import pose_dim_of, require_mediapipe
 from posetune.pose.audit import add_no_person
 from posetune.version import __version__
 
@@ -215,7 +216,9 @@ def extract(opts: CheckOptions, spec, index: DataIndex, reporter: Reporter, seco
 
     device = resolve_device(opts.device)
     t = time.perf_counter()
-    pose_dim = _landmark_dim(spec)
+    pose_dim = pose_dim_of(spec)
+    if pose_dim:
+        require_mediapipe()  # the one-line posetune[pose] hint before any image is read
     model, built = create_backbone(spec, num_classes=max(2, len(index.classes)), pose_dim=pose_dim)
     place(model, device).eval()
     preprocess = Preprocess.from_config(data_config(model, opts.image_size))
@@ -245,15 +248,6 @@ def extract(opts: CheckOptions, spec, index: DataIndex, reporter: Reporter, seco
     info = {"weights": built["weight_source"], "image_size": preprocess.size, "device": str(device)}
     return feats, images, info
 
-
-def _landmark_dim(spec) -> int | None:
-    """The landmark feature size of a `pose` / `NAME+pose` spec (mediapipe checked first), else None."""
-    if not spec.uses_pose:
-        return None
-    from posetune.pose import FEATURE_DIM, require_mediapipe
-
-    require_mediapipe()
-    return FEATURE_DIM
 
 
 def out_of_fold_probabilities(x: np.ndarray, y: np.ndarray, folds: int, seed: int = 0, repeats: int = REPEATS,

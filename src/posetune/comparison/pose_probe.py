@@ -9,15 +9,6 @@ the ``linear`` strategy of `posetune train` does; its k-NN runs on the same rows
 from __future__ import annotations
 
 
-def pose_dim(spec) -> int | None:
-    """The landmark feature size for a `pose` / `NAME+pose` spec, None for an image backbone."""
-    if not spec.uses_pose:
-        return None
-    from posetune.pose import FEATURE_DIM
-
-    return FEATURE_DIM
-
-
 class TrainedHead:
     """The probe of a `pose` / `NAME+pose` backbone: its head (the landmark embedding + the classifier: no
     logistic regression folds into an MLP) trained on the cached rows as the ``linear`` strategy trains it

@@ -22,10 +22,11 @@ from typing import TYPE_CHECKING, Callable
 
 from posetune.comparison.cells import Cell, summarize_test
 from posetune.comparison.costs import landmark_ms, measure_costs
-from posetune.comparison.pose_probe import TrainedHead, fit_pose_head, no_person_rows, pose_dim, with_landmarks
+from posetune.comparison.pose_probe import TrainedHead, fit_pose_head, no_person_rows, with_landmarks
 from posetune.console import Reporter
 from posetune.errors import UsageError
 from posetune.options import CompareOptions
+from posetune.pose import pose_dim_of
 from posetune.tracking import NullTracker, Tracker
 
 if TYPE_CHECKING:  # torch-heavy; imported inside the functions that run
@@ -132,7 +133,7 @@ def _plan_probes(opts: CompareOptions, specs: list, index, out: Path, key: dict,
             reporter.info(f"stage 1: {spec_str} already probed ({cell.path}), skipped")
             continue
         with torch.device("meta"):  # configs and sizes without allocating weights
-            model = build_spec_model(spec, len(index.classes), pose_dim(spec))
+            model = build_spec_model(spec, len(index.classes), pose_dim_of(spec))
             preprocess = Preprocess.from_config(data_config(model, opts.image_size))
         todo.append((cell, spec, preprocess))
     return probes, todo
@@ -203,7 +204,7 @@ def probe_backbone(cell: Cell, spec, preprocess: Preprocess, decoded: DecodedIma
     from posetune.features import fit_knn
 
     t_build = time.perf_counter()
-    model, _ = create_backbone(spec, num_classes=len(index.classes), pose_dim=pose_dim(spec))
+    model, _ = create_backbone(spec, num_classes=len(index.classes), pose_dim=pose_dim_of(spec))
     place(model, device).eval()
     net, forward = _inference_net(model, spec, preprocess)
     feats, forward_s = _extract(net, cell.backbone, preprocess, decoded, index, device, reporter,
@@ -220,7 +221,7 @@ def probe_backbone(cell: Cell, spec, preprocess: Preprocess, decoded: DecodedIma
 
     t_prof = time.perf_counter()
     costs = measure_costs(forward, spec.arch, len(index.classes), preprocess.size, device, spec.kind,
-                          pose_dim(spec) or 0, decoded.landmark_ms if spec.uses_pose else None)
+                          pose_dim_of(spec) or 0, decoded.landmark_ms if spec.uses_pose else None)
     del net, forward
     profile_s = time.perf_counter() - t_prof
 
@@ -383,7 +384,7 @@ def _save_probe_run(cell: Cell, model, spec, preprocess: Preprocess, index, opts
         train_images_per_s=round(counts["train"] / max(train_seconds, 1e-9), 2), data=str(opts.data),
         layout=index.layout, device=str(device), metrics=RunMeta.summarize(metrics),
         head={"fit": HEAD_FITS[isinstance(probe, TrainedHead)], "C": probe.C, "grid": probe.grid},
-        kind=spec.kind, pose_dim=pose_dim(spec) or 0, no_person=no_person)
+        kind=spec.kind, pose_dim=pose_dim_of(spec) or 0, no_person=no_person)
     model.to("cpu")
     run.save_model(model, meta)
     config = TrainOptions(data=str(opts.data), backbone=cell.backbone, strategy=cell.strategy, epochs=1,
