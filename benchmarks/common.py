@@ -74,6 +74,14 @@ def write_result(name: str, obj: dict) -> None:
     (RESULTS / f"{name}.json").write_text(json.dumps(obj, indent=2) + "\n")
 
 
+def save_and_print(path: str | Path, obj: dict) -> int:
+    """A standalone benchmark's ending: ``obj`` as JSON to ``path`` (its folder made) and to stdout; exit code 0."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(obj, indent=1) + "\n")
+    print(json.dumps(obj, indent=1))
+    return 0
+
+
 # ---------------------------------------------------------------------------------------------- data
 
 def make_photos(root: Path, train: int, val: int, test: int, render: int = 256, big: tuple[int, ...] = (1024, 1152, 1280),

@@ -22,7 +22,8 @@ summary.json holds the headline keys; benchmarks/README.md gets the tables.
 
 Run: python benchmarks/suite.py --quick | --full [--only train_efficiency,onnx,...] [--skip-fmnist]
 (--full also runs bench_fmnist.py, bench_label_issues.py (the label-issue finder against flipped labels),
-bench_reliance.py (background reliance per strategy) and bench_calibration.py (ECE before/after temperature).)
+bench_reliance.py (background reliance per strategy), bench_calibration.py (ECE before/after temperature) and
+bench_live.py (the page's Live mode in headless Chromium with a fake camera; skipped without Chromium).)
 
 The sections are in sections/ (train, inference, cli), the measurements that each need a fresh interpreter
 in workers.py, and what they share (child processes, photo sets, results files) in common.py.
@@ -126,6 +127,9 @@ def main(argv: list[str] | None = None) -> int:
         import bench_reliance  # results/background_reliance.json: linear vs partial vs full on masked synthetic yoga
 
         bench_reliance.main([])
+        import bench_live  # results/live.json: Live mode's frames/s, latency and label match in a real browser
+
+        bench_live.main([])
         if not args.skip_fmnist:  # results/calibration.json: ECE before/after temperature on the 10,000 test images
             import bench_calibration
 

@@ -161,6 +161,29 @@ def trust_tables() -> list[str]:
     return lines
 
 
+def live_table() -> list[str]:
+    """Live mode in headless Chromium (bench_live.py): one row per engine."""
+    live = _load("live")
+    if not live:
+        return []
+    cam = live["camera"]
+    lines = ["", f"## Live mode (`bench_live.py`: the served page in headless Chromium, its fake camera looping a "
+             f"{cam['session_s']:g} s synthetic session at {cam['size']} px, {cam['fps']} fps; Live on for "
+             f"{live['seconds']:g} s; {live['run']}; load average {_fmt(round(live['load_average'][0], 2))} on "
+             f"{live['cpus']} CPUs)", "",
+             "Latency: camera picture grabbed -> answer drawn. Match: answered frames captured during a hold whose shown "
+             "label is that hold's pose (session time from the stream's opening; best shift of -2..+2 s beside it). The page "
+             "sends at most 10 frames/s, one in flight: about 10 answered frames/s means the server kept up, and the "
+             "latency is the headroom.", "",
+             "| engine | frames sent / answered | answered frames/s | latency ms p50 / p95 | first frame ms | "
+             "shown label match (smoothing) | server label match | best shift s |", "|---|---|---|---|---|---|---|---|"]
+    lines += [f"| {name} | {e['frames_sent']} / {e['frames_answered']} | {_fmt(e['answered_frames_per_s'])} | "
+              f"{_fmt(e['latency_ms_median'])} / {_fmt(e['latency_ms_p95'])} | {_fmt(e['first_frame_latency_ms'])} | "
+              f"{_fmt(e['shown_label_match'])} ({e['smoothing']}) | {_fmt(e['server_label_match'])} | "
+              f"{_fmt(e['best_shift_s'])} |" for name, e in live["engines"].items()]
+    return lines
+
+
 def write_readme() -> Path:
     path = HERE / "README.md"
     text = path.read_text() if path.is_file() else INTRO
@@ -168,6 +191,6 @@ def write_readme() -> Path:
         text = text.rstrip() + f"\n\n{BEGIN}\n{END}\n"
     head, rest = text.split(BEGIN, 1)
     tail = rest.split(END, 1)[1]
-    body = "\n".join(summary_table() + fmnist_table() + trust_tables())
+    body = "\n".join(summary_table() + fmnist_table() + trust_tables() + live_table())
     path.write_text(f"{head}{BEGIN}\n{body}\n{END}{tail}")
     return path

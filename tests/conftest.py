@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from helpers import POSE_RUN_POSES, POSE_RUN_SIZE, TINY, write_shapes
+from helpers import LANDMARK_BACKBONES, POSE_RUN_POSES, POSE_RUN_SIZE, TINY, write_shapes
 
 
 @pytest.fixture(scope="session")
@@ -28,13 +28,10 @@ def tiny_run(shapes_kaggle, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def pose_run(tmp_path_factory) -> Path:
-    """A linear head on pretrained efficientnet_lite0 (~15 s), trained on still renders of synthetic scenes (seeds
-    0-5) of three poses: the video and live tests play sessions of those scenes (seed 2), so they check the video
-    path, not how well the model generalises."""
+def rendered_poses(tmp_path_factory) -> Path:
+    """Still renders of synthetic scenes (seeds 0-5) of three poses, one class folder each."""
     import numpy as np
 
-    import posetune
     from posetune.data.synth import render_pose
 
     root = tmp_path_factory.mktemp("posedata")
@@ -42,10 +39,53 @@ def pose_run(tmp_path_factory) -> Path:
         for pose in POSE_RUN_POSES:
             (root / pose).mkdir(exist_ok=True)
             render_pose(pose, np.random.default_rng(seed), size=POSE_RUN_SIZE).save(root / pose / f"{seed}.png")
+    return root
+
+
+@pytest.fixture(scope="session")
+def pose_run(rendered_poses, tmp_path_factory) -> Path:
+    """A linear head on pretrained efficientnet_lite0 (~15 s), trained on rendered_poses: the video and live tests
+    play sessions of those scenes (seed 2), so they check the video path, not how well the model generalises."""
+    import posetune
+
     out = tmp_path_factory.mktemp("runs") / "pose"
-    posetune.train(root, backbone="efficientnet_lite0", image_size=POSE_RUN_SIZE, batch_size=16, epochs=8,
+    posetune.train(rendered_poses, backbone="efficientnet_lite0", image_size=POSE_RUN_SIZE, batch_size=16, epochs=8,
                    strategy="linear", lr=1e-2, out=str(out))
     return out
+
+
+def _calibrated_export(run: Path) -> Path:
+    """model.json's temperature set to 0.25 (sharper than the raw logits), then RUN/model.onnx exported after the
+    change: both engines must apply it, the ONNX one from the export's metadata alone."""
+    import json
+
+    import posetune
+
+    meta = json.loads((run / "model.json").read_text())
+    (run / "model.json").write_text(json.dumps({**meta, "temperature": 0.25}))
+    posetune.export(run, format="onnx")
+    return run
+
+
+def _calibrated_landmark_run(kind: str, rendered_poses: Path, tmp_path_factory) -> Path:
+    """A tiny random-init run of ``kind`` (LANDMARK_BACKBONES) on rendered_poses (~5 s), calibrated and exported."""
+    pytest.importorskip("mediapipe", reason="posetune[pose] not installed")
+    import posetune
+
+    out = tmp_path_factory.mktemp("runs") / f"calibrated-{kind}"
+    posetune.train(rendered_poses, backbone=LANDMARK_BACKBONES[kind], image_size=64, batch_size=16, epochs=3,
+                   strategy="linear", lr=1e-2, out=str(out))
+    return _calibrated_export(out)
+
+
+@pytest.fixture(scope="session")
+def calibrated_pose_run(rendered_poses, tmp_path_factory) -> Path:
+    return _calibrated_landmark_run("pose", rendered_poses, tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def calibrated_fusion_run(rendered_poses, tmp_path_factory) -> Path:
+    return _calibrated_landmark_run("fusion", rendered_poses, tmp_path_factory)
 
 
 @pytest.fixture(scope="session")
@@ -63,19 +103,12 @@ def onnx_run(tiny_run, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def calibrated_run(tiny_run, tmp_path_factory) -> Path:
-    """A copy of tiny_run whose model.json holds temperature 0.25 (sharper than its raw logits), exported to ONNX
-    after the change: both engines must apply it, the ONNX one from the export's metadata alone."""
-    import json
+    """A copy of tiny_run whose model.json holds temperature 0.25, exported to ONNX after the change."""
     import shutil
-
-    import posetune
 
     out = tmp_path_factory.mktemp("runs") / "tiny-calibrated"
     shutil.copytree(tiny_run, out)
-    meta = json.loads((out / "model.json").read_text())
-    (out / "model.json").write_text(json.dumps({**meta, "temperature": 0.25}))
-    posetune.export(out, format="onnx")
-    return out
+    return _calibrated_export(out)
 
 
 def pytest_terminal_summary(terminalreporter) -> None:

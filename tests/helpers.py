@@ -14,6 +14,10 @@ CLASSES = ("circle", "square", "triangle")
 POSE_RUN_POSES = ("tree", "plank", "goddess")  # conftest.pose_run's classes, in a session's order
 POSE_RUN_SIZE = 96
 TINY = dict(backbone="test_efficientnet", pretrained=False, image_size=64, batch_size=16)
+# Run kinds that use landmarks -> the tiny backbone spec of conftest's calibrated_landmark_run (a new kind: one entry)
+LANDMARK_BACKBONES = {"pose": "pose", "fusion": "test_efficientnet+pose@random"}
+# Every kind of run -> the conftest fixture of its calibrated (temperature 0.25), ONNX-exported run
+CALIBRATED_RUNS = {"image": "calibrated_run", "pose": "calibrated_pose_run", "fusion": "calibrated_fusion_run"}
 
 
 def shape_image(kind: str, rng: np.random.Generator, size: int = 72) -> Image.Image:

@@ -125,3 +125,23 @@ def test_the_python_api_takes_time_budget_like_the_cli(shapes_kaggle, tmp_path):
         posetune.train(shapes_kaggle, time_budget="1s", backbone=TINY["backbone"], pretrained=False,
                        out=str(tmp_path / "run"))
     assert not (tmp_path / "run").exists()
+
+
+def test_time_budget_with_the_pose_backbone_measures_landmarks_and_trains(tmp_path, tmp_path_factory, monkeypatch,
+                                                                          capsys):
+    """`pose` takes part with measured throughput: the model's own on cached landmarks, BlazePose's measured time
+    per image in the plan's per-image cost; the run trains within its budget's guard and records the decision."""
+    from posetune.data.synth import render_dataset
+
+    data = tmp_path / "data"
+    render_dataset(data, poses=["plank", "tree", "goddess"], per_class=6, test_per_class=2, size=128)
+    monkeypatch.setenv("POSETUNE_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "run"
+    code, _, err = run_cli(monkeypatch, capsys, [
+        "train", data, "--backbone", "pose", "--batch-size", "16", "--time-budget", "60s", "--out", out, "--json"])
+    assert code == 0, err
+    meta = json.loads((out / "model.json").read_text())
+    budget = meta["budget"]
+    assert meta["kind"] == "pose" and budget["chosen"]["backbone"] == "pose"
+    assert budget["measured"][0]["images_per_s"] > 0 and 1 <= budget["epochs_run"] <= budget["chosen"]["epochs"]
+    assert set(meta["no_person"]["train"]) == {"goddess", "plank", "tree"}

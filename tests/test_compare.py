@@ -323,3 +323,58 @@ def test_training_cells_share_the_sweeps_decoded_cache_without_out(monkeypatch, 
     result = train_cell(cell, CompareOptions(data="DATA", out=None), {"k": 1}, Reporter())
     assert result["status"] == "ok" and seen["cache_dir"] == str(tmp_path / "sweep" / "decoded-cache")
     assert seen["out"] == str(cell.path) and (cell.path / "cell.json").is_file()
+
+
+@pytest.fixture(scope="module")
+def masked_poses(tmp_path_factory) -> Path:
+    """Three rendered poses at 128 px (BlazePose finds most figures at this size) with figure masks, and a landmark
+    cache of the module's own."""
+    from posetune.data.synth import render_dataset
+
+    root = tmp_path_factory.mktemp("poses") / "data"
+    render_dataset(root, poses=["plank", "tree", "goddess"], per_class=8, test_per_class=3, size=128, masks=True)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("POSETUNE_CACHE", str(tmp_path_factory.mktemp("pose-cache")))
+        yield root
+
+
+def test_compare_ranks_image_pose_and_fusion_backbones_with_landmark_costs(masked_poses, tmp_path, monkeypatch,
+                                                                           capsys):
+    """The three kinds side by side, through both stages and a budget: pose kinds' per-image costs include
+    BlazePose's measured ms, their counts are of the whole model, their background reliance is null with a
+    reason, and their probe cells are runs that load and predict."""
+    out = tmp_path / "cmp"
+    code, stdout, err = run_cli(monkeypatch, capsys, "compare", masked_poses, "--backbones",
+                                "test_efficientnet@random,pose,test_efficientnet+pose@random", "--strategies",
+                                "linear,partial", "--top-k", "3", "--budget-minutes", "30", "--reliance-images", "3",
+                                "--out", out, "--json", *TINY)
+    assert code == 0, err
+    result = json.loads(stdout)
+    assert not result["skipped"]
+    rows = {(r["backbone"].split("@")[0], r["strategy"]): r for r in result["rows"]}
+    kinds = {"test_efficientnet": "image", "pose": "pose", "test_efficientnet+pose": "fusion"}
+    assert set(rows) == {(b, s) for b in kinds for s in ("linear", "partial")}
+    assert all(r["status"] == "ok" and r["kind"] == kinds[b] and r["test_accuracy"] is not None
+               for (b, _), r in rows.items())
+    image, pose, fusion = (rows[(b, "linear")] for b in kinds)
+    assert image["landmark_ms"] is None and image["background_reliance"] is not None
+    for row in (pose, fusion):
+        assert row["landmark_ms"] > 0 and row["latency_ms"] > row["landmark_ms"]
+        assert row["images_per_s"] < 1000 / row["landmark_ms"]  # BlazePose is in the per-image cost
+        assert row["background_reliance"] is None
+        background = json.loads(Path(row["run"], "cell.json").read_text())["background"]
+        assert background["background_reliance"] is None and "landmark" in background["reason"]
+        meta = posetune.load(row["run"]).meta
+        assert meta.kind == kinds[row["backbone"].split("@")[0]] and set(meta.no_person) == {"train", "val", "test"}
+        test_image = sorted((masked_poses / "TEST").rglob("*.jpg"))[0]
+        assert posetune.load(row["run"]).predict([str(test_image)])[0].label in ("plank", "tree", "goddess")
+    assert fusion["params_m"] > image["params_m"] and fusion["gmacs"] >= image["gmacs"] > pose["gmacs"]
+    assert "landmarks ms" in (out / "leaderboard.md").read_text()
+
+
+def test_pose_specs_without_mediapipe_are_one_line_before_out_is_made(tmp_path, yoga, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "mediapipe", None)  # import mediapipe now raises ImportError
+    out = tmp_path / "cmp"
+    code, _, err = run_cli(monkeypatch, capsys, "compare", yoga, "--backbones", "test_resnet@random,pose",
+                           "--out", out, *TINY)
+    assert code == 2 and "posetune[pose]" in err and len(err.strip().splitlines()) == 1 and not out.exists()

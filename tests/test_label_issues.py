@@ -192,3 +192,30 @@ def test_out_of_fold_probabilities_never_see_their_row():
     p, c = out_of_fold_probabilities(x, y_noisy, folds=4)
     assert p.shape == (36, 3) and np.allclose(p.sum(1), 1) and c in (0.001, 0.01, 0.1)
     assert p[0].argmax() == 0 and p[0, 1] < 0.5
+
+
+@pytest.fixture(scope="module")
+def rendered_poses(tmp_path_factory) -> Path:
+    """Three rendered poses at 128 px (BlazePose finds most figures at this size), with a landmark cache of the
+    module's own."""
+    from posetune.data.synth import render_dataset
+
+    root = tmp_path_factory.mktemp("poses") / "data"
+    render_dataset(root, poses=["plank", "tree", "goddess"], per_class=10, test_per_class=4, size=128)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("POSETUNE_CACHE", str(tmp_path_factory.mktemp("pose-cache")))
+        yield root
+
+
+@pytest.mark.parametrize("backbone", ["pose", "test_efficientnet+pose@random"])
+def test_label_issues_with_a_pose_spec(rendered_poses, tmp_path, backbone):
+    """`pose` judges images by their landmark features alone (which tell the poses apart: out-of-fold accuracy
+    well above chance), `NAME+pose` by [pooled | landmark] features; both judge every image."""
+    report = posetune.check_data(rendered_poses, label_issues=True, backbone=backbone, image_size=64,
+                                 contact_sheet=str(tmp_path / "sheet.png"))
+    result = report["label_issues"]
+    assert result["backbone"] == backbone and result["images"] == 42 and result["classes"] == ["goddess", "plank",
+                                                                                                 "tree"]
+    assert all(r["given"] in result["classes"] for r in result["issues"])
+    if backbone == "pose":
+        assert result["oof_accuracy"] > 0.5  # chance is 1/3

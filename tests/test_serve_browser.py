@@ -8,32 +8,18 @@ POSETUNE_SCREENSHOT=docs/serve.png also saves the page there.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import shutil
-import socket
-import subprocess
-import sys
-import time
 import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import stop
+from browser import CHROMEDRIVER, CHROMIUM, chrome, serving
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-CHROMEDRIVER = shutil.which("chromedriver") or ("/usr/bin/chromedriver" if Path("/usr/bin/chromedriver").exists() else None)
 selenium = pytest.importorskip("selenium", reason="selenium is not installed (pip install -e '.[dev]')")
 pytestmark = pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER),
                                 reason="chromium and chromedriver are needed: bash scripts/ensure-chromium.sh")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -46,53 +32,10 @@ def served_run(onnx_run: Path) -> Path:
     return run
 
 
-@contextlib.contextmanager
-def serving(run: Path, log: Path, *args: str):
-    """`posetune serve RUN ARGS` on a free port until the block ends: yields its URL once /health says ok."""
-    port = free_port()
-    with open(log, "wb") as fh:
-        proc = subprocess.Popen([sys.executable, "-m", "posetune", "serve", str(run), "--port", str(port), *args],
-                                stdout=fh, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
-                    if json.load(r)["status"] == "ok":
-                        break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail(f"posetune serve did not start:\n{log.read_text()[-3000:]}")
-                time.sleep(0.2)
-        yield url
-    finally:
-        stop(proc)
-
-
 @pytest.fixture(scope="module")
 def server(served_run: Path, tmp_path_factory):
     with serving(served_run, tmp_path_factory.mktemp("serve") / "server.log", "--engine", "onnx") as url:
         yield url
-
-
-def chrome(tmp_path: Path, *extra: str):
-    """Headless Chromium through Selenium, with ``extra`` command-line flags (a fake camera, say)."""
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    # No network beyond the server under test: every other host name fails to resolve.
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--disable-dev-shm-usage", f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1100,820",
-                 "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1", *extra):
-        options.add_argument(flag)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
-    driver.set_page_load_timeout(30)
-    return driver
 
 
 @pytest.fixture
@@ -194,3 +137,56 @@ def test_api_docs_list_the_operations_offline(server: str, browser, page: str, s
         assert set(elsewhere) <= {REDOC_LOGO}, elsewhere
         assert all(REDOC_LOGO in e and "Content Security Policy" in e for e in errors), errors
         assert browser.find_elements(By.CSS_SELECTOR, "img[alt='redocly logo']") == []  # refused: it removed itself
+
+
+@pytest.fixture(scope="module")
+def pose_only_server(tmp_path_factory):
+    """`posetune serve` of a `pose` run (landmarks alone, ~5 s to train on synthetic figures)."""
+    pytest.importorskip("mediapipe", reason="posetune[pose] not installed")
+    import posetune
+    from posetune.data.synth import render_pose
+
+    root = tmp_path_factory.mktemp("pose-serve")
+    for pose in ("tree", "goddess"):
+        (root / "data" / pose).mkdir(parents=True)
+        for seed in range(3):
+            render_pose(pose, np.random.default_rng(seed), size=128).save(root / "data" / pose / f"{seed}.png")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("POSETUNE_CACHE", str(root / "cache"))
+        posetune.train(root / "data", backbone="pose", strategy="linear", epochs=2, batch_size=8, out=str(root / "run"))
+    with serving(root / "run", root / "server.log", "--engine", "torch") as url:
+        yield url
+
+
+def _painted(browser) -> int:
+    return browser.execute_script("""
+        const c = document.getElementById("skeleton");
+        const data = c.getContext("2d").getImageData(0, 0, c.width, c.height).data;
+        let painted = 0;
+        for (let i = 3; i < data.length; i += 4) painted += data[i] > 0;
+        return painted;""")
+
+
+def test_page_draws_a_pose_runs_skeleton_and_says_when_nobody_is_there(pose_only_server: str, browser,
+                                                                        tmp_path: Path) -> None:
+    from PIL import Image
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+    from skimage.data import astronaut
+
+    photo, blank = tmp_path / "astronaut.jpg", tmp_path / "wall.jpg"
+    Image.fromarray(astronaut()).save(photo, quality=92)
+    Image.new("RGB", (320, 240), "white").save(blank)
+    assert json.load(urllib.request.urlopen(f"{pose_only_server}/info", timeout=10))["uses_pose"] is True
+    browser.get(pose_only_server)
+    WebDriverWait(browser, 20).until(lambda d: "poses:" in d.find_element(By.ID, "model").text)
+    for image, person in ((photo, True), (blank, False)):
+        expected = api_predict(pose_only_server, image)
+        assert expected["no_person"] is not person and expected["pose"]["detected"] is person
+        browser.find_element(By.ID, "file").send_keys(str(image))
+        WebDriverWait(browser, 30).until(
+            lambda d, label=expected["prediction"]: d.find_element(By.ID, "result").get_attribute("data-state")
+            == "done" and d.find_element(By.ID, "prediction").get_attribute("data-label") == label)
+        WebDriverWait(browser, 10).until(lambda d, person=person: (_painted(d) > 500) is person)
+        text = browser.find_element(By.ID, "probability").text
+        assert ("found nobody" in text) is not person, text

@@ -7,39 +7,20 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
+from browser import CHROMEDRIVER, CHROMIUM, fake_camera_chrome, serving, session_camera
 from helpers import POSE_RUN_POSES
-from test_serve_browser import CHROMEDRIVER, CHROMIUM, chrome, serving
 
+selenium = pytest.importorskip("selenium", reason="selenium is not installed (pip install -e '.[dev]')")
 pytestmark = pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER),
                                 reason="chromium and chromedriver are needed: bash scripts/ensure-chromium.sh")
 FPS, HOLD, TRANSITION = 10, 3.0, 1.0
 
 
-def write_y4m(path: Path, frames, fps: int) -> Path:
-    """Raw YUV 4:2:0 frames in a YUV4MPEG2 file, the format Chromium's fake camera reads."""
-    import av
-
-    frames = list(frames)
-    h, w = frames[0].shape[:2]
-    with open(path, "wb") as f:
-        f.write(f"YUV4MPEG2 W{w} H{h} F{fps}:1 Ip A1:1 C420jpeg\n".encode())
-        for rgb in frames:
-            f.write(b"FRAME\n")
-            f.write(av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(format="yuv420p").to_ndarray().tobytes())
-    return path
-
-
 @pytest.fixture(scope="module")
 def camera_file(tmp_path_factory) -> Path:
-    from posetune.data.synth import render_pose
-    from posetune.data.synth.session import frame_count, pose_at, session_plan
-
-    plan = session_plan(POSE_RUN_POSES, HOLD, TRANSITION)
-    n = frame_count(len(plan), HOLD, TRANSITION, FPS)
-    frames = [np.asarray(render_pose(pose_at(plan, i / FPS), np.random.default_rng(2), size=160)) for i in range(n)]
-    return write_y4m(tmp_path_factory.mktemp("camera") / "session.y4m", frames, FPS)
+    path = tmp_path_factory.mktemp("camera") / "session.y4m"
+    return session_camera(path, POSE_RUN_POSES, HOLD, TRANSITION, FPS, size=160, seed=2)[0]
 
 
 @pytest.fixture(scope="module")
@@ -50,8 +31,7 @@ def pose_server(pose_run: Path, tmp_path_factory):
 
 @pytest.fixture
 def camera_browser(tmp_path: Path, camera_file: Path):
-    driver = chrome(tmp_path, "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream",
-                    f"--use-file-for-fake-video-capture={camera_file}")
+    driver = fake_camera_chrome(tmp_path, camera_file)
     try:
         yield driver
     finally:
@@ -89,6 +69,14 @@ def test_live_label_follows_the_poses_of_the_camera(pose_server: str, camera_bro
     b.find_element(By.ID, "live").click()  # stop: the camera is released
     assert b.find_element(By.ID, "live").text == "Live"
     assert not b.find_element(By.ID, "camera-view").is_displayed()
+    # the timings hook bench_live.py reads outlives Stop: every answered frame, in order, with both labels
+    hook = b.execute_script("return window.posetuneLive")
+    frames = hook["frames"]
+    assert hook["answered"] == len(frames) >= len(POSE_RUN_POSES) and hook["sent"] in (hook["answered"], hook["answered"] + 1)
+    assert all(hook["streamStart"] <= f["captured"] < f["drawn"] for f in frames)
+    assert all(p["captured"] < q["captured"] for p, q in zip(frames, frames[1:]))
+    assert {f["shown"] for f in frames} >= set(POSE_RUN_POSES) and frames[-1]["smoothing"] == "hold"
+    assert all(f["label"] in POSE_RUN_POSES for f in frames)
 
 
 def test_skeleton_is_drawn_from_landmarks_skipping_unseen_points(pose_server: str, camera_browser) -> None:

@@ -34,3 +34,26 @@ def test_freeze_stages_out_of_range_is_a_clear_error():
         strategies.make_plan("partial", stages, freeze_stages=99)
     with pytest.raises(UsageError, match="unknown strategy"):
         strategies.make_plan("everything", stages)
+
+
+@pytest.mark.parametrize("spec", ["test_efficientnet@random", "pose", "test_efficientnet+pose@random"])
+@pytest.mark.parametrize("strategy", list(strategies.STRATEGIES))
+def test_every_strategy_plans_every_backbone_kind(strategy, spec):
+    """The head (for pose kinds: the landmark embedding + the classifier) always trains; only body stages freeze.
+    A `pose` model is all head, trained as `full` by every strategy but linear (training.prepare)."""
+    import torch
+
+    from posetune.pose import FEATURE_DIM
+
+    parsed = backbones.parse_spec(spec)
+    with torch.device("meta"):
+        model = backbones.build_spec_model(parsed, 3, FEATURE_DIM if parsed.uses_pose else None)
+    stages = backbones.model_stages(model)
+    head = stages[-1]
+    assert head.name == "head" and head.n_params > 0
+    if parsed.uses_pose:
+        assert any(n.startswith("embed.") for n in head.param_names) and all(
+            not n.startswith("cnn.") for n in head.param_names)
+    plan = strategies.make_plan("full" if parsed.kind == "pose" and strategy != "linear" else strategy, stages)
+    assert "head" not in plan.frozen_at(0) and set(plan.frozen) <= {s.name for s in stages[:-1]}
+    assert plan.lrs["head"] > 0

@@ -49,6 +49,44 @@ def test_synth_video_writes_a_decodable_session_and_its_ground_truth(tmp_path, m
     assert code == 2 and "exists" in err and len(err.strip().splitlines()) == 1
 
 
+@pytest.mark.parametrize("args, says", [
+    (["--size", "49"], "--size must be even"),
+    (["--poses", "tree,lotus"], "--poses"),
+    (["--fps", "0"], "--fps must be an integer from 1 to 60"),
+    (["--hold", "0"], "--hold must be a number > 0"),
+])
+def test_synth_video_refuses_bad_options_in_one_line_from_cli_and_api(args, says, tmp_path, monkeypatch, capsys):
+    """The CLI (at the door) and render_session (the API) check through SessionOptions: the same message."""
+    from posetune.data.synth.session import render_session
+    from posetune.errors import InvalidOption
+
+    out = tmp_path / "s.mp4"
+    code, _, err = run_cli(monkeypatch, capsys, ["data", "synth", "--video", out, *args])
+    assert code == 2 and says in err and len(err.strip().splitlines()) == 1, err
+    keywords = {args[0][2:]: (args[1] if args[0] == "--poses" else float(args[1]) if args[0] == "--hold"
+                              else int(args[1]))}
+    with pytest.raises(InvalidOption, match=says):
+        render_session(out, **keywords)
+    assert not out.exists() and not out.with_suffix(".csv").exists()
+
+
+def test_synth_video_writes_every_session_suffix_and_refuses_webm(tmp_path) -> None:
+    """The writer's suffixes are the readable ones (data.images.VIDEO_SUFFIXES) but WebM, which takes neither
+    codec used here; each written file decodes."""
+    from posetune.data.images import VIDEO_SUFFIXES
+    from posetune.data.synth.session import SESSION_SUFFIXES, render_session
+    from posetune.errors import InvalidOption
+    from posetune.video.decoding import is_video_path, sample_frames
+
+    assert set(SESSION_SUFFIXES) == set(VIDEO_SUFFIXES) - {".webm"}
+    for suffix in SESSION_SUFFIXES:
+        out = tmp_path / f"s-{suffix[1:]}{suffix}"
+        render_session(out, poses=["tree"], hold=0.5, transition=0, fps=4, size=32)
+        assert is_video_path(out) and len(list(sample_frames(out, 4))) == 2
+    with pytest.raises(InvalidOption, match=r"\.mp4, \.m4v"):
+        render_session(tmp_path / "s.webm", poses=["tree"], hold=0.5, fps=4, size=32)
+
+
 def test_predict_finds_the_holds_of_a_session(session, pose_run, tmp_path, monkeypatch, capsys):
     frames_csv, plots = tmp_path / "frames.csv", tmp_path / "plots"
     code, out, err = run_cli(monkeypatch, capsys, ["predict", pose_run, session, "--json", "--csv", frames_csv,
@@ -133,3 +171,41 @@ def test_score_segments_measures_time_and_boundaries():
     assert score_segments(good, truth) == {"time_accuracy": 1.0, "boundaries_within": 1.0, "tolerance_s": 1.0}
     scored = score_segments(late, truth)
     assert scored["time_accuracy"] == pytest.approx(0.75, abs=0.02) and scored["boundaries_within"] == 0.0
+
+
+def test_centred_ema_has_no_lag_and_settled_segments_leave_transitions_out():
+    step = np.array([[1.0, 0.0]] * 6 + [[0.0, 1.0]] * 6)
+    causal, centred = ema(step, 0.5), ema(step, 0.5, centred=True)
+    assert causal[6].argmax() == 0  # the causal average still says the old pose one frame after the change
+    assert centred[5].argmax() == 0 and centred[6].argmax() == 1  # the centred one switches where the step is
+    assert centred[5, 0] == pytest.approx(centred[6, 1], abs=1e-3)  # and is symmetric about it
+    times = [i * 0.5 for i in range(10)]
+    labels = ["a"] * 5 + ["b"] * 5
+    top = [0.9, 0.9, 0.9, 0.6, 0.5, 0.5, 0.6, 0.9, 0.9, 0.9]  # a walk between two holds: the middle frames doubt
+    tiled = segments_of(times, labels, top, 0.5)
+    held = segments_of(times, labels, top, 0.5, settled=0.9)
+    assert [(s.start, s.end) for s in tiled] == [(0.0, 2.5), (2.5, 5.0)]
+    assert [(s.pose, s.start, s.end) for s in held] == [("a", 0.0, 1.5), ("b", 3.5, 5.0)]
+    assert held[0].mean_probability == pytest.approx(0.9)
+
+
+def test_prefetched_keeps_order_raises_the_sources_error_and_stops_its_thread_when_closed():
+    import threading
+
+    from posetune.data.images import prefetched
+
+    assert list(prefetched(iter(range(100)), ahead=3)) == list(range(100))
+
+    def broken():
+        yield 1
+        raise ValueError("frame 2 is corrupt")
+
+    got = []
+    with pytest.raises(ValueError, match="frame 2"):
+        for x in prefetched(broken()):
+            got.append(x)
+    assert got == [1]
+    endless = prefetched(iter(int, 1), ahead=2)  # never ends: only closing it stops the producer
+    assert next(endless) == 0
+    endless.close()
+    assert not [t for t in threading.enumerate() if t.name == "posetune-prefetch"]

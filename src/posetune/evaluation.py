@@ -22,6 +22,7 @@ BOOTSTRAP_SAMPLES = 2000
 TOP_LOSSES = 16  # images on the contact sheet (a 4 x 4 grid) and in --json
 CAM_CORRECT_PER_CLASS = 3  # correct images per class on cam_correct.png
 CAM_BATCH = 16  # images per backward pass (gradients need more memory than predict)
+SKELETONS_PER_CLASS = 3  # pose / fusion runs: overlays per true class on skeletons.png
 
 
 @dataclass
@@ -155,6 +156,48 @@ def cam_report(run: str, data: str, paths: Sequence[str], y_true: Sequence[int],
     return out, (items[:len(wrong)], items[len(wrong):])
 
 
+def no_person_report(preds: Sequence, y_true: Sequence[int], y_pred: Sequence[int], classes: list[str],
+                     kind: str) -> dict:
+    """Pose / fusion runs: where BlazePose found nobody, per class, and the accuracy with and without a person.
+    The scores above are the model's own answers (as training reports them); for a `pose` run, predict answers
+    'no person detected' there instead, so ``answered_accuracy`` counts those images as wrong."""
+    found = np.array([bool(p.pose_detected) for p in preds], bool)
+    right = np.asarray(y_true) == np.asarray(y_pred)
+    acc = lambda mask: round(float(right[mask].mean()), 4) if mask.any() else None  # noqa: E731
+    per_class = {c: int(((np.asarray(y_true) == i) & ~found).sum()) for i, c in enumerate(classes)}
+    out = {"images": len(preds), "no_person": int((~found).sum()), "per_class": per_class,
+           "accuracy_person_found": acc(found), "accuracy_no_person": acc(~found)}
+    if kind == "pose":
+        out["answered_accuracy"] = round(float((right & found).sum() / len(preds)), 4) if len(preds) else None
+    return out
+
+
+def skeleton_items(preds: Sequence, y_true: Sequence[int], y_pred: Sequence[int], classes: list[str],
+                   per_class: int = SKELETONS_PER_CLASS) -> list[dict]:
+    """skeletons.png's items: per true class a few images with their skeleton drawn, one wrong answer among them
+    when there is one; each {image, caption, correct}."""
+    from posetune.data.images import ImageError, load_image
+    from posetune.pose.drawing import draw_skeleton
+
+    items = []
+    for c, name in enumerate(classes):
+        mine = [i for i in range(len(preds)) if y_true[i] == c]
+        wrong, right = [i for i in mine if y_pred[i] != c], [i for i in mine if y_pred[i] == c]
+        chosen = (wrong[:1] + right + wrong[1:])[:per_class]
+        for i in chosen:
+            try:
+                image = load_image(preds[i].path, min_side=256)
+            except ImageError:
+                continue
+            image.thumbnail((256, 256))
+            found = preds[i].landmarks if preds[i].pose_detected else None
+            mark = "right" if y_pred[i] == c else f"WRONG: {classes[y_pred[i]]}"
+            items.append({"image": draw_skeleton(image, found), "correct": y_pred[i] == c,
+                          "caption": f"{Path(preds[i].path).name}\n{name} - {mark}"
+                                     + ("" if found is not None else "\nno person found")})
+    return items
+
+
 def _split_samples(index, data, split: str, classes: list[str]) -> list:
     from posetune.errors import UsageError
 
@@ -171,7 +214,8 @@ def _split_samples(index, data, split: str, classes: list[str]) -> list:
 
 def evaluate(run: str | Path, data: str | Path, progress=None, **options) -> dict:
     """Evaluate a run folder on one split of DATA; writes evaluation.json, confusion.png, reliability.png,
-    risk_coverage.png and top_losses.png (with ``cam``, also cam_top_losses.png and cam_correct.png) to ``out`` (default RUN/eval/<data>-<hash>-<split>/: named by the data
+    risk_coverage.png and top_losses.png (with ``cam``, also cam_top_losses.png and cam_correct.png; pose and
+    fusion runs also skeletons.png and ``no_person``, :func:`no_person_report`) to ``out`` (default RUN/eval/<data>-<hash>-<split>/: named by the data
     and split, so nothing of the run's own training outputs, or of another evaluation, is overwritten).
 
     Options as :class:`EvaluateOptions` (`posetune evaluate`). Classes are matched by name, so DATA may
@@ -194,7 +238,7 @@ def evaluate(run: str | Path, data: str | Path, progress=None, **options) -> dic
     preds = clf.predict(paths, top_k=1, batch_size=batch_size, on_step=on_step)
     ok = [(s, p) for s, p in zip(samples, preds) if p.error is None]
     y_true = [clf.classes.index(index.classes[s.label]) for s, _ in ok]
-    y_pred = [clf.classes.index(p.label) for _, p in ok]
+    y_pred = [int(p.probabilities.argmax()) for _, p in ok]  # the model's answer, also under 'no person detected'
     metrics = compute_metrics(y_true, y_pred, clf.classes)
     metrics["split"] = split
     metrics["temperature"] = clf.temperature
@@ -209,6 +253,8 @@ def evaluate(run: str | Path, data: str | Path, progress=None, **options) -> dic
         tta_metrics = compute_metrics(y_true, [clf.classes.index(p.label) for p in tta_preds], clf.classes)
         metrics["tta"] = {k: tta_metrics[k] for k in ("accuracy", "balanced_accuracy", "macro_f1", "n")}
     metrics["skipped"] = [{"path": p.path, "reason": p.error} for p in preds if p.error]
+    if clf.kind != "image":
+        metrics["no_person"] = no_person_report([p for _, p in ok], y_true, y_pred, clf.classes, clf.kind)
     sheets = None
     if opts.cam and metrics["n"]:
         cam_info, sheets = cam_report(run, data, [p.path for _, p in ok], y_true, y_pred, clf.classes,
@@ -222,5 +268,8 @@ def evaluate(run: str | Path, data: str | Path, progress=None, **options) -> dic
         metrics.update(folder.write_trust_plots(metrics, curve))
         if sheets is not None:
             metrics.update(folder.write_cam_plots(*sheets, split))
+        if clf.kind != "image":
+            items = skeleton_items([p for _, p in ok], y_true, y_pred, clf.classes)
+            metrics["skeletons_png"] = str(folder.write_skeletons(items, split))
         folder.write_metrics(metrics)
     return metrics

@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 FORMATS = {"onnx": "model.onnx", "torchscript": "model.torchscript.pt"}
 EXPORT_FORMATS = (*FORMATS, "timm")  # timm: a folder for timm's loader, written by posetune.hub (the CLI/API send it there)
 DEFAULT_OPSET = 18
-INPUT_NAME, OUTPUT_NAME = "input", "logits"
+OUTPUT_NAME = "logits"  # the inputs' names: predict.onnx_engine.KIND_INPUTS
 
 
 @dataclass
@@ -65,7 +65,9 @@ def export(run: str | Path, reporter=None, **options) -> dict:
     Options as :class:`ExportOptions`. Parity is checked on ``n_random`` random tensors and on up to
     ``n_images`` real images (``images``, else the run's own data, else rendered synthetic poses). With
     ``strict``, a top-1 disagreement or a logit gap above tolerance raises :class:`CheckFailed` after the
-    files are written; the result's ``problems`` lists them either way.
+    files are written; the result's ``problems`` lists them either way. A pose or fusion run's model takes
+    landmark features too (a pose run's nothing else), always with a dynamic batch axis; its image check adds a
+    blank image, where nobody is found.
     """
     import torch
 
@@ -74,11 +76,9 @@ def export(run: str | Path, reporter=None, **options) -> dict:
     from posetune.predict.onnx_engine import METADATA_KEY
     from posetune.predict.torch_engine import Classifier
     from posetune.run import RunDir
-    from posetune.version import __version__
 
     opts = ExportOptions.build("posetune.export", run=run, **options)
-    run, format, opset, dynamic_batch, out, images = (opts.run, opts.format, opts.opset, opts.dynamic_batch, opts.out,
-                                                      opts.images)
+    run, format, opset, out, images = opts.run, opts.format, opts.opset, opts.out, opts.images
     if images:
         collect_paths(images)  # a missing --images file fails now, not after the model file is written
     if format not in FORMATS:  # timm: a folder for timm's loader, a job of posetune.hub (the CLI/API send it there)
@@ -88,56 +88,110 @@ def export(run: str | Path, reporter=None, **options) -> dict:
     rundir = RunDir(run).require()
     clf = Classifier(rundir, device="cpu", optimize=False)  # the reference is the model exactly as trained
     out = Path(out) if out else rundir / FORMATS[format]
-    size = clf.preprocess.size
-    batch = 2 if dynamic_batch else 1  # a sample batch of 1 would let the exporter specialise the axis
-    sample = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(0))
-    meta = {
-        "format_version": 1, "posetune_version": __version__, "format": format,
-        "backbone": clf.meta.backbone, "arch": clf.meta.arch, "strategy": clf.meta.strategy,
-        "classes": clf.classes, "preprocessing": clf.preprocess.to_config(),
-        "temperature": clf.temperature,  # probabilities = softmax(logits / temperature); the engines apply it
-        "input_name": INPUT_NAME, "output_name": OUTPUT_NAME,
-        "input_shape": ["batch" if dynamic_batch else 1, 3, size, size],
-        "input": "float32 NCHW, RGB, (pixel / 255 - mean) / std after resize + center crop",
-        "source_sha256": file_sha256(rundir.model_file), "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
-    }
+    # A pose/fusion graph has no shape-derived constants on the batch axis, and a server batches landmark rows.
+    dynamic_batch = opts.dynamic_batch or clf.uses_pose
+    module, names = _graph(clf)
+    sample = tuple(map(torch.from_numpy, _random_inputs(clf, 2 if dynamic_batch else 1, names)))  # 1: specialised
+    meta = _metadata(clf, format, names, dynamic_batch, file_sha256(rundir.model_file))
     t0 = time.perf_counter()
     if format == "onnx":
         meta["opset"] = opset or DEFAULT_OPSET
-        meta["exporter"] = _write_onnx(clf.model, sample, out, meta["opset"], dynamic_batch,
+        meta["exporter"] = _write_onnx(module, sample, out, meta["opset"], dynamic_batch, names,
                                        {METADATA_KEY: json.dumps(meta)})
         from posetune.predict.onnx_engine import OnnxClassifier
 
         deployed = OnnxClassifier(out)
-        run_exported = lambda x: deployed.session.run(None, {INPUT_NAME: x})[0]  # noqa: E731
+        run_exported = lambda *x: deployed.session.run(None, dict(zip(names, x)))[0]  # noqa: E731
     else:
         deployed = None
         meta["exporter"] = "torch.jit.trace"
-        _write_torchscript(clf.model, sample, out, json.dumps(meta))
+        _write_torchscript(module, sample, out, json.dumps(meta))
         run_exported = _torchscript_runner(out)
     seconds = time.perf_counter() - t0
 
-    with torch.inference_mode():
-        def reference(x: np.ndarray) -> np.ndarray:
-            return clf.model(torch.from_numpy(x)).float().numpy()
-
-        gen = np.random.default_rng(0)
-        random_inputs = gen.standard_normal((opts.n_random, 3, size, size)).astype(np.float32)
-        parity = {"random": parity_check(reference(random_inputs), _in_batches(run_exported, random_inputs, dynamic_batch))}
-        with parity_images(clf.meta, images, opts.n_images) as paths:
-            parity["images"] = _image_parity(clf, deployed, run_exported, paths, dynamic_batch)
+    random_inputs = _random_inputs(clf, opts.n_random, names, seed=0)
+    parity = {"random": parity_check(_reference(clf, names, random_inputs),
+                                     _in_batches(run_exported, random_inputs, dynamic_batch))}
+    with parity_images(clf.meta, images, opts.n_images) as paths:
+        parity["images"] = _image_parity(clf, deployed, run_exported, paths, names, dynamic_batch)
 
     problems = [f"{kind}: {p}" for kind, check in parity.items() for p in check.pop("problems")]
-    result = {"format": format, "path": str(out), "sidecar": f"{out}.json", "bytes": out.stat().st_size,
-              "exporter": meta["exporter"], "opset": meta.get("opset"), "dynamic_batch": dynamic_batch,
-              "input_shape": meta["input_shape"], "export_seconds": round(seconds, 2), "parity": parity,
-              "ok": not problems, "problems": problems}
+    result = {"format": format, "kind": clf.meta.kind, "path": str(out), "sidecar": f"{out}.json",
+              "bytes": out.stat().st_size, "exporter": meta["exporter"], "opset": meta.get("opset"),
+              "dynamic_batch": dynamic_batch, "input_shape": meta["input_shape"], "inputs": meta["inputs"],
+              "export_seconds": round(seconds, 2), "parity": parity, "ok": not problems, "problems": problems}
     # Written last and bound to the bytes it checked: a model file replaced or half-written later no longer
     # matches, so --engine auto never takes an unchecked model.
     write_json(f"{out}.json", {**meta, "parity": parity, "ok": not problems, "model_sha256": file_sha256(out)})
     if opts.strict and problems:
         raise CheckFailed(f"{out} disagrees with the PyTorch model: {'; '.join(problems)}")
     return result
+
+
+def _graph(clf):
+    """(the module to export, its input names): a pose run's graph takes the landmark features alone."""
+    import torch
+
+    from posetune.predict.onnx_engine import KIND_INPUTS
+
+    kind = clf.meta.kind
+    if kind == "pose":  # PoseClassifier.forward without its unused images; parity compares with the model itself
+        return torch.nn.Sequential(clf.model.embed, clf.model.classifier).eval(), KIND_INPUTS[kind]
+    return clf.model, KIND_INPUTS[kind]
+
+
+def _metadata(clf, format: str, names: Sequence[str], dynamic_batch: bool, source_sha256: str) -> dict:
+    """What the model file carries (and its sidecar repeats): classes, preprocessing, temperature, the inputs."""
+    from posetune.predict.onnx_engine import IMAGE_INPUT, POSE_INPUT
+    from posetune.version import __version__
+
+    size, batch = clf.preprocess.size, "batch" if dynamic_batch else 1
+    described = {
+        IMAGE_INPUT: {"shape": [batch, 3, size, size],
+                      "what": "float32 NCHW, RGB, (pixel / 255 - mean) / std after resize + center crop"},
+        POSE_INPUT: {"shape": [batch, clf.meta.pose_dim],
+                     "what": "float32 posetune.pose.features of BlazePose (mediapipe 0.10.14, model_complexity 1) "
+                             "landmarks on the full image; all zeros (presence 0) when nobody is found"},
+    }
+    inputs = {name: described[name] for name in names}
+    return {
+        "format_version": 1, "posetune_version": __version__, "format": format,
+        "backbone": clf.meta.backbone, "arch": clf.meta.arch, "strategy": clf.meta.strategy,
+        "kind": clf.meta.kind, "pose_dim": clf.meta.pose_dim if clf.uses_pose else 0,
+        "classes": clf.classes, "preprocessing": clf.preprocess.to_config(),
+        "temperature": clf.temperature,  # probabilities = softmax(logits / temperature); the engines apply it
+        "input_name": names[0], "output_name": OUTPUT_NAME, "input_shape": inputs[names[0]]["shape"],
+        "input": inputs[names[0]]["what"], "inputs": inputs,
+        "source_sha256": source_sha256, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+
+
+def _random_inputs(clf, n: int, names: Sequence[str], seed: int | None = None) -> tuple[np.ndarray, ...]:
+    """Random float32 inputs of the graph, in ``names``' order; every other landmark row is zeros (nobody found).
+    ``seed`` None: the fixed sample the exporter traces with."""
+    from posetune.predict.onnx_engine import IMAGE_INPUT
+
+    gen = np.random.default_rng(1 if seed is None else seed)
+    size = clf.preprocess.size
+    out = []
+    for name in names:
+        if name == IMAGE_INPUT:
+            out.append(gen.standard_normal((n, 3, size, size)).astype(np.float32))
+        else:
+            pose = gen.standard_normal((n, clf.meta.pose_dim)).astype(np.float32)
+            pose[1::2] = 0.0
+            out.append(pose)
+    return tuple(out)
+
+
+def _reference(clf, names: Sequence[str], inputs: Sequence[np.ndarray]) -> np.ndarray:
+    """The torch engine's logits (the model as trained) for the graph's inputs."""
+    import torch
+
+    from posetune.predict.onnx_engine import IMAGE_INPUT, POSE_INPUT
+
+    given = dict(zip(names, map(torch.from_numpy, inputs)))
+    return clf.logits(given.get(IMAGE_INPUT), given.get(POSE_INPUT)).numpy()  # a pose run's model takes images None
 
 
 def parity_check(reference: np.ndarray, exported: np.ndarray, names: Sequence[str] | None = None) -> dict:
@@ -156,13 +210,16 @@ def parity_check(reference: np.ndarray, exported: np.ndarray, names: Sequence[st
             "top1_agreement": 1.0 - len(flips) / max(1, len(reference)), "problems": problems}
 
 
-def _in_batches(fn, x: np.ndarray, dynamic_batch: bool) -> np.ndarray:
+def _in_batches(fn, inputs: Sequence[np.ndarray], dynamic_batch: bool) -> np.ndarray:
+    """``fn(*inputs)`` at once, or one row at a time for a fixed batch of 1."""
     if dynamic_batch:
-        return fn(x)
-    return np.concatenate([fn(x[i:i + 1]) for i in range(len(x))]) if len(x) else np.zeros((0, 0), np.float32)
+        return fn(*inputs)
+    n = len(inputs[0])
+    return np.concatenate([fn(*(x[i:i + 1] for x in inputs)) for i in range(n)]) if n else np.zeros((0, 0), np.float32)
 
 
-def _write_onnx(model, sample, out: Path, opset: int, dynamic_batch: bool, props: dict[str, str]) -> str:
+def _write_onnx(model, sample: tuple, out: Path, opset: int, dynamic_batch: bool, names: Sequence[str],
+                props: dict[str, str]) -> str:
     """Export with torch's dynamo exporter (needs onnxscript), else the TorchScript-based one; add metadata."""
     import torch
 
@@ -177,19 +234,20 @@ def _write_onnx(model, sample, out: Path, opset: int, dynamic_batch: bool, props
         exporter = "torch.onnx.export(dynamo=False)"
     with tempfile.TemporaryDirectory(dir=out.parent if out.parent.exists() else None) as tmp:
         tmp_file = Path(tmp) / "model.onnx"
-        common = dict(input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], opset_version=opset)
+        common = dict(input_names=list(names), output_names=[OUTPUT_NAME], opset_version=opset)
         # The exporters print progress on stdout, which belongs to --json output: keep it for errors only.
         log = io.StringIO()
         with contextlib.redirect_stdout(log), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             try:
                 if "dynamo=True" in exporter:
-                    shapes = ({0: torch.export.Dim("batch", min=1, max=4096)},) if dynamic_batch else None
-                    torch.onnx.export(model, (sample,), str(tmp_file), dynamo=True, dynamic_shapes=shapes,
+                    batch = torch.export.Dim("batch", min=1, max=4096)
+                    shapes = tuple({0: batch} for _ in names) if dynamic_batch else None
+                    torch.onnx.export(model, sample, str(tmp_file), dynamo=True, dynamic_shapes=shapes,
                                       external_data=False, verbose=False, **common)
                 else:
-                    axes = {INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}} if dynamic_batch else None
-                    torch.onnx.export(model, (sample,), str(tmp_file), dynamo=False, dynamic_axes=axes, **common)
+                    axes = {name: {0: "batch"} for name in (*names, OUTPUT_NAME)} if dynamic_batch else None
+                    torch.onnx.export(model, sample, str(tmp_file), dynamo=False, dynamic_axes=axes, **common)
             except Exception:
                 sys.stderr.write(log.getvalue())
                 raise
@@ -223,41 +281,60 @@ def _torchscript_runner(path: Path):
         warnings.simplefilter("ignore", FutureWarning)  # TorchScript is deprecated upstream, still loadable
         module = torch.jit.load(str(path), map_location="cpu").eval()
 
-    def run(x: np.ndarray) -> np.ndarray:
+    def run(*inputs: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
-            return module(torch.from_numpy(x)).float().numpy()
+            return module(*map(torch.from_numpy, inputs)).float().numpy()
 
     return run
 
 
-def _image_parity(clf, deployed, run_exported, paths: list[str], dynamic_batch: bool) -> dict:
+def _image_parity(clf, deployed, run_exported, paths: list[str], names: Sequence[str], dynamic_batch: bool) -> dict:
     """Torch engine (torch preprocessing + eager model) vs the deployed path on the same files.
 
     For ONNX the deployed path is the torch-free engine (numpy preprocessing + ONNX Runtime), so this
-    also checks that its preprocessing matches; ``input_max_abs_delta`` shows any gap there.
+    also checks that its preprocessing matches; ``input_max_abs_delta`` shows any gap there. A pose/fusion run's
+    landmark features are computed once (the torch engine's decode) and fed to both; a blank image is added, so
+    a no-person row (all zeros) is always checked, and ``no_person`` counts those rows.
     """
     import torch
 
     from posetune.data.images import ImageError
+    from posetune.predict.onnx_engine import IMAGE_INPUT
 
-    tensors, names = [], []
-    for p in paths:
+    items: list = list(paths)
+    if clf.uses_pose:
+        side = max(96, clf.preprocess.short_side)
+        items.append(np.full((side, side, 3), 128, np.uint8))  # nobody there
+    kept, tensors, features, nobody = [], [], [], 0
+    for item in items:
         try:
-            tensors.append(clf.preprocess.eval_crop(clf.preprocess.decode(p)))
-            names.append(p)
+            got = clf.decode(item)
         except ImageError:
             continue
-    if not tensors:
-        return parity_check(np.zeros((0, len(clf.classes)), np.float32), np.zeros((0, len(clf.classes)), np.float32))
+        kept.append(item)
+        if clf.uses_pose:
+            got, pose_row, found = got
+            features.append(pose_row)
+            nobody += found is None
+        tensors.append(clf.preprocess.eval_crop(got))
+    labels = [item if isinstance(item, str) else "<blank image>" for item in kept]
+    if not kept:
+        empty = np.zeros((0, len(clf.classes)), np.float32)
+        return parity_check(empty, empty)
     batch = clf.normalize(torch.stack(tensors))
-    torch_inputs = batch.contiguous().numpy()
-    reference = clf.logits(batch).numpy()
+    pose = torch.stack(features) if features else None
+    reference = clf.logits(batch, pose).numpy()
+    pose_rows = pose.numpy() if pose is not None else None
     if deployed is not None:
-        inputs = deployed.preprocess(names)
-        result = parity_check(reference, deployed.logits(inputs), names)
-        result["input_max_abs_delta"] = float(np.abs(inputs - torch_inputs).max())
-        return result
-    return parity_check(reference, _in_batches(run_exported, torch_inputs, dynamic_batch), names)
+        inputs = deployed.preprocess(kept)
+        result = parity_check(reference, deployed.logits(inputs, pose_rows), labels)
+        result["input_max_abs_delta"] = float(np.abs(inputs - batch.contiguous().numpy()).max())
+    else:
+        graph_inputs = [batch.contiguous().numpy() if name == IMAGE_INPUT else pose_rows for name in names]
+        result = parity_check(reference, _in_batches(run_exported, graph_inputs, dynamic_batch), labels)
+    if clf.uses_pose:
+        result["no_person"] = nobody
+    return result
 
 
 @contextlib.contextmanager

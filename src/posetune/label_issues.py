@@ -4,6 +4,7 @@ How an image is judged (seconds, not a fine-tune):
 
 1. every image is decoded once, at the backbone's input size, and turned into pooled features by the
    backbone's inference-optimised copy (:func:`posetune.features.extract_features`, as `compare`'s stage 1);
+   `NAME+pose` appends each image's landmark features (BlazePose, the landmark cache), `pose` uses them alone;
 2. every image gets out-of-fold class probabilities: stratified k-fold (``--folds``, 5) logistic regression
    on the standardised features, repeated over 3 shuffles and averaged, so no image is judged by a model
    that saw its label; the inverse L2 strength C is the one of a small grid with the lowest out-of-fold
@@ -47,6 +48,7 @@ from posetune.console import Reporter
 from posetune.data.check import CheckOptions, audit, inside_data
 from posetune.errors import UsageError
 from posetune.io import atomic_write_bytes, file_sha256, write_csv, write_json
+from posetune.pose import pose_dim_of, require_mediapipe
 from posetune.pose.audit import add_no_person
 from posetune.version import __version__
 
@@ -205,7 +207,7 @@ def _warm_imports() -> None:
 def extract(opts: CheckOptions, spec, index: DataIndex, reporter: Reporter, seconds: dict,
             notes: list[str]) -> tuple[np.ndarray, dict, dict]:
     """(features of the decoded images in index order, path -> decoded image, what was used): one decode per
-    image at the backbone's size, features from its inference-optimised copy."""
+    image at the backbone's size, features from its inference-optimised copy (same outputs, faster)."""
     from posetune.backbones import create_backbone, data_config
     from posetune.data.pipeline import DecodedDataset, Preprocess, decode_all, make_loader
     from posetune.devices import place, resolve_device
@@ -214,11 +216,14 @@ def extract(opts: CheckOptions, spec, index: DataIndex, reporter: Reporter, seco
 
     device = resolve_device(opts.device)
     t = time.perf_counter()
-    model, built = create_backbone(spec, num_classes=max(2, len(index.classes)))
+    pose_dim = pose_dim_of(spec)
+    if pose_dim:
+        require_mediapipe()  # the one-line posetune[pose] hint before any image is read
+    model, built = create_backbone(spec, num_classes=max(2, len(index.classes)), pose_dim=pose_dim)
     place(model, device).eval()
     preprocess = Preprocess.from_config(data_config(model, opts.image_size))
-    # The same outputs as the model, faster: BatchNorm folded, static 'SAME' padding (posetune.inference).
-    net, _ = optimize_for_inference(model, (3, preprocess.size, preprocess.size))
+    net = None if spec.kind == "pose" else optimize_for_inference(
+        model.cnn if spec.kind == "fusion" else model, (3, preprocess.size, preprocess.size))[0]
     seconds["build"] = round(time.perf_counter() - t, 2)
     paths = [s.path for s in index.samples]
     t = time.perf_counter()
@@ -232,11 +237,17 @@ def extract(opts: CheckOptions, spec, index: DataIndex, reporter: Reporter, seco
     t = time.perf_counter()
     ds = DecodedDataset([images[s.path] for s in kept], [s.label for s in kept], preprocess)
     advance = reporter.start(f"features {opts.backbone}", len(kept))
-    feats, _ = extract_features(net, make_loader(ds, opts.batch_size, False, device), device, preprocess, advance)
+    feats = extract_features(net, make_loader(ds, opts.batch_size, False, device), device, preprocess,
+                             advance)[0].numpy() if net is not None else np.zeros((len(kept), 0), np.float32)
     reporter.stop()
+    if pose_dim:  # the landmark cache: BlazePose once per file, shared with training
+        from posetune.pose import cache, matrix
+
+        feats = np.concatenate([feats, matrix.feature_matrix([s.path for s in kept], cache.LandmarkCache(), reporter)], 1)
     seconds["features"] = round(time.perf_counter() - t, 2)
     info = {"weights": built["weight_source"], "image_size": preprocess.size, "device": str(device)}
-    return feats.numpy(), images, info
+    return feats, images, info
+
 
 
 def out_of_fold_probabilities(x: np.ndarray, y: np.ndarray, folds: int, seed: int = 0, repeats: int = REPEATS,

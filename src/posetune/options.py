@@ -159,7 +159,10 @@ class CompareOptions(Options):
         for name in self.strategies:
             Choice(*STRATEGIES)(name, label("strategies"))
         check_trackers(self.log, self.log_dir, self.mlflow_uri, label)
-        self.backbone_specs()  # unknown names fail here, with close names
+        if any(spec.uses_pose for spec in self.backbone_specs()):  # unknown names fail here, with close names
+            from posetune.pose import require_mediapipe
+
+            require_mediapipe()  # `pose` / `NAME+pose`: the one-line install hint before OUT is made
 
     def backbone_specs(self) -> list:
         """The parsed backbone specs (posetune.backbones.BackboneSpec), in the order given."""

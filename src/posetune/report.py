@@ -165,6 +165,18 @@ def plot_cams(items: list[dict], out: str | Path, title: str, columns: int = 4, 
     return save_figure(fig, out)
 
 
+def plot_overlays(items: list[dict], out: str | Path, title: str, columns: int = 3) -> Path:
+    """A contact sheet of images already drawn on (items: image, caption, correct): captions of wrong answers
+    in red, of right ones in green; ``columns`` is images per row (3: one class per row, when each has 3)."""
+    fig, axes = _sheet(len(items), columns, 2.9, "no images")
+    for ax, item in zip(axes, items):
+        ax.imshow(item["image"])
+        ax.set_title(item["caption"], fontsize=7, color="tab:green" if item["correct"] else "tab:red")
+    if items:
+        fig.suptitle(title, fontsize=9)
+    return save_figure(fig, out)
+
+
 def _sheet(n: int, columns: int, row_height: float, empty: str):
     """A contact sheet's figure and its n axes (axis lines off), or a small figure saying ``empty``."""
     plt = pyplot()

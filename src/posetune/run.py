@@ -173,6 +173,14 @@ class EvaluationDir:
                 "cam_correct_png": str(plot_cams(correct, self.path / "cam_correct.png",
                                                  f"{split}: where correct answers came from, a few per class"))}
 
+    def write_skeletons(self, items: list[dict], split: str) -> Path:
+        """skeletons.png: a pose / fusion run's overlays per class (items as report.plot_overlays)."""
+        from posetune.report import plot_overlays
+
+        self.path.mkdir(parents=True, exist_ok=True)
+        return plot_overlays(items, self.path / "skeletons.png",
+                             f"{split}: BlazePose skeletons, a few per class (red: a wrong answer)")
+
     def write_metrics(self, metrics: dict) -> None:
         write_json(self.path / self.MARKER, metrics)
 

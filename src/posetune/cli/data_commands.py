@@ -15,7 +15,7 @@ from posetune.cli.app import app, data_app, print_json, reporter_for
 def data_synth(
     out: Optional[str] = typer.Argument(None, help="Folder to write (Kaggle layout: OUT/TRAIN/<pose>, OUT/TEST/<pose>)."),
     video: Optional[str] = typer.Option(None, "--video", help="Instead of a folder, render a session video here "
-                                        "(.mp4/.mkv/.mov: H.264, .avi/.webm: MPEG-4) and its holds (pose,start,end "
+                                        "(.mp4/.m4v/.mkv/.mov: H.264, .avi: MPEG-4) and its holds (pose,start,end "
                                         "in seconds) to the same name with .csv."),
     hold: float = typer.Option(4.0, help="--video: seconds each pose is held."),
     transition: float = typer.Option(1.5, help="--video: seconds of movement between two holds."),
@@ -91,8 +91,8 @@ def data_check(
     label_issues: bool = typer.Option(False, "--label-issues",
                                       help="Also find likely mislabelled and out-of-place images: pretrained features, "
                                            "out-of-fold logistic regression, cleanlab; a ranked table and a contact sheet."),
-    backbone: str = typer.Option("efficientnet_lite0", help="--label-issues: the feature extractor (NAME, NAME@random "
-                                                            "or NAME@PATH)."),
+    backbone: str = typer.Option("efficientnet_lite0", help="--label-issues: the feature extractor (NAME, NAME@random, "
+                                                            "NAME@PATH, pose: landmark features, NAME+pose: both)."),
     image_size: Optional[int] = typer.Option(None, help="--label-issues: input size (default the backbone's pretrained size)."),
     folds: int = typer.Option(5, help="--label-issues: stratified folds; every image is judged by a model that never saw it."),
     batch_size: int = typer.Option(32, help="--label-issues: feature-extraction batch."),

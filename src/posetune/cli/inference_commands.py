@@ -52,14 +52,30 @@ def evaluate(
                         for k in ("accuracy", "balanced_accuracy", "macro_f1")])
     print_trust(reporter, metrics)
     print_cam(reporter, metrics)
+    print_no_person(reporter, metrics.get("no_person"))
     for s in metrics["skipped"]:
         reporter.warn(f"skipped {s['path']}: {s['reason']}")
     for key, what in (("confusion_png", "confusion matrix"), ("reliability_png", "reliability diagram"),
                       ("risk_coverage_png", "risk-coverage curve"), ("top_losses_png", "most confidently wrong"),
                       ("cam_top_losses_png", "class-activation maps, most confidently wrong"),
-                      ("cam_correct_png", "class-activation maps, correct")):
+                      ("cam_correct_png", "class-activation maps, correct"),
+                      ("skeletons_png", "BlazePose skeletons per class")):
         if metrics.get(key):
             reporter.info(f"{what} plot: {metrics[key]}")
+
+
+def print_no_person(reporter, section: dict | None) -> None:
+    """Pose / fusion runs: how many images showed nobody, and how well the model did with and without a person."""
+    if not section:
+        return
+    f = lambda v: "-" if v is None else f"{v:.4f}"  # noqa: E731
+    rows = [{"measure": "images where BlazePose found nobody", "value": f"{section['no_person']} of {section['images']}"},
+            {"measure": "accuracy where a person was found", "value": f(section["accuracy_person_found"])},
+            {"measure": "accuracy where nobody was found", "value": f(section["accuracy_no_person"])}]
+    if "answered_accuracy" in section:
+        rows.append({"measure": "accuracy of predict's answers ('no person detected' counted wrong)",
+                     "value": f(section["answered_accuracy"])})
+    reporter.table("people found (BlazePose)", rows)
 
 
 def print_cam(reporter, metrics: dict) -> None:
@@ -101,6 +117,8 @@ def print_trust(reporter, metrics: dict) -> None:
 @app.command(epilog="Examples: `posetune predict runs/yoga photos/ --top-k 3 --csv predictions.csv` · "
                     "`posetune predict runs/yoga photo.jpg --engine onnx` (after `posetune export runs/yoga`) · "
                     "`posetune predict runs/yoga photo.jpg --min-confidence 0.8` ('unsure' below 80%) · "
+                    "`posetune predict runs/yoga-pose photos/ --overlay overlays/ --json` (skeleton + answer drawn "
+                    "on each photo; landmarks in the JSON) · "
                     "`posetune predict runs/yoga session.mp4 --fps 5 --timeline plots/ --csv frames.csv` "
                     "(segments of a recorded session)")
 def predict(
@@ -125,27 +143,40 @@ def predict(
     ema_alpha: float = typer.Option(0.5, help="Videos: weight of the newest frame in the moving average (0..1]."),
     min_hold: float = typer.Option(1.0, help="Videos: seconds a new label must last before the segment changes."),
     timeline: Optional[Path] = typer.Option(None, help="Videos: write NAME-timeline.png per video into this folder."),
+    overlay: Optional[Path] = typer.Option(None, help="Images: write each one as DIR/<name>.png with its BlazePose "
+                                           "skeleton drawn (pose and NAME+pose runs) and its answer + probability "
+                                           "written on it; an image-only run's overlay shows the answer only. "
+                                           "DIR is created; a repeated name gets -2, -3; a file already there "
+                                           "stops the command before it predicts (exit 2)."),
     json_out: bool = typer.Option(False, "--json", help="Print predictions as JSON on stdout (with videos: "
-                                                        "{\"images\": [...], \"videos\": [...]})."),
+                                                        "{\"images\": [...], \"videos\": [...]}); pose and "
+                                                        "NAME+pose runs add \"pose\": {\"detected\", "
+                                                        "\"landmarks\": 33 x [x, y, visibility]}, else null."),
 ):
     """Predict the class of images (files or folders), in batches, and the held poses of videos (sampled, smoothed,
-    cut into segments); unreadable files are reported, not fatal. Probabilities are after the run's temperature."""
+    cut into segments); unreadable files are reported, not fatal. Probabilities are after the run's temperature.
+    A `pose` run answers "no person detected" (probability 0, no top-k) where BlazePose finds nobody; a
+    NAME+pose run still answers from the image, with "pose": {"detected": false}."""
     from posetune.predict import choose_engine, collect_paths, load
+    from posetune.predict.overlays import overlay_targets
     from posetune.runtime import tune_allocator
     from posetune.video.decoding import split_videos
     from posetune.video.prediction import VideoOptions
 
     opts = VideoOptions(run=run, paths=paths, top_k=top_k, batch_size=batch_size, device=device, engine=engine,
                         tta=tta, csv=csv, min_confidence=min_confidence, fps=fps, smooth=smooth, ema_alpha=ema_alpha,
-                        min_hold=min_hold, timeline=timeline).validate()
+                        min_hold=min_hold, timeline=timeline, overlay=overlay).validate()
     videos, others = split_videos(opts.paths)
     files = collect_paths(others, allow_empty=bool(videos)) if others else []
+    targets = overlay_targets(files, opts.overlay) if opts.overlay else None  # refused before predicting
     tune_allocator()
     reporter = reporter_for(json_out)
     engine, why = choose_engine(opts.run, opts.engine, opts.device, opts.tta)
     reporter.info(f"engine: {engine} - {why}")
     clf = load(opts.run, device=opts.device, engine=engine)
     preds = _predict_images(clf, files, opts, reporter, json_out, csv_images=not videos) if files else []
+    if targets is not None:
+        _write_overlays(preds, targets, opts.overlay, reporter, videos)
     results = []
     if videos:
         from posetune.cli.video_output import predict_videos_cli, write_frames_csv
@@ -176,15 +207,35 @@ def _predict_images(clf, files: list[str], opts, reporter, json_out: bool, csv_i
         write_predictions_csv(preds, opts.csv)
     if json_out:
         return preds
+    uses_pose = any(p.pose_detected is not None for p in preds)
     reporter.table(f"predictions ({len(preds)} images)",
                    [{"path": p.path, "prediction": p.label or "-", "probability": p.probability,
-                     "top-k": ", ".join(f"{c} {pr:.2f}" for c, pr in p.top_k) or p.error} for p in preds])
+                     **({"person": _person(p)} if uses_pose else {}),
+                     "top-k": ", ".join(f"{c} {pr:.2f}" for c, pr in p.top_k) or p.error or "-"} for p in preds])
+    nobody = sum(p.no_person for p in preds)
+    if nobody:
+        reporter.info(f"{nobody} of {len(preds)} images: no person detected (a pose run needs a body to answer; "
+                      "a NAME+pose run would still answer from the image)")
     if opts.min_confidence is not None:
         unsure = sum(p.unsure for p in preds)
         reporter.info(f"{unsure} of {len(preds)} images unsure (top probability below {opts.min_confidence:g})")
     if opts.csv and csv_images:
         reporter.info(f"wrote {opts.csv}")
     return preds
+
+
+def _person(prediction) -> str:
+    return "-" if prediction.pose_detected is None else ("found" if prediction.pose_detected else "nobody")
+
+
+def _write_overlays(preds: list, targets: list, folder, reporter, videos: list) -> None:
+    from posetune.predict.overlays import write_overlays
+
+    advance = reporter.start("overlays", len(targets))
+    written = write_overlays(preds, targets, on_step=advance)
+    reporter.stop()
+    reporter.info(f"wrote {len(written)} overlay(s) to {folder}/" + (" (images only; videos get --timeline)"
+                                                                     if videos else ""))
 
 
 @app.command(epilog="Examples: `posetune export runs/yoga` · `posetune export runs/yoga --format torchscript` · "
@@ -197,7 +248,7 @@ def export(
                                                         "timm (a folder timm loads: config.json, model.safetensors, "
                                                         "README.md model card; RUN/timm/)."),
     opset: Optional[int] = typer.Option(None, help="ONNX opset (default 18)."),
-    dynamic_batch: bool = typer.Option(False, "--dynamic-batch", help="Any batch size at run time (default: batch 1)."),
+    dynamic_batch: bool = typer.Option(False, "--dynamic-batch", help="Any batch size at run time (default: batch 1; pose and fusion runs: always any)."),
     out: Optional[Path] = typer.Option(None, help="Where to write the model file (default inside RUN); for timm the "
                                                   "folder (default RUN/timm/; an earlier export there is replaced, "
                                                   "a folder with other files refused)."),
@@ -229,8 +280,8 @@ def export(
             reporter.info(f"wrote {result['path']}/ ({', '.join(result['files'])}; {result['bytes'] / 1e6:.1f} MB); "
                           f"load it with {result['load']}")
         else:
-            reporter.info(f"wrote {result['path']} ({result['bytes'] / 1e6:.1f} MB, input {result['input_shape']}) "
-                          f"+ {result['sidecar']}")
+            inputs = ", ".join(f"{name} {spec['shape']}" for name, spec in result["inputs"].items())
+            reporter.info(f"wrote {result['path']} ({result['bytes'] / 1e6:.1f} MB, inputs: {inputs}) + {result['sidecar']}")
     if result["problems"]:
         raise CheckFailed(f"the export disagrees with the PyTorch model: {'; '.join(result['problems'])}")
 

@@ -70,7 +70,6 @@ def train(
     Strategies: linear (head only, on cached features), partial (freeze stem + K stages), full,
     lp-ft (linear probe, then fine-tune), gradual (unfreeze stages one by one from the top).
     """
-    from posetune.options import TrainOptions
     from posetune.training import train as run_train
 
     reporter = reporter_for(json_out)
@@ -84,30 +83,38 @@ def train(
                    mixup=mixup, cutmix=cutmix, cache=cache, cache_dir=cache_dir, log=log, log_dir=log_dir,
                    mlflow_uri=mlflow_uri)
     if time_budget is not None:
-        if nproc > 1:
-            from posetune.errors import UsageError
-
-            raise UsageError("--time-budget measures and trains on one process; drop --nproc")
-        from posetune.comparison.budget import train_within_budget
-
-        result = train_within_budget(data, time_budget, reporter=reporter, config=config, overwrite=overwrite,
-                                     resume=resume, **options)
-        _print_result(reporter, result, json_out)
-        return
+        return _print_result(reporter, _train_within_budget(data, time_budget, nproc, reporter, config, overwrite,
+                                                            resume, options), json_out)
     if nproc > 1 and "WORLD_SIZE" not in os.environ:
-        from posetune.distributed import launch
+        raise typer.Exit(_launch_processes(nproc, data, resume, config, options))
+    # with --resume, any other option given is refused by name (--overwrite does not apply)
+    given = {"resume": resume} if resume else {"overwrite": overwrite}
+    _print_result(reporter, run_train(data, reporter=reporter, config=config, **given, **options), json_out)
 
-        if not resume:  # a bad value fails here once, not in each of the nproc processes
-            TrainOptions.from_sources(config, data=data, **options)
-        argv = sys.argv[1:]
-        i = next(i for i, a in enumerate(argv) if a.startswith("--nproc"))
-        del argv[i: i + (1 if "=" in argv[i] else 2)]
-        raise typer.Exit(launch(nproc, argv))
-    if resume:  # any other option given with it is refused by name
-        result = run_train(data, reporter=reporter, resume=resume, config=config, **options)
-    else:
-        result = run_train(data, reporter=reporter, config=config, overwrite=overwrite, **options)
-    _print_result(reporter, result, json_out)
+
+def _train_within_budget(data, time_budget: str, nproc: int, reporter, config, overwrite: bool, resume, options: dict):
+    """`train --time-budget`: measure, plan, then train on one process."""
+    if nproc > 1:
+        from posetune.errors import UsageError
+
+        raise UsageError("--time-budget measures and trains on one process; drop --nproc")
+    from posetune.comparison.budget import train_within_budget
+
+    return train_within_budget(data, time_budget, reporter=reporter, config=config, overwrite=overwrite,
+                               resume=resume, **options)
+
+
+def _launch_processes(nproc: int, data, resume, config, options: dict) -> int:
+    """`train --nproc N`: torchrun this command again without --nproc; its exit code."""
+    from posetune.distributed import launch
+    from posetune.options import TrainOptions
+
+    if not resume:  # a bad value fails here once, not in each of the nproc processes
+        TrainOptions.from_sources(config, data=data, **options)
+    argv = sys.argv[1:]
+    i = next(i for i, a in enumerate(argv) if a.startswith("--nproc"))
+    del argv[i: i + (1 if "=" in argv[i] else 2)]
+    return launch(nproc, argv)
 
 
 def _print_result(reporter, result, json_out: bool) -> None:
@@ -164,11 +171,14 @@ def lr_find_cmd(
 
 
 @app.command(epilog="Example: `posetune compare DATASET --backbones efficientnet_lite0,efficientnet_lite2,resnet18@random "
-                    "--strategies linear,partial,full --seeds 3 --epochs 5 --top-k 2 --budget-minutes 30 --out cmp`")
+                    "--strategies linear,partial,full --seeds 3 --epochs 5 --top-k 2 --budget-minutes 30 --out cmp` · "
+                    "`posetune compare DATASET --backbones efficientnet_lite0,pose,efficientnet_lite0+pose` (image, "
+                    "landmarks, both)")
 def compare(
     data: str = typer.Argument(..., help="DATA in any supported layout."),
     backbones: str = typer.Option("efficientnet_lite0,efficientnet_lite1,efficientnet_lite2",
-                                  help="Comma-separated specs: NAME, NAME@random or NAME@PATH."),
+                                  help="Comma-separated specs: NAME, NAME@random, NAME@PATH, pose (body landmarks) or "
+                                       "NAME+pose (fusion; posetune[pose])."),
     strategies: str = typer.Option("linear,partial,full", help="Comma-separated: linear, partial, full."),
     seeds: int = typer.Option(1, help="Seeds per stage-2 cell (test scores: mean +- std over seeds)."),
     epochs: Optional[int] = typer.Option(None, help="Epochs per stage-2 cell (default per strategy)."),
@@ -195,22 +205,22 @@ def compare(
     fine-tune the top-k, and write a leaderboard, plots and OUT/best."""
     from posetune.comparison import compare as run_compare
     from posetune.comparison import display_rows
-    from posetune.comparison.leaderboard import reliance_note
+    from posetune.comparison.leaderboard import hidden_columns, reliance_note
 
     reporter = reporter_for(json_out)
     result = run_compare(data, reporter=reporter, backbones=backbones, strategies=strategies, seeds=seeds,
                          epochs=epochs, top_k=top_k, budget_minutes=budget_minutes, out=out, image_size=image_size,
                          batch_size=batch_size, device=device, val_fraction=val_fraction, label_level=label_level,
                          reliance_images=reliance_images, log=log, log_dir=log_dir, mlflow_uri=mlflow_uri)
-    shown = display_rows(result.rows)
-    reliance = ["bg reliance"] if result.background else []
+    shown, hidden = display_rows(result.rows), hidden_columns(result.rows, result.background)
     reporter.table(f"leaderboard, best val first ({result.seconds['total']:.0f} s)", shown,
-                   ["#", "backbone", "strategy", "val acc", "test acc", "test macro-F1", "k-NN test acc", *reliance,
-                    "status"])
+                   [c for c in ("#", "backbone", "kind", "strategy", "val acc", "test acc", "test macro-F1",
+                                "k-NN test acc", "bg reliance", "status") if c not in hidden])
     if result.background:
         reporter.info(reliance_note(result.background))
-    reporter.table("costs", shown, ["#", "backbone", "strategy", "weights", "params M", "GMACs", "px", "train s",
-                                    "ms/img (b1)", "img/s (b32)", "pareto"])
+    reporter.table("costs", shown, [c for c in ("#", "backbone", "strategy", "weights", "params M", "GMACs", "px",
+                                                "train s", "ms/img (b1)", "landmarks ms", "img/s (b32)", "pareto")
+                                    if c not in hidden])
     for s in result.skipped:
         reporter.warn(f"skipped {s['cell']}: {s['reason']}")
     reporter.info(f"leaderboard: {result.out / 'leaderboard.md'} (.csv, .json); plots: "

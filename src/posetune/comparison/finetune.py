@@ -25,7 +25,8 @@ TRAIN_COST_PER_FORWARD = 3.0  # forward + backward ~ 3 forwards per image (refin
 def estimate_cell_seconds(probe: dict, epochs: int, correction: float = 1.0) -> float:
     """Forward seconds per image from stage 1; training ~3 forwards per train image per epoch, plus a
     val pass per epoch and the final val + test pass; ``correction`` = measured / estimated so far."""
-    per_image = 1.0 / max(probe.get("images_per_s") or 1e-9, 1e-9)
+    # the model's own throughput (pose kinds: on cached landmarks, as training reads them), else predict's
+    per_image = 1.0 / max(probe.get("forward_images_per_s") or probe.get("images_per_s") or 1e-9, 1e-9)
     n_train, n_val, n_test = probe.get("n_train", 0), probe.get("n_val", 0), probe.get("n_test", 0)
     forwards = TRAIN_COST_PER_FORWARD * n_train * epochs + n_val * (epochs + 1) + n_test
     return forwards * per_image * correction
@@ -49,7 +50,9 @@ def run_stage2(opts: CompareOptions, cells: list[Cell], probes: dict[str, dict],
 
     results: list[dict] = []
     skipped: list[dict] = []
-    ratios: list[float] = []  # measured / estimated seconds of the cells run so far
+    # measured / estimated seconds of the cells run so far, per backbone kind: a pose cell's cost is mostly the
+    # image pipeline, not its MLP, so its ratio says nothing about an image backbone's
+    ratios: dict[str, list[float]] = {}
     for cell in cells:
         saved = cell.load(key)
         if saved:
@@ -57,12 +60,13 @@ def run_stage2(opts: CompareOptions, cells: list[Cell], probes: dict[str, dict],
             results.append(saved)
             continue
         epochs = opts.epochs or get_strategy(cell.strategy).epochs
-        correction = sum(ratios) / len(ratios) if ratios else 1.0
+        kind_ratios = ratios.setdefault(probes[cell.backbone].get("kind", "image"), [])
+        correction = sum(kind_ratios) / len(kind_ratios) if kind_ratios else 1.0
         estimate = estimate_cell_seconds(probes[cell.backbone], epochs, correction)
         if budget_s is not None:
             left = budget_s - (time.perf_counter() - t_start)
             if estimate > left:
-                skipped.append(_skip(cell, estimate, left, budget_s, measured=bool(ratios)))
+                skipped.append(_skip(cell, estimate, left, budget_s, measured=bool(kind_ratios)))
                 reporter.warn(f"{cell.name}: skipped, {skipped[-1]['reason']}")
                 continue
         reporter.info(f"{cell.name}: training ({epochs} epochs, ~{estimate:.0f} s estimated)")
@@ -75,7 +79,7 @@ def run_stage2(opts: CompareOptions, cells: list[Cell], probes: dict[str, dict],
             reporter.warn(f"{cell.name}: failed: {result['error']}")
         wall = time.perf_counter() - t
         if result["status"] == "ok" and estimate > 0:
-            ratios.append(wall / (estimate / correction))
+            kind_ratios.append(wall / (estimate / correction))
         results.append(result)
     return results, skipped
 

@@ -24,9 +24,9 @@ from posetune.errors import UsageError
 from posetune.evaluation import bootstrap_interval
 
 LEADERBOARD_COLUMNS = (
-    "rank", "backbone", "strategy", "weights", "params_m", "gmacs", "image_size", "val_accuracy", "val_macro_f1",
+    "rank", "backbone", "kind", "strategy", "weights", "params_m", "gmacs", "image_size", "val_accuracy", "val_macro_f1",
     "test_accuracy", "test_accuracy_err", "test_macro_f1", "test_macro_f1_err", "err_kind", "knn_val_accuracy",
-    "knn_test_accuracy", "background_reliance", "train_seconds", "latency_ms", "images_per_s", "seeds", "pareto",
+    "knn_test_accuracy", "background_reliance", "train_seconds", "latency_ms", "landmark_ms", "images_per_s", "seeds", "pareto",
     "status", "run", "error",
 )
 
@@ -87,7 +87,7 @@ def _row(backbone: str, strategy: str, cells: list[dict], probe: dict, requested
     best_cell = max(ok, key=lambda c: c.get("val_accuracy") or 0.0) if ok else None
     mean = partial(_mean_of, ok)
     return {
-        "backbone": backbone, "strategy": strategy + (" (probe)" if is_probe and strategy not in requested else ""),
+        "backbone": backbone, "kind": probe.get("kind", "image"), "strategy": strategy + (" (probe)" if is_probe and strategy not in requested else ""),
         "weights": probe.get("weights"), "params_m": probe.get("params_m"), "gmacs": probe.get("gmacs"),
         "image_size": probe.get("image_size"), "val_accuracy": mean("val_accuracy"),
         "val_macro_f1": mean("val_macro_f1"),
@@ -97,7 +97,9 @@ def _row(backbone: str, strategy: str, cells: list[dict], probe: dict, requested
         "knn_test_accuracy": probe.get("knn_test_accuracy") if is_probe else None,
         # synthetic data with figure masks only (comparison.reliance); None, never 0, without them
         "background_reliance": _mean_of([c["background"] for c in ok if c.get("background")], "background_reliance"),
+        # pose kinds: latency_ms includes BlazePose's landmark_ms, images_per_s counts it too (comparison.costs)
         "train_seconds": mean("train_seconds"), "latency_ms": probe.get("latency_ms"),
+        "landmark_ms": probe.get("landmark_ms"),
         "images_per_s": probe.get("images_per_s"), "seeds": len(ok),
         "status": "ok" if len(ok) == len(cells) else ("partly failed" if ok else "failed"),
         "run": best_cell["run"] if best_cell else cells[0].get("run"),
@@ -170,13 +172,14 @@ def display_rows(rows: list[dict]) -> list[dict]:
     for r in rows:
         cell = partial(_pm, "±" if r["err_kind"] == "std" else "±ci")
         out.append({
-            "#": r["rank"], "backbone": r["backbone"], "strategy": r["strategy"], "weights": _short_source(r["weights"]),
+            "#": r["rank"], "backbone": r["backbone"], "kind": r["kind"], "strategy": r["strategy"], "weights": _short_source(r["weights"]),
             "params M": _fmt(r["params_m"], 2), "GMACs": _fmt(r["gmacs"], 3), "px": _fmt(r["image_size"]),
             "val acc": _fmt(r["val_accuracy"]), "test acc": cell(r["test_accuracy"], r["test_accuracy_err"]),
             "test macro-F1": cell(r["test_macro_f1"], r["test_macro_f1_err"]),
             "k-NN test acc": _fmt(r["knn_test_accuracy"]), "bg reliance": _fmt(r["background_reliance"]),
             "train s": _fmt(r["train_seconds"], 1),
-            "ms/img (b1)": _fmt(r["latency_ms"], 1), "img/s (b32)": _fmt(r["images_per_s"], 1),
+            "ms/img (b1)": _fmt(r["latency_ms"], 1), "landmarks ms": _fmt(r["landmark_ms"], 1),
+            "img/s (b32)": _fmt(r["images_per_s"], 1),
             "seeds": r["seeds"], "pareto": "*" if r["pareto"] else "",
             "status": r["status"] + (f": {r['error']}" if r["error"] else ""),
         })
@@ -207,15 +210,29 @@ def write_leaderboard(out: Path, rows: list[dict], skipped: list[dict], backgrou
     return plots
 
 
+def hidden_columns(rows: list[dict], background: dict | None) -> set[str]:
+    """The display columns (:func:`display_rows`) with nothing to say in this sweep: bg reliance without figure
+    masks, landmarks ms without a pose kind. The markdown leaderboard and the CLI's tables both leave them out."""
+    hidden = set() if background else {"bg reliance"}
+    if all(r.get("landmark_ms") is None for r in rows):
+        hidden.add("landmarks ms")
+    return hidden
+
+
 def _markdown(rows: list[dict], skipped: list[dict], plots: list[Path], background: dict | None) -> str:
     shown = display_rows(rows)
-    cols = [c for c in (shown[0] if shown else []) if c != "bg reliance" or background]
+    hidden = hidden_columns(rows, background)
+    cols = [c for c in (shown[0] if shown else []) if c not in hidden]
     lines = ["# posetune compare: leaderboard", "",
              "Best first by validation accuracy. Test scores are mean ± std over seeds, or with one seed "
              "± the half-width of a 95% bootstrap interval over test images (±ci). Latency at batch 1 and "
-             "throughput at batch 32 on the device that ran the sweep.", ""]
+             "throughput at batch 32 on the device that ran the sweep; for pose and fusion "
+             "backbones both include BlazePose's landmark extraction (landmarks ms, measured on this data).", ""]
     if background:
         lines += [reliance_note(background), ""]
+        if any(r.get("kind", "image") != "image" for r in rows):
+            lines += ["bg reliance of pose and fusion cells: not measured (their maps would not account for the "
+                      "landmarks; each cell.json says why).", ""]
     if cols:
         lines += ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
         lines += ["| " + " | ".join(str(r[c]).replace("|", "/") for c in cols) + " |" for r in shown]

@@ -21,10 +21,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 from posetune.comparison.cells import Cell, summarize_test
-from posetune.comparison.costs import measure_costs
+from posetune.comparison.costs import landmark_ms, measure_costs
+from posetune.comparison.pose_probe import TrainedHead, fit_pose_head, no_person_rows, with_landmarks
 from posetune.console import Reporter
 from posetune.errors import UsageError
 from posetune.options import CompareOptions
+from posetune.pose import pose_dim_of
 from posetune.tracking import NullTracker, Tracker
 
 if TYPE_CHECKING:  # torch-heavy; imported inside the functions that run
@@ -33,14 +35,20 @@ if TYPE_CHECKING:  # torch-heavy; imported inside the functions that run
 
 EXTRACT_BATCH = 32  # stage-1 batch: its throughput is the leaderboard's images/s at batch 32
 SPLITS = ("train", "val", "test")
+HEAD_FITS = {False: "L-BFGS logistic regression on cached features (posetune compare stage 1)",
+             True: "the linear strategy's head (landmark embedding + classifier, AdamW) on cached "
+                   "[pooled | landmark] features (posetune compare stage 1)"}
 
 
 @dataclass
 class DecodedImages:
-    """Every image of the sweep decoded once, at the largest short side any of its backbones needs."""
+    """Every image of the sweep decoded once, at the largest short side any of its backbones needs; with a
+    `pose` / `NAME+pose` backbone in the sweep, every image's landmark features too (BlazePose once per file)."""
 
     decoder: Preprocess
     images: dict  # path -> decoded image
+    pose: dict | None = None  # path -> landmark feature row (torch float32), when a backbone uses landmarks
+    landmark_ms: float | None = None  # BlazePose milliseconds per image, measured on this data
 
     def for_backbone(self, preprocess: Preprocess, samples: list) -> list:
         """The samples' images at this backbone's short side."""
@@ -60,6 +68,8 @@ def run_stage1(opts: CompareOptions, specs: list, index, device, out: Path, key:
 
     _warm_imports()
     decoded = _decode_once(todo, index, reporter, seconds)
+    if any(spec.uses_pose for _, spec, _ in todo):
+        _landmarks_once(decoded, index, reporter, seconds)
     profile_s = 0.0
     for cell, spec, preprocess in todo:
         try:
@@ -108,7 +118,7 @@ def _plan_probes(opts: CompareOptions, specs: list, index, out: Path, key: dict,
     """(finished probe cells loaded, (cell, spec, preprocess) of those still to run)."""
     import torch
 
-    from posetune.backbones import build_model, data_config
+    from posetune.backbones import build_spec_model, data_config
     from posetune.data.pipeline import Preprocess
     from posetune.strategies import probe_strategy
 
@@ -123,8 +133,8 @@ def _plan_probes(opts: CompareOptions, specs: list, index, out: Path, key: dict,
             reporter.info(f"stage 1: {spec_str} already probed ({cell.path}), skipped")
             continue
         with torch.device("meta"):  # configs and sizes without allocating weights
-            preprocess = Preprocess.from_config(data_config(build_model(spec.arch, len(index.classes)),
-                                                            opts.image_size))
+            model = build_spec_model(spec, len(index.classes), pose_dim_of(spec))
+            preprocess = Preprocess.from_config(data_config(model, opts.image_size))
         todo.append((cell, spec, preprocess))
     return probes, todo
 
@@ -143,6 +153,22 @@ def _decode_once(todo: list, index, reporter: Reporter, seconds: dict[str, float
     for path, reason in failed.items():
         reporter.warn(f"skipped {path}: {reason}")
     return DecodedImages(decoder, {p: img for p, img in zip(paths, images) if img is not None})
+
+
+def _landmarks_once(decoded: DecodedImages, index, reporter: Reporter, seconds: dict[str, float]) -> None:
+    """Every image's landmark features (the landmark cache: BlazePose once per file, shared with stage 2's
+    training runs) and BlazePose's measured milliseconds per image, into ``decoded``."""
+    import torch
+
+    from posetune.pose.cache import LandmarkCache
+    from posetune.pose.matrix import feature_matrix
+
+    paths = [s.path for s in index.samples if s.path in decoded.images]
+    t = time.perf_counter()
+    decoded.landmark_ms = landmark_ms(paths)  # first: it also starts the shared detector
+    rows = feature_matrix(paths, LandmarkCache(), reporter)
+    decoded.pose = dict(zip(paths, torch.from_numpy(rows)))
+    seconds["landmarks"] = round(time.perf_counter() - t, 2)
 
 
 def _warm_imports() -> None:
@@ -175,29 +201,28 @@ def probe_backbone(cell: Cell, spec, preprocess: Preprocess, decoded: DecodedIma
 
     from posetune.backbones import create_backbone
     from posetune.devices import place
-    from posetune.features import fit_knn, fit_probe
-    from posetune.inference import optimize_for_inference
+    from posetune.features import fit_knn
 
     t_build = time.perf_counter()
-    model, _ = create_backbone(spec, num_classes=len(index.classes))
+    model, _ = create_backbone(spec, num_classes=len(index.classes), pose_dim=pose_dim_of(spec))
     place(model, device).eval()
-    # Features and latency come from an inference-optimised copy (BN folded, static padding): the same
-    # outputs, and the speed `posetune predict` gets.
-    net, _ = optimize_for_inference(model, (3, preprocess.size, preprocess.size))
-    feats, forward_s = _extract(net, cell.backbone, preprocess, decoded, index, device, reporter)
+    net, forward = _inference_net(model, spec, preprocess)
+    feats, forward_s = _extract(net, cell.backbone, preprocess, decoded, index, device, reporter,
+                                decoded.pose if spec.uses_pose else None)
     build_s = time.perf_counter() - t_build - sum(forward_s.values())
 
     t_fit = time.perf_counter()
     # Small matrices: one BLAS thread is faster, and spinning threads stall badly on a busy machine.
     with threadpool_limits(limits=1):
-        probe = fit_probe(*feats["train"], *feats["val"])
+        probe = _fit_probe(model, spec, feats, opts, device)
         knn = fit_knn(*feats["train"], *feats["val"])
     fit_s = time.perf_counter() - t_fit
     metrics, val_loss = _probe_metrics(probe, knn, feats, index.classes)
 
     t_prof = time.perf_counter()
-    costs = measure_costs(net, spec.arch, len(index.classes), preprocess.size, device)
-    del net
+    costs = measure_costs(forward, spec.arch, len(index.classes), preprocess.size, device, spec.kind,
+                          pose_dim_of(spec) or 0, decoded.landmark_ms if spec.uses_pose else None)
+    del net, forward
     profile_s = time.perf_counter() - t_prof
 
     head = model.get_classifier()
@@ -209,17 +234,18 @@ def probe_backbone(cell: Cell, spec, preprocess: Preprocess, decoded: DecodedIma
     counts = {s: len(index.split(s)) for s in SPLITS}
     t_save = time.perf_counter()
     _save_probe_run(cell, model, spec, preprocess, index, opts, device, probe, metrics, train_seconds, val_loss,
-                    counts)
+                    counts, no_person_rows(spec, feats, index.classes))
     save_s = time.perf_counter() - t_save
     forward = sum(forward_s.values())
     result = {
         "status": "ok", "key": key, "backbone": cell.backbone, "strategy": cell.strategy, "seed": cell.seed,
-        "run": str(cell.path), "arch": spec.arch, "weights": spec.weight_source, "image_size": preprocess.size,
-        "val_accuracy": metrics["val"]["accuracy"], "val_macro_f1": metrics["val"]["macro_f1"], "val_loss": val_loss,
+        "run": str(cell.path), "arch": spec.arch, "kind": spec.kind, "weights": spec.weight_source,
+        "image_size": preprocess.size, "val_accuracy": metrics["val"]["accuracy"],
+        "val_macro_f1": metrics["val"]["macro_f1"], "val_loss": val_loss,
         "test": summarize_test(metrics.get("test")), "knn_val_accuracy": knn.val_accuracy,
         "knn_test_accuracy": _knn_accuracy(knn, feats["test"]), "knn_k": knn.k, "probe_C": probe.C,
         "train_seconds": round(train_seconds, 3), "forward_seconds": round(forward, 3),
-        "images_per_s": round(sum(counts.values()) / max(forward, 1e-9), 2),
+        **_throughput(sum(counts.values()), forward, costs["landmark_ms"]),
         "n_train": counts["train"], "n_val": counts["val"], "n_test": counts["test"], **costs,
         "stage1_seconds": {"build": round(build_s, 3), "forward": round(forward, 3), "probe_and_knn": round(fit_s, 3),
                            "save_run": round(save_s, 3), "profile": round(profile_s, 3)},
@@ -229,9 +255,45 @@ def probe_backbone(cell: Cell, spec, preprocess: Preprocess, decoded: DecodedIma
     return result, profile_s
 
 
+def _throughput(images: int, forward_s: float, landmark_ms: float | None) -> dict:
+    """images_per_s: what predicting costs per image at batch 32, BlazePose's landmarks included (pose kinds);
+    forward_images_per_s: the model alone on cached landmarks, what a training epoch pays (the estimates')."""
+    forward_ips = images / max(forward_s, 1e-9)
+    total_s = forward_s + images * (landmark_ms or 0.0) / 1000
+    return {"images_per_s": round(images / max(total_s, 1e-9), 2), "forward_images_per_s": round(forward_ips, 2)}
+
+
+def _inference_net(model, spec, preprocess: Preprocess) -> tuple:
+    """(the image network features come from, or None for `pose`; the forward that latency is timed on).
+
+    Both from an inference-optimised copy of the image network (BN folded, static padding): the same outputs,
+    and the speed `posetune predict` gets. Fusion: the CNN's copy, then the model's own head on its features."""
+    from posetune.inference import optimize_for_inference
+
+    size = (3, preprocess.size, preprocess.size)
+    if spec.kind == "pose":
+        return None, model
+    if spec.kind == "fusion":
+        net, _ = optimize_for_inference(model.cnn, size)
+        return net, lambda images, pose: model.fuse(net(images), pose)
+    net, _ = optimize_for_inference(model, size)
+    return net, net
+
+
+def _fit_probe(model, spec, feats: dict, opts: CompareOptions, device) -> Probe | TrainedHead:
+    """The L-BFGS logistic probe on an image backbone's features; a pose kind's head trained on its rows."""
+    from posetune.features import fit_probe
+
+    if spec.uses_pose:
+        return fit_pose_head(model, feats, opts.batch_size, device)
+    return fit_probe(*feats["train"], *feats["val"])
+
+
 def _extract(net, name: str, preprocess: Preprocess, decoded: DecodedImages, index, device,
-             reporter: Reporter) -> tuple[dict[str, tuple], dict[str, float]]:
-    """(split -> (features, labels), split -> forward seconds) of every image through ``net``."""
+             reporter: Reporter, pose: dict | None = None) -> tuple[dict[str, tuple], dict[str, float]]:
+    """(split -> (features, labels), split -> forward seconds) of every image through ``net``; with ``pose``
+    (path -> landmark row) the rows are [pooled features | landmark features], or the landmark features alone
+    where ``net`` is None (`pose`)."""
     from posetune.data.pipeline import DecodedDataset, make_loader
     from posetune.features import extract_features
 
@@ -241,6 +303,8 @@ def _extract(net, name: str, preprocess: Preprocess, decoded: DecodedImages, ind
     for split in SPLITS:
         samples = index.split(split)
         ds = DecodedDataset(decoded.for_backbone(preprocess, samples), [s.label for s in samples], preprocess)
+        if pose is not None:
+            ds = with_landmarks(ds, [pose[s.path] for s in samples])
         t = time.perf_counter()
         feats[split] = extract_features(net, make_loader(ds, EXTRACT_BATCH, False, device), device, preprocess,
                                         advance)
@@ -300,7 +364,8 @@ def _softmax_logits(decision):
 
 
 def _save_probe_run(cell: Cell, model, spec, preprocess: Preprocess, index, opts: CompareOptions, device,
-                    probe: Probe, metrics: dict, train_seconds: float, val_loss: float | None, counts: dict) -> None:
+                    probe: Probe | TrainedHead, metrics: dict, train_seconds: float, val_loss: float | None,
+                    counts: dict, no_person: dict | None = None) -> None:
     """A normal run folder for the probe cell, so predict / evaluate / export / serve work on it."""
     from posetune import backbones, strategies
     from posetune.options import TrainOptions
@@ -318,8 +383,8 @@ def _save_probe_run(cell: Cell, model, spec, preprocess: Preprocess, index, opts
         best_epoch=1, epochs_run=1, train_seconds=round(train_seconds, 2),
         train_images_per_s=round(counts["train"] / max(train_seconds, 1e-9), 2), data=str(opts.data),
         layout=index.layout, device=str(device), metrics=RunMeta.summarize(metrics),
-        head={"fit": "L-BFGS logistic regression on cached features (posetune compare stage 1)", "C": probe.C,
-              "grid": probe.grid})
+        head={"fit": HEAD_FITS[isinstance(probe, TrainedHead)], "C": probe.C, "grid": probe.grid},
+        kind=spec.kind, pose_dim=pose_dim_of(spec) or 0, no_person=no_person)
     model.to("cpu")
     run.save_model(model, meta)
     config = TrainOptions(data=str(opts.data), backbone=cell.backbone, strategy=cell.strategy, epochs=1,

@@ -3,7 +3,9 @@ of each cell's class-activation mass (posetune.cam, HiResCAM of the predicted cl
 figure, on the same bounded set of images for every cell, so the cells compare like for like.
 
 The images come from the test split (the val split when DATA has no test images), taken class by class in
-turn (sorted paths) up to ``--reliance-images``; only images with a figure mask count. DATA without masks
+turn (sorted paths) up to ``--reliance-images``; only images with a figure mask count. A `pose` or `NAME+pose`
+cell's figure is null with its reason (LANDMARK_REASON): HiResCAM would see only the fusion CNN's share of a
+decision the landmarks take part in (and `pose` reads no pixels at all). DATA without masks
 measures nothing: the leaderboard's column is then empty (null in JSON), never zero. The figure is saved in
 each cell's ``cell.json`` (``background``), so a rerun of the sweep measures only cells that lack it.
 
@@ -68,7 +70,8 @@ def measure_reliance(cells: Sequence[dict], data: str, index, limit: int, device
         reporter.info(f"background reliance of {len(todo)} cell(s) on {len(paths)} {split} images")
     for cell in todo:
         try:
-            figure = _cell_reliance(cell["run"], data, paths, device, batch_size, reporter)
+            figure = {"background_reliance": None, "reason": LANDMARK_REASON} if _uses_landmarks(cell) else \
+                _cell_reliance(cell["run"], data, paths, device, batch_size, reporter)
         except Exception as exc:  # noqa: BLE001 - a cell whose maps fail keeps its scores; the column stays empty
             reporter.stop()
             reporter.warn(f"background reliance of {Path(cell['run']).name} failed: {type(exc).__name__}: {exc}"
@@ -78,6 +81,17 @@ def measure_reliance(cells: Sequence[dict], data: str, index, limit: int, device
         _save_cell(cell)
     areas = [c["background"]["background_area"] for c in cells if c.get("background", {}).get("background_area") is not None]
     return {**setting, "background_area": sum(areas) / len(areas) if areas else None}
+
+
+LANDMARK_REASON = ("not measured: a pose / NAME+pose model also reads landmark features, which a class-activation "
+                   "map of its pixels does not account for")
+
+
+def _uses_landmarks(cell: dict) -> bool:
+    """A cell of a `pose` / `NAME+pose` backbone (its run's model.json kind)."""
+    from posetune.run import RunDir
+
+    return RunDir(cell["run"]).read_json("model.json").get("kind", "image") != "image"
 
 
 def _cell_reliance(run: str, data: str, paths: list[str], device, batch_size: int, reporter: Reporter) -> dict:

@@ -12,6 +12,8 @@ import numpy as np
 from PIL import Image, ImageOps
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
+# The video files `predict` decodes (video/, PyAV); data/synth/session.py writes a subset. Here, below both.
+VIDEO_SUFFIXES = (".mp4", ".m4v", ".mkv", ".mov", ".avi", ".webm")
 # What a file's first bytes say it is, to catch mislabelled extensions.
 _MAGIC = {
     b"\xff\xd8\xff": "jpeg", b"\x89PNG": "png", b"GIF8": "gif", b"BM": "bmp",
@@ -133,3 +135,49 @@ def map_threaded(fn: Callable[[T], R], items: Iterable[T], workers: int | None =
                 yield pending.popleft().result()
         while pending:
             yield pending.popleft().result()
+
+
+def prefetched(items: Iterable[T], ahead: int = 32) -> Iterator[T]:
+    """``items`` produced by a background thread, at most ``ahead`` ahead of the consumer, in order.
+
+    For a source that must run in sequence (a video's frames: each decode needs the one before) while the consumer
+    computes: FFmpeg and torch both release the GIL, so decoding the next frames overlaps the forward pass.
+    An exception in the source is raised in the consumer; closing the consumer stops the thread."""
+    import queue
+    import threading
+
+    done, stop = object(), threading.Event()
+    q: queue.Queue = queue.Queue(maxsize=max(1, ahead))
+
+    def put(x) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(x, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if not put((item, None)):
+                    return
+        except BaseException as exc:  # handed to the consumer, raised there
+            put((None, exc))
+            return
+        put((done, None))
+
+    thread = threading.Thread(target=produce, name="posetune-prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item, exc = q.get()
+            if exc is not None:
+                raise exc
+            if item is done:
+                return
+            yield item
+    finally:
+        stop.set()
+        thread.join()

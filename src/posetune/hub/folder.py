@@ -44,6 +44,11 @@ def export_timm(run: str | Path, out: str | Path | None = None, images: Sequence
     from posetune.run import RunDir
 
     rundir = RunDir(run).require()
+    kind = rundir.meta().kind
+    if kind != "image":  # the landmark MLP and the fused head are no timm model
+        raise UsageError(f"a timm folder (`export --format timm`, `push`) holds a timm image model, but {rundir} is a "
+                         f"{kind} run (it uses landmarks): export it with `posetune export {rundir} --format onnx` "
+                         "(or torchscript)")
     clf = Classifier(rundir, device="cpu", optimize=False)  # the reference is the model exactly as trained
     folder = TimmFolder(out if out is not None else rundir / DEFAULT_SUBDIR)
     t0 = time.perf_counter()

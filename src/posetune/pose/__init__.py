@@ -13,5 +13,11 @@ from posetune.pose.features import FEATURE_DIM, pose_features
 from posetune.pose.landmarks import NUM_LANDMARKS, Landmarks, extract_landmarks, require_mediapipe
 from posetune.pose.mirroring import mirror_landmarks
 
-__all__ = ["FEATURE_DIM", "NUM_LANDMARKS", "Landmarks", "extract_landmarks", "mirror_landmarks", "pose_features",
-           "require_mediapipe"]
+__all__ = ["FEATURE_DIM", "NUM_LANDMARKS", "Landmarks", "extract_landmarks", "mirror_landmarks", "pose_dim_of",
+           "pose_features", "require_mediapipe"]
+
+
+def pose_dim_of(spec) -> int | None:
+    """The landmark feature size the model of a backbone spec takes: FEATURE_DIM for `pose` / `NAME+pose`
+    (``spec.uses_pose``), None for an image backbone (posetune.backbones leaves it to the layers above)."""
+    return FEATURE_DIM if spec.uses_pose else None

@@ -31,8 +31,9 @@ class Landmarks:
     world: np.ndarray  # (33, 4) float32
 
     def as_json(self) -> list[list[float]]:
-        """[[x, y, visibility], ... 33 rows]: the ``pose.landmarks`` field of predict's JSON."""
-        return [[round(float(x), 5), round(float(y), 5), round(float(v), 4)] for x, y, _, v in self.image]
+        """[[x, y, visibility], ... 33 rows], 4 decimals: the ``pose.landmarks`` field of predict's JSON (x, y are
+        mediapipe's, normalised to the image as given; a joint outside the frame may fall just outside 0..1)."""
+        return [[round(float(x), 4), round(float(y), 4), round(float(v), 4)] for x, y, _, v in self.image]
 
 
 def require_mediapipe():

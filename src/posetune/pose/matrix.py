@@ -40,5 +40,5 @@ def feature_matrix(paths: Sequence[str | os.PathLike], cache: LandmarkCache, rep
 def no_person_counts(features: np.ndarray, labels: Sequence[int], classes: Sequence[str]) -> dict[str, int]:
     """{class: images with no person found}, every class listed (0 included): what training prints and records."""
     missing = presence(features) == 0
-    counts = np.bincount(np.asarray(labels)[missing], minlength=len(classes))
+    counts = np.bincount(np.asarray(labels, dtype=np.int64)[missing], minlength=len(classes))  # an empty split too
     return {name: int(n) for name, n in zip(classes, counts)}

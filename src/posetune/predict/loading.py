@@ -33,6 +33,7 @@ class PredictOptions(Options):
     tta: bool = option(False, Bool())
     csv: str | None = option(None, OutputPath(folder=False))  # path,prediction,probability,top1,p1,...
     min_confidence: float | None = option(None, MIN_CONFIDENCE)  # below it the label is 'unsure'
+    overlay: str | None = option(None, OutputPath(folder=True))  # DIR/<stem>.png: skeleton + answer per image
 
     def check_together(self, label) -> None:
         if self.tta and self.engine == "onnx":
@@ -85,10 +86,11 @@ def load(run: str | Path, device: str = "auto", engine: str = "torch", spinning:
 
     ``engine="onnx"`` runs RUN/model.onnx (from `posetune export`) in ONNX Runtime without importing torch;
     ``"auto"`` picks it when it matches the weights (see :func:`choose_engine`). Both engines return an
-    object with ``.classes``, ``.temperature``, ``.normalize(uint8 batch)``, ``.logits(normalised batch)`` (before
-    the temperature), ``.predict(images, top_k, batch_size, min_confidence=None)`` and its two halves:
-    ``.decode(image)`` (per image) and ``.probabilities(decoded images)`` (one forward pass, the temperature
-    applied; the server batches requests through it). ``spinning=False`` (ONNX engine) keeps ONNX Runtime's
+    object with ``.classes``, ``.temperature``, ``.normalize(uint8 batch)``, ``.logits(normalised batch[, landmark
+    features])`` (before the temperature; a pose/fusion run takes the features too), ``.predict(images, top_k,
+    batch_size, min_confidence=None)`` and its two halves: ``.decode(image)`` (per image; a pose/fusion run: the
+    pixels, landmark features and landmarks or None) and ``.probabilities(decoded images)`` (one forward pass, the
+    temperature applied; the server batches requests through it). ``spinning=False`` (ONNX engine) keeps ONNX Runtime's
     threads from spin-waiting between runs.
     """
     engine, _ = choose_engine(run, engine, device)
@@ -103,15 +105,21 @@ def load(run: str | Path, device: str = "auto", engine: str = "torch", spinning:
 
 
 def predict_paths(run: str | Path, paths, on_step=None, **options) -> list:
-    """Predict files or folders with a run folder (as `posetune predict`; with ``csv`` the CSV is written too).
+    """Predict files or folders with a run folder (as `posetune predict`; with ``csv`` the CSV is written too,
+    with ``overlay=DIR`` each image with its skeleton and answer as DIR/<stem>.png, ``Prediction.overlay``).
     Options as :class:`PredictOptions`, except that the engine defaults to torch here (auto is the CLI's)."""
+    from posetune.predict.overlays import overlay_targets, write_overlays
     from posetune.predict.prediction import collect_paths, write_predictions_csv
 
     opts = PredictOptions.build("posetune.predict_paths", run=run, paths=paths, **{"engine": "torch", **options})
+    files = collect_paths(opts.paths)
+    targets = overlay_targets(files, opts.overlay) if opts.overlay else None  # refused before any work
     engine, _ = choose_engine(opts.run, opts.engine, opts.device, opts.tta)
     clf = load(opts.run, device=opts.device, engine=engine)
-    preds = clf.predict(collect_paths(opts.paths), top_k=opts.top_k, batch_size=opts.batch_size, on_step=on_step,
+    preds = clf.predict(files, top_k=opts.top_k, batch_size=opts.batch_size, on_step=on_step,
                         min_confidence=opts.min_confidence, **({"tta": True} if opts.tta else {}))
     if opts.csv:
         write_predictions_csv(preds, opts.csv)
+    if targets is not None:
+        write_overlays(preds, targets)
     return preds

@@ -6,6 +6,10 @@ install ``posetune[onnx]`` (onnxruntime, pillow, numpy) and predict with a file 
 (``posetune.data.pipeline.Preprocess``; both decode through ``PreprocessConfig.pixels``): resize the short side to floor(size / crop_pct) with the
 run's interpolation, center crop to size x size, scale to 0..1, subtract mean, divide by std.
 
+A pose or fusion run's export takes landmark features too (input ``pose``; a pose run's takes nothing else):
+:meth:`OnnxClassifier.decode` computes them with mediapipe (``posetune.pose.inputs.image_pose``, the torch
+engine's own function), so such a deployment installs ``posetune[onnx,pose]``, still without torch.
+
 >>> clf = OnnxClassifier("runs/yoga")                 # doctest: +SKIP  (runs/yoga/model.onnx)
 >>> clf.predict(["photo.jpg"], top_k=3)[0].label      # doctest: +SKIP
 'tree'
@@ -25,11 +29,15 @@ from posetune.data.preprocessing import PreprocessConfig
 from posetune.devices import check_device_name
 from posetune.errors import UsageError
 from posetune.io import file_sha256
+from posetune.pose.features import FEATURE_DIM
+from posetune.pose.landmarks import require_mediapipe
 from posetune.predict.prediction import Prediction, batched_predictions, decoded
 from posetune.run import temperature_problem
 
 ONNX_FILE = "model.onnx"
 METADATA_KEY = "posetune"  # metadata_props key holding the JSON written by `posetune export`
+IMAGE_INPUT, POSE_INPUT = "input", "pose"  # the graph's inputs: normalised images, landmark features
+KIND_INPUTS = {"image": (IMAGE_INPUT,), "pose": (POSE_INPUT,), "fusion": (IMAGE_INPUT, POSE_INPUT)}
 
 
 @dataclass(frozen=True)
@@ -114,10 +122,31 @@ class OnnxClassifier:
         self.temperature = self._temperature()
         self.preprocess = ImageTransform.from_config(self.meta["preprocessing"])
         self.normalize = self.preprocess.normalize  # uint8 NHWC -> normalised float32 NCHW
-        self.input = self.session.get_inputs()[0]
-        batch = self.input.shape[0]
+        self.kind: str = self.meta.get("kind", "image")  # exports from before pose runs: image
+        self.input_names = self._input_names()
+        batch = self.session.get_inputs()[0].shape[0]
         self.fixed_batch: int | None = batch if isinstance(batch, int) else None
         self._check_fresh(run_dir)
+        if self.uses_pose:
+            require_mediapipe()  # the one-line posetune[pose] hint now, not on the first image
+
+    @property
+    def uses_pose(self) -> bool:
+        return self.kind != "image"
+
+    def _input_names(self) -> tuple[str, ...]:
+        """The graph inputs this kind of export feeds, checked against the graph (a damaged or foreign file)."""
+        if self.kind not in KIND_INPUTS:
+            raise UsageError(f"{self.model_file}'s posetune metadata names kind '{self.kind}', which this posetune "
+                             f"does not know ({', '.join(KIND_INPUTS)}); upgrade posetune or re-export the run")
+        if self.kind == "image":  # older exports named their one input freely
+            return (self.session.get_inputs()[0].name,)
+        names, found = KIND_INPUTS[self.kind], {i.name for i in self.session.get_inputs()}
+        if not set(names) <= found or self.meta.get("pose_dim") != FEATURE_DIM:
+            raise UsageError(f"{self.model_file} takes inputs {sorted(found)} of pose_dim {self.meta.get('pose_dim')}, "
+                             f"not this posetune's {list(names)} of {FEATURE_DIM} landmark features; re-export "
+                             "(or retrain) the run with this posetune")
+        return names
 
     def _temperature(self) -> float:
         """The run's temperature as exported (exports from before temperature scaling: 1.0)."""
@@ -136,28 +165,40 @@ class OnnxClassifier:
             raise UsageError(f"{self.model_file} was exported from other weights than {weights}; "
                              f"re-export with `posetune export {run_dir} --format onnx`")
 
-    def logits(self, batch: np.ndarray) -> np.ndarray:
-        """Normalised float32 Nx3xSxS -> N x classes logits (chunks/pads to a fixed batch size if the export has one)."""
+    def logits(self, batch: np.ndarray | None, pose: np.ndarray | None = None) -> np.ndarray:
+        """Normalised float32 Nx3xSxS [and N x pose_dim landmark features for a pose or fusion run; a pose run's
+        graph ignores ``batch``, which may be None] -> N x classes logits (chunks/pads to a fixed batch size if the
+        export has one)."""
+        given = {IMAGE_INPUT: batch, POSE_INPUT: pose}
+        feeds = {name: given[name] for name in self.input_names} if self.uses_pose else {self.input_names[0]: batch}
         if self.fixed_batch is None:
-            return self.session.run(None, {self.input.name: batch})[0]
-        n, b = len(batch), self.fixed_batch
+            return self.session.run(None, feeds)[0]
+        n, b = len(next(iter(feeds.values()))), self.fixed_batch
         out = []
         for i in range(0, n, b):
-            chunk = batch[i:i + b]
-            if len(chunk) < b:
-                chunk = np.concatenate([chunk, np.zeros((b - len(chunk), *chunk.shape[1:]), np.float32)])
-            out.append(self.session.run(None, {self.input.name: chunk})[0])
+            chunk = {name: _padded(x[i:i + b], b) for name, x in feeds.items()}
+            out.append(self.session.run(None, chunk)[0])
         return np.concatenate(out)[:n]
 
-    def decode(self, item) -> np.ndarray:
+    def decode(self, item):
         """One path, PIL image or array -> what :meth:`probabilities` takes: SxSx3 uint8, resized and center-cropped
-        (raises ImageError). The per-image half of :meth:`predict`, run outside the model."""
-        return self.preprocess.crop(self.preprocess.pixels(item))
+        (raises ImageError); for a pose/fusion run (those pixels, float32 landmark features, landmarks or None), as
+        the torch engine's decode. The per-image half of :meth:`predict`, run outside the model."""
+        if not self.uses_pose:
+            return self.preprocess.crop(self.preprocess.pixels(item))
+        from posetune.pose.inputs import image_pose
+
+        features, found = image_pose(item)  # on the full image, as in training
+        return self.preprocess.crop(self.preprocess.pixels(item)), features, found
 
     def probabilities(self, decoded: list) -> np.ndarray:
         """Decoded images (:meth:`decode`) -> one forward pass (chunked to a fixed export batch, see :meth:`logits`):
         a (len, classes) array of ``softmax(logits / temperature)``."""
-        return softmax(self.logits(self.normalize(np.stack(decoded))), self.temperature)
+        if not self.uses_pose:
+            return softmax(self.logits(self.normalize(np.stack(decoded))), self.temperature)
+        pose = np.stack([features for _, features, _ in decoded]).astype(np.float32, copy=False)
+        images = None if self.kind == "pose" else self.normalize(np.stack([pixels for pixels, _, _ in decoded]))
+        return softmax(self.logits(images, pose), self.temperature)
 
     def predict(self, images: Iterable, top_k: int = 3, batch_size: int = 32,
                 on_step: Callable[[int], None] | None = None, min_confidence: float | None = None) -> list[Prediction]:
@@ -165,4 +206,11 @@ class OnnxClassifier:
         Probabilities are ``softmax(logits / temperature)``; below ``min_confidence`` the label is 'unsure'."""
         items = list(images)
         return batched_predictions(decoded(items, self.decode), len(items), self.probabilities, self.classes, top_k,
-                                   batch_size, on_step, min_confidence)
+                                   batch_size, on_step, min_confidence, kind=self.kind)
+
+
+def _padded(chunk: np.ndarray, batch: int) -> np.ndarray:
+    """``chunk`` zero-padded along the batch axis to ``batch`` rows (a fixed-batch export's last chunk)."""
+    if len(chunk) == batch:
+        return chunk
+    return np.concatenate([chunk, np.zeros((batch - len(chunk), *chunk.shape[1:]), chunk.dtype)])

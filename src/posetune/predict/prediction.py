@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -15,7 +15,11 @@ from posetune.checks import Float
 from posetune.data.images import ImageError, is_image_path, map_threaded
 from posetune.errors import UsageError
 
+if TYPE_CHECKING:
+    from posetune.pose.landmarks import Landmarks
+
 UNSURE = "unsure"  # the label of a prediction whose top probability is below ``min_confidence``
+NO_PERSON = "no person detected"  # a `pose` run's answer when BlazePose finds nobody: never a class
 MIN_CONFIDENCE = Float(0.0, 1.0)
 
 
@@ -23,7 +27,10 @@ MIN_CONFIDENCE = Float(0.0, 1.0)
 class Prediction:
     """One image's answer. ``probability`` is the top class's (after the run's temperature); when it is below
     the ``min_confidence`` asked for, ``label`` is ``"unsure"``, ``unsure`` is True and ``top_k`` still ranks
-    the classes. ``probabilities``: every class's, in class order (not in ``as_dict``)."""
+    the classes. A `pose` run that finds nobody answers ``"no person detected"`` (``no_person`` True,
+    probability 0.0, ``top_k`` empty). ``probabilities``: every class's as the model gave them, in class order
+    (not in ``as_dict``; evaluate scores them). ``pose_detected``: None for image-only runs, else whether
+    BlazePose found a person (``landmarks`` then holds them). ``overlay``: the file `--overlay` wrote."""
 
     path: str
     label: str
@@ -32,11 +39,23 @@ class Prediction:
     error: str | None = None
     unsure: bool = False
     probabilities: np.ndarray | None = field(default=None, repr=False, compare=False)
+    no_person: bool = False
+    pose_detected: bool | None = None
+    landmarks: Landmarks | None = field(default=None, repr=False, compare=False)
+    overlay: str | None = None
+
+    def pose_json(self) -> dict | None:
+        """The ``pose`` field: None for image-only runs, else {"detected": bool, "landmarks": 33 x [x, y,
+        visibility] (x, y normalised to the full image, 4 decimals) or []}."""
+        if self.pose_detected is None:
+            return None
+        found = self.landmarks if self.pose_detected else None
+        return {"detected": found is not None, "landmarks": found.as_json() if found is not None else []}
 
     def as_dict(self) -> dict:
         return {"path": self.path, "prediction": self.label, "probability": self.probability,
                 "top_k": [{"label": c, "probability": p} for c, p in self.top_k], "unsure": self.unsure,
-                "error": self.error}
+                "no_person": self.no_person, "pose": self.pose_json(), "overlay": self.overlay, "error": self.error}
 
 
 def write_predictions_csv(predictions: Sequence[Prediction], path: str | Path) -> None:
@@ -97,16 +116,50 @@ def check_min_confidence(min_confidence: float | None, classes: Sequence[str]) -
     return min_confidence
 
 
+def check_no_person_label(kind: str, classes: Sequence[str]) -> None:
+    """A `pose` run answers 'no person detected' when BlazePose finds nobody: refused when a class is named so."""
+    if kind == "pose" and NO_PERSON in classes:
+        raise UsageError(f"this pose run answers '{NO_PERSON}' when BlazePose finds nobody, but it has a class "
+                         f"named '{NO_PERSON}'; rename that class folder and train again")
+
+
+def landmarks_of(decoded_item) -> tuple[bool, Landmarks | None]:
+    """(whether the run uses pose, the landmarks or None): a decoded item that is a (pixels, features, landmarks)
+    triple is a pose or fusion run's, as both engines' ``decode`` give it; anything else is pixels alone."""
+    if isinstance(decoded_item, tuple) and len(decoded_item) == 3:
+        return True, decoded_item[2]
+    return False, None
+
+
+def one_prediction(name: str, p: np.ndarray, decoded_item, classes: list[str], top_k: int,
+                   min_confidence: float | None, kind: str) -> Prediction:
+    """One image's Prediction from its probabilities (the ranking, 'unsure', 'no person detected', the pose)."""
+    uses_pose, found = landmarks_of(decoded_item)
+    pose = {"pose_detected": found is not None, "landmarks": found} if uses_pose else {}
+    probs = np.array(p, dtype=np.float32)
+    if uses_pose and found is None and kind == "pose":  # landmarks alone, and none: no class to answer
+        return Prediction(name, NO_PERSON, 0.0, [], no_person=True, probabilities=probs, **pose)
+    order = np.argsort(-p, kind="stable")[:top_k]
+    ranked = [(classes[j], round(float(p[j]), 6)) for j in order]
+    unsure = min_confidence is not None and ranked[0][1] < min_confidence  # as shown: rounded
+    return Prediction(name, UNSURE if unsure else ranked[0][0], ranked[0][1], ranked, unsure=unsure,
+                      probabilities=probs, **pose)
+
+
 def batched_predictions(decoded: Iterable[tuple[str, object, str | None]], n: int,
                         probabilities: Callable[[list], np.ndarray], classes: list[str], top_k: int = 3,
                         batch_size: int = 32, on_step: Callable[[int], None] | None = None,
-                        min_confidence: float | None = None) -> list[Prediction]:
-    """The batching both engines share: (name, pixels, error) in input order -> one Prediction each.
+                        min_confidence: float | None = None, kind: str = "image") -> list[Prediction]:
+    """The batching both engines share: (name, decoded item, error) in input order -> one Prediction each.
 
-    ``probabilities(list_of_pixels)`` returns a (len, classes) array for one batch (after the temperature);
-    unreadable items keep their error and never stop the rest. Below ``min_confidence`` the label is 'unsure'.
+    ``probabilities(list_of_decoded_items)`` returns a (len, classes) array for one batch (after the
+    temperature); unreadable items keep their error and never stop the rest. Below ``min_confidence`` the label
+    is 'unsure'. A decoded item that is a (pixels, landmark features, landmarks or None) triple gives the
+    Prediction its pose; with ``kind="pose"`` (the run's kind, model.json) nobody found answers 'no person
+    detected'.
     """
     min_confidence = check_min_confidence(min_confidence, classes)
+    check_no_person_label(kind, classes)
     top_k = max(1, min(top_k, len(classes)))
     results: list[Prediction | None] = [None] * n
     pending: list[tuple[int, str, object]] = []
@@ -114,12 +167,8 @@ def batched_predictions(decoded: Iterable[tuple[str, object, str | None]], n: in
     def flush() -> None:
         if not pending:
             return
-        for (i, name, _), p in zip(pending, probabilities([px for _, _, px in pending])):
-            order = np.argsort(-p, kind="stable")[:top_k]
-            ranked = [(classes[j], round(float(p[j]), 6)) for j in order]
-            unsure = min_confidence is not None and ranked[0][1] < min_confidence  # as shown: rounded
-            results[i] = Prediction(name, UNSURE if unsure else ranked[0][0], ranked[0][1], ranked, unsure=unsure,
-                                    probabilities=np.array(p, dtype=np.float32))
+        for (i, name, item), p in zip(pending, probabilities([px for _, _, px in pending])):
+            results[i] = one_prediction(name, p, item, classes, top_k, min_confidence, kind)
         if on_step:
             on_step(len(pending))
         pending.clear()

@@ -64,8 +64,13 @@ class Classifier:
         self.normalize = Normalizer(self.preprocess, self.device)  # uint8 NCHW -> normalised float on the device
 
     @property
+    def kind(self) -> str:
+        """image | pose | fusion (model.json's kind)."""
+        return self.meta.kind
+
+    @property
     def uses_pose(self) -> bool:
-        return self.meta.kind != "image"
+        return self.kind != "image"
 
     def logits(self, batch: torch.Tensor, pose: torch.Tensor | None = None) -> torch.Tensor:
         """Normalised float N x 3 x S x S (see :attr:`normalize`) [and N x pose_dim landmark features for a pose
@@ -108,11 +113,12 @@ class Classifier:
                 min_confidence: float | None = None) -> list[Prediction]:
         """Predict paths, PIL images or uint8 arrays. Unreadable files get a Prediction with ``error`` set.
         Probabilities are ``softmax(logits / temperature)``. ``tta=True`` averages flipped and multi-crop views
-        (10 per image); below ``min_confidence`` the label is 'unsure'."""
+        (10 per image); below ``min_confidence`` the label is 'unsure'. Pose/fusion runs: each Prediction carries
+        its landmarks; a `pose` run that finds nobody answers 'no person detected'."""
         items = list(images)
         return batched_predictions(decoded(items, self.decode), len(items),
                                    functools.partial(self.probabilities, tta=tta), self.classes, top_k, batch_size,
-                                   on_step, min_confidence)
+                                   on_step, min_confidence, kind=self.kind)
 
 
 @torch.inference_mode()

@@ -69,7 +69,9 @@ def run_info(clf, run: str | Path) -> dict:
     if model_json.is_file():
         meta = {**meta, **json.loads(model_json.read_text())}
     metrics = meta.get("metrics") or {}
+    kind = meta.get("kind") or "image"
     return {"backbone": meta.get("backbone"), "arch": meta.get("arch"), "strategy": meta.get("strategy"),
+            "kind": kind, "uses_pose": kind != "image",  # the page draws the skeleton when it does
             "classes": list(clf.classes), "preprocessing": meta.get("preprocessing"),
             "metrics": metrics.get("test"), "metrics_all": metrics, "created": meta.get("created")}
 
@@ -104,7 +106,7 @@ def create_app(run: str | Path, engine: str = "torch", max_bytes: int = DEFAULT_
     ``.preprocess``, ``.decode(image)`` and ``.probabilities(decoded images)``.
     """
     from posetune.predict import load
-    from posetune.predict.prediction import check_min_confidence
+    from posetune.predict.prediction import check_min_confidence, check_no_person_label
     from posetune.version import __version__
 
     if max_bytes <= 0 or max_pixels <= 0 or max_queue <= 0 or top_k <= 0:
@@ -119,7 +121,9 @@ def create_app(run: str | Path, engine: str = "torch", max_bytes: int = DEFAULT_
     # ONNX Runtime's threads would spin between runs on the cores that decode the next uploads.
     clf = classifier or load(run, device=device, engine=engine, spinning=False)
     min_confidence = check_min_confidence(min_confidence, clf.classes)  # at start, not as a 500 per request
-    info = {**run_info(clf, run), "engine": clf.engine, "top_k": min(top_k, len(clf.classes)),  # engine: 'auto' resolved
+    info = run_info(clf, run)
+    check_no_person_label(info["kind"], clf.classes)
+    info = {**info, "engine": clf.engine, "top_k": min(top_k, len(clf.classes)),  # engine: 'auto' resolved
             "max_bytes": max_bytes, "max_pixels": max_pixels, "max_queue": max_queue, "read_timeout": read_timeout,
             "max_batch": max_batch, "batch_wait_ms": batch_wait_ms, "model_batch": model_batch(clf),
             "posetune_version": __version__}

@@ -74,7 +74,7 @@ class Service:
         """One forward pass over the decoded images of several requests (on the batching worker's thread)."""
         rows = [("<upload>", pixels, None) for pixels in decoded]
         return batched_predictions(rows, len(rows), self.clf.probabilities, self.clf.classes, self.info["top_k"],
-                                   batch_size=len(rows), min_confidence=self.min_confidence)
+                                   batch_size=len(rows), min_confidence=self.min_confidence, kind=self.info["kind"])
 
     def answer(self, batched: Batched[Prediction], size: tuple[int, int], decode_s: float) -> dict:
         """The JSON answer of /predict."""
@@ -82,6 +82,7 @@ class Service:
         if pred.error:
             raise HTTPException(422, f"cannot use this image: {pred.error}")
         return {"prediction": pred.label, "probability": pred.probability, "unsure": pred.unsure,
+                "no_person": pred.no_person, "pose": pred.pose_json(),
                 "top_k": [{"label": c, "probability": p} for c, p in pred.top_k],
                 "latency_ms": round(batched.run_s * 1000, 2), "decode_ms": round(decode_s * 1000, 2),
                 "queue_ms": round(batched.queued_s * 1000, 2), "batch_size": batched.batch_size,

@@ -186,11 +186,9 @@ def build_model(opts: TrainOptions, spec: BackboneSpec, n_classes: int, reporter
                 strategy_name: str | None = None):
     """The backbone with a new head, its stages, and the strategy's plan applied (frozen stages frozen)."""
     from posetune import backbones, strategies
+    from posetune.pose import pose_dim_of
 
-    pose_dim = None
-    if spec.uses_pose:
-        from posetune.pose import FEATURE_DIM as pose_dim
-    model, info = backbones.create_backbone(spec, num_classes=n_classes, pose_dim=pose_dim)
+    model, info = backbones.create_backbone(spec, num_classes=n_classes, pose_dim=pose_dim_of(spec))
     for note in info["notes"]:
         reporter.info(f"note: {note}")
     stages = backbones.model_stages(model)

@@ -7,10 +7,8 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from posetune.data.images import ImageError
+from posetune.data.images import VIDEO_SUFFIXES, ImageError
 from posetune.errors import UsageError
-
-VIDEO_SUFFIXES = (".mp4", ".m4v", ".mkv", ".mov", ".avi", ".webm")
 
 
 class VideoError(ImageError):

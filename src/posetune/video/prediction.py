@@ -1,5 +1,6 @@
 """``posetune predict RUN session.mp4``: sampled frames -> batched predictions (either engine) -> smoothed
-labels -> segments, per-frame rows and a timeline PNG. A video that cannot be read is reported, not fatal.
+labels -> segments, per-frame rows and a timeline PNG. A video that cannot be read is reported, not fatal. A
+`pose` run labels the frames where BlazePose finds nobody 'no person detected' (segments may hold it too).
 
 >>> results = predict_video("runs/yoga", ["session.mp4"], fps=5)   # doctest: +SKIP
 >>> [(s.pose, s.start, s.end) for s in results[0].segments]        # doctest: +SKIP
@@ -15,9 +16,11 @@ from typing import Callable
 import numpy as np
 
 from posetune.checks import Choice, Float, OutputPath, option
+from posetune.data.images import prefetched
 from posetune.predict.loading import PredictOptions, choose_engine, load
+from posetune.predict.prediction import NO_PERSON, check_no_person_label, landmarks_of
 from posetune.video.decoding import VideoError, sample_frames
-from posetune.video.segments import SMOOTHING, Segment, segments_of, smooth
+from posetune.video.segments import SETTLED, SMOOTHING, Segment, segments_of, smooth
 
 
 @dataclass
@@ -56,12 +59,16 @@ class VideoResult:
 
 
 def frame_probabilities(clf, path: str, fps: float, batch_size: int,
-                        on_frames: Callable[[int], None] | None = None) -> tuple[list[float], np.ndarray]:
-    """(times, a frames x classes array) for ``path`` sampled at ``fps``, one forward pass per ``batch_size``."""
-    times, probs, pending = [], [], []
-    for t, rgb in sample_frames(path, fps):
+                        on_frames: Callable[[int], None] | None = None) -> tuple[list[float], np.ndarray, list[bool]]:
+    """(times, a frames x classes array, whether each frame shows a person) for ``path`` sampled at ``fps``, one
+    forward pass per ``batch_size``. Image-only runs look for nobody: every frame counts as showing one."""
+    times, probs, pending, found = [], [], [], []
+    frames = ((t, clf.decode(rgb)) for t, rgb in sample_frames(path, fps))
+    for t, item in prefetched(frames, ahead=2 * batch_size):  # the next frames decode while the model runs
         times.append(t)
-        pending.append(clf.decode(rgb))
+        uses_pose, landmarks = landmarks_of(item)
+        found.append(landmarks is not None or not uses_pose)
+        pending.append(item)
         if len(pending) >= batch_size:
             probs.append(clf.probabilities(pending))
             pending.clear()
@@ -71,22 +78,44 @@ def frame_probabilities(clf, path: str, fps: float, batch_size: int,
         probs.append(clf.probabilities(pending))
         if on_frames:
             on_frames(len(pending))
-    return times, np.concatenate(probs)
+    return times, np.concatenate(probs), found
+
+
+def with_no_person(probs: np.ndarray, found: list[bool], classes: list[str]) -> tuple[np.ndarray, list[str]]:
+    """A `pose` run's frames where nobody was found become a 'no person detected' column of their own (1 there,
+    0 elsewhere), so smoothing and segments treat it like a label and never show a class for them."""
+    if all(found):
+        return probs, classes
+    extended = np.zeros((len(probs), len(classes) + 1), np.float32)
+    present = np.asarray(found, bool)
+    extended[present, :-1] = probs[present]
+    extended[~present, -1] = 1.0
+    return extended, [*classes, NO_PERSON]
+
+
+def _shown(probability, label: str) -> float:
+    """A frame's probability as reported: 'no person detected' is no class, so it shows 0."""
+    return 0.0 if label == NO_PERSON else float(probability)
 
 
 def predict_one_video(clf, path: str, opts: VideoOptions, on_frames=None) -> VideoResult:
     """Predict, smooth and segment one video; an unreadable or truncated one comes back with ``error`` set."""
     try:
-        times, probs = frame_probabilities(clf, path, opts.fps, opts.batch_size, on_frames)
+        times, probs, found = frame_probabilities(clf, path, opts.fps, opts.batch_size, on_frames)
     except VideoError as exc:
         return VideoResult(path, error=str(exc))
     classes = list(clf.classes)
+    if clf.kind == "pose":  # fusion runs answer a class from the image alone
+        check_no_person_label("pose", classes)
+        probs, classes = with_no_person(probs, found, classes)
     raw = probs.argmax(1)
-    idx, smoothed = smooth(probs, times, opts.smooth, opts.ema_alpha, opts.min_hold)
+    # a recorded video: centred smoothing (no lag) and segments trimmed to the held frames (video/segments.py)
+    idx, smoothed = smooth(probs, times, opts.smooth, opts.ema_alpha, opts.min_hold, centred=True)
     labels = [classes[i] for i in idx]
-    top = [float(smoothed[k, i]) for k, i in enumerate(idx)]
-    result = VideoResult(path, times, [classes[i] for i in raw], [float(probs[k, i]) for k, i in enumerate(raw)],
-                         labels, top, segments_of(times, labels, top, 1.0 / opts.fps))
+    top = [_shown(smoothed[k, i], labels[k]) for k, i in enumerate(idx)]
+    result = VideoResult(path, times, [classes[i] for i in raw],
+                         [_shown(probs[k, i], classes[i]) for k, i in enumerate(raw)],
+                         labels, top, segments_of(times, labels, top, 1.0 / opts.fps, SETTLED))
     if opts.timeline:
         from posetune.video.timeline import plot_timeline
 

@@ -13,6 +13,10 @@ from typing import Sequence
 import numpy as np
 
 SMOOTHING = ("ema+hold", "ema", "hold", "none")
+# A segment is the time a pose is *held*: its leading and trailing frames count only once the smoothed probability
+# has reached this share of the segment's median. Walking from one pose to the next is then a gap between
+# segments, not the end of one and the start of the next (a transition frame often looks like either pose).
+SETTLED = 0.9
 
 
 @dataclass(frozen=True)
@@ -32,12 +36,16 @@ class Segment:
         return {**asdict(self), "duration": self.duration}
 
 
-def ema(probabilities: np.ndarray, alpha: float) -> np.ndarray:
-    """Exponential moving average over frames (rows): ``s[t] = alpha * p[t] + (1 - alpha) * s[t-1]``."""
+def ema(probabilities: np.ndarray, alpha: float, centred: bool = False) -> np.ndarray:
+    """Exponential moving average over frames (rows): ``s[t] = alpha * p[t] + (1 - alpha) * s[t-1]``.
+
+    ``centred``: run it forward, then backward over the result (zero phase, as scipy's filtfilt): a recorded video
+    is smoothed without the causal average's lag, so a change of pose is dated when it happens, not frames later.
+    The live page cannot look ahead and keeps the causal form."""
     out = np.array(probabilities, dtype=np.float64, copy=True)
     for t in range(1, len(out)):
         out[t] = alpha * out[t] + (1 - alpha) * out[t - 1]
-    return out
+    return ema(out[::-1], alpha)[::-1].copy() if centred else out
 
 
 def hold(labels: Sequence[int], times: Sequence[float], min_hold: float) -> list[int]:
@@ -68,9 +76,10 @@ def _step(times: Sequence[float]) -> float:
 
 
 def smooth(probabilities: np.ndarray, times: Sequence[float], method: str = "ema+hold", alpha: float = 0.5,
-           min_hold: float = 1.0) -> tuple[list[int], np.ndarray]:
-    """(label index per frame, smoothed probabilities) under ``method`` (one of :data:`SMOOTHING`)."""
-    probs = ema(probabilities, alpha) if "ema" in method else np.asarray(probabilities, dtype=np.float64)
+           min_hold: float = 1.0, centred: bool = False) -> tuple[list[int], np.ndarray]:
+    """(label index per frame, smoothed probabilities) under ``method`` (one of :data:`SMOOTHING`); ``centred``
+    as in :func:`ema`."""
+    probs = ema(probabilities, alpha, centred) if "ema" in method else np.asarray(probabilities, dtype=np.float64)
     labels = [int(i) for i in probs.argmax(1)] if len(probs) else []
     if "hold" in method:
         labels = hold(labels, times, min_hold)
@@ -78,17 +87,28 @@ def smooth(probabilities: np.ndarray, times: Sequence[float], method: str = "ema
 
 
 def segments_of(times: Sequence[float], labels: Sequence[str], probabilities: Sequence[float],
-                frame_seconds: float) -> list[Segment]:
-    """Runs of one label -> segments; each frame stands for ``frame_seconds`` from its time."""
+                frame_seconds: float, settled: float = 0.0) -> list[Segment]:
+    """Runs of one label -> segments; each frame stands for ``frame_seconds`` from its time. With ``settled``
+    (e.g. :data:`SETTLED`) each run is trimmed to where the pose is held: its edge frames below ``settled`` x the
+    run's median probability are left out (a run never trims to nothing)."""
     out: list[Segment] = []
     start = 0
     for i in range(1, len(labels) + 1):
         if i == len(labels) or labels[i] != labels[start]:
-            end = times[i] if i < len(labels) else times[-1] + frame_seconds
-            out.append(Segment(labels[start], round(times[start], 3), round(end, 3),
-                               round(float(np.mean(probabilities[start:i])), 4)))
+            first, last = _held(probabilities[start:i], settled)
+            first, last = start + first, start + last
+            end = times[last + 1] if last + 1 < len(labels) else times[-1] + frame_seconds
+            out.append(Segment(labels[start], round(times[first], 3), round(end, 3),
+                               round(float(np.mean(probabilities[first:last + 1])), 4)))
             start = i
     return out
+
+
+def _held(probabilities: Sequence[float], settled: float) -> tuple[int, int]:
+    """(first, last) index of a run's held part: the edges below ``settled`` x its median trimmed."""
+    p = np.asarray(probabilities, dtype=np.float64)
+    above = np.flatnonzero(p >= settled * float(np.median(p))) if settled > 0 else np.arange(len(p))
+    return (int(above[0]), int(above[-1])) if len(above) else (0, len(p) - 1)
 
 
 def label_at(segments: Sequence[Segment], t: float) -> str | None:

@@ -13,19 +13,30 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 
 import numpy as np
 
 from posetune.checks import SEED, Float, Int, Names, Options, OutputPath, option
+from posetune.data.images import VIDEO_SUFFIXES
 from posetune.data.synth.poses import KAGGLE_POSES, PoseTemplate, check_pose
 from posetune.data.synth.render import MIN_SIZE, render_pose
-from posetune.errors import UsageError
+from posetune.errors import InvalidOption
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+
+H264_SUFFIXES = (".mp4", ".m4v", ".mkv", ".mov")
+# What a session is written as: every suffix predict reads but WebM (VP8/VP9/AV1 only; neither codec used here
+# fits it); H.264 where the container takes it, MPEG-4 Part 2 in .avi.
+SESSION_SUFFIXES = tuple(s for s in VIDEO_SUFFIXES if s != ".webm")
 
 
 @dataclass
 class SessionOptions(Options):
-    """Every option of `posetune data synth --video` (same names as the flags), checked before rendering."""
+    """Every option of `posetune data synth --video` (same names as the flags), checked before rendering: the
+    CLI validates them at the door and render_session validates through them, so the messages are the same."""
 
     video: str = option("", OutputPath(folder=False), flag="--video")
     poses: list[str] | None = option(None, Names("tree,plank,downdog", unique=True))
@@ -35,7 +46,20 @@ class SessionOptions(Options):
     size: int = option(224, Int(MIN_SIZE, 1024))
     seed: int = option(0, Int(*SEED))
 
-VIDEO_SUFFIXES = (".mp4", ".mkv", ".mov", ".avi", ".webm")
+    def check_together(self, label: Callable[[str], str]) -> None:
+        if self.size % 2:  # H.264 and MPEG-4 store 4:2:0 chroma: both sides must be even
+            raise InvalidOption(f"{label('size')} must be even (4:2:0 video), not {self.size}; try {self.size + 1}")
+        for pose in self.poses or ():
+            try:
+                check_pose(pose)
+            except ValueError as exc:
+                raise InvalidOption(f"{label('poses')}: {exc}") from None
+        out = Path(self.video)
+        if out.suffix.lower() not in SESSION_SUFFIXES:
+            raise InvalidOption(f"{label('video')} {out}: give a video file name ending in {', '.join(SESSION_SUFFIXES)}")
+        for path in (out, out.with_suffix(".csv")):
+            if path.exists():
+                raise InvalidOption(f"{path} exists; choose another {label('video')} name (nothing is overwritten)")
 
 
 @dataclass(frozen=True)
@@ -85,42 +109,36 @@ def pose_at(plan: Sequence[Hold], t: float) -> PoseTemplate:
     return check_pose(plan[-1].pose)
 
 
+def session_frames(plan: Sequence[Hold], frames: int, fps: int, size: int, seed: int) -> Iterator[Image.Image]:
+    """The session's first ``frames`` frames, ``fps`` a second (one scene throughout: only the pose moves)."""
+    for i in range(frames):
+        yield render_pose(pose_at(plan, i / fps), np.random.default_rng(seed), size=size)
+
+
 def render_session(out: str | Path, poses: Sequence[str] | None = None, hold: float = 4.0,
                    transition: float = 1.5, fps: int = 10, size: int = 224, seed: int = 0,
                    progress: Callable[[int, int], None] | None = None) -> dict:
-    """Encode the session to ``out`` (H.264 in .mp4/.mkv/.mov, MPEG-4 otherwise) and its holds to OUT.csv
+    """Encode the session to ``out`` (H.264 in .mp4/.m4v/.mkv/.mov, MPEG-4 in .avi) and its holds to OUT.csv
     (``pose,start,end``). Refuses to replace an existing file. Returns what was written."""
     import av
 
     from posetune.io import write_csv
 
-    out = Path(out)
-    poses = list(poses or KAGGLE_POSES)
-    for p in poses:
-        try:
-            check_pose(p)
-        except ValueError as exc:
-            raise UsageError(f"--poses: {exc}") from None
-    if out.suffix.lower() not in VIDEO_SUFFIXES:
-        raise UsageError(f"--video {out}: give a video file name ending in {', '.join(VIDEO_SUFFIXES)}")
-    truth = out.with_suffix(".csv")
-    for path in (out, truth):
-        if path.exists():
-            raise UsageError(f"{path} exists; choose another --video name (nothing is overwritten)")
-    if size < MIN_SIZE or size % 2 or not 1 <= fps <= 60 or hold <= 0 or transition < 0:
-        raise UsageError(f"need an even --size >= {MIN_SIZE}, --fps in 1..60, --hold > 0, --transition >= 0")
+    opts = SessionOptions(video=str(out), poses=poses, hold=hold, transition=transition, fps=fps, size=size,
+                          seed=seed).validate()
+    out, truth = Path(opts.video), Path(opts.video).with_suffix(".csv")
+    poses, hold, transition, fps, size = opts.poses or list(KAGGLE_POSES), opts.hold, opts.transition, opts.fps, opts.size
     plan = session_plan(poses, hold, transition)
     frames = frame_count(len(plan), hold, transition, fps)
     out.parent.mkdir(parents=True, exist_ok=True)
-    codec = "libx264" if out.suffix.lower() in (".mp4", ".mkv", ".mov") else "mpeg4"
+    codec = "libx264" if out.suffix.lower() in H264_SUFFIXES else "mpeg4"
     with av.open(str(out), "w") as container:
         stream = container.add_stream(codec, rate=fps)
         stream.width = stream.height = size
         stream.pix_fmt = "yuv420p"
         if codec == "libx264":
             stream.options = {"crf": "18", "preset": "fast"}
-        for i in range(frames):
-            image = render_pose(pose_at(plan, i / fps), np.random.default_rng(seed), size=size)
+        for i, image in enumerate(session_frames(plan, frames, fps, size, seed)):
             for packet in stream.encode(av.VideoFrame.from_image(image)):
                 container.mux(packet)
             if progress:

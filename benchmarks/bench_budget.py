@@ -1,0 +1,95 @@
+"""Issue 16's `train --time-budget` figures: accuracy reached and wall time used against the budget.
+
+Data: synthetic yoga at the demo's settings (`posetune demo`: 100 train + 30 test images per pose, 160 px) and
+Fashion-MNIST-1k (bench_fmnist.py's: 100 train images per class, the official 10,000 test images). For each set
+and each ``--budgets`` entry, `posetune.train(DATA, time_budget=B)` from nothing (its probes included): the wall
+time of the call against B, the recipe it chose (model.json's ``budget``) and the test accuracy it reports.
+With ``--plain-loop`` (Fashion-MNIST only), the torchvision-tutorial loop's `full` strategy runs first in the
+same benchmark run (bench_fmnist.py's peer: 10 epochs, 112 px, batch 64), and posetune gets that loop's own
+measured training time as its budget: the issue's "same time, which is more accurate".
+
+Run: PYTHONPATH=src python benchmarks/bench_budget.py [--sets yoga,fmnist] [--budgets 2m,5m,10m] [--plain-loop]
+Writes benchmarks/results/budget.json. Wall times depend on the machine's load (load_average is kept per row).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+import bench_fmnist  # noqa: E402  (the Fashion-MNIST-1k folders and the plain-loop peer)
+from common import save_and_print  # noqa: E402
+
+DEMO_DATA = {"per_class": 100, "test_per_class": 30, "size": 160, "seed": 0}
+
+
+def seconds_of(budget: str) -> float:
+    from posetune.checks import Duration
+
+    return float(Duration()(budget, "--budgets"))
+
+
+def budget_row(data: Path, name: str, budget: str, work: Path) -> dict:
+    import posetune
+
+    out = work / f"{name}-{budget}"
+    t0 = time.perf_counter()
+    result = posetune.train(str(data), time_budget=budget, out=str(out), seed=0)
+    wall = time.perf_counter() - t0
+    meta = json.loads((out / "model.json").read_text())
+    chosen = meta.get("budget") or {}
+    row = {"set": name, "budget": budget, "budget_seconds": seconds_of(budget), "wall_seconds": round(wall, 1),
+           "wall_over_budget": round(wall / seconds_of(budget), 3),
+           "test_accuracy": (result.metrics.get("test") or {}).get("accuracy"),
+           "backbone": meta.get("backbone"), "strategy": meta.get("strategy"),
+           "image_size": meta["preprocessing"]["input_size"][-1], "epochs_run": len(result.history),
+           "budget_record": chosen, "load_average_1min": round(os.getloadavg()[0], 2)}
+    print(json.dumps(row), flush=True)
+    return row
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sets", default="yoga,fmnist")
+    ap.add_argument("--budgets", default="2m,5m,10m")
+    ap.add_argument("--plain-loop", action="store_true")
+    ap.add_argument("--work", default=str(Path(os.environ.get("TMPDIR", "/tmp")) / "posetune-budget"))
+    ap.add_argument("--out", default=str(HERE / "results" / "budget.json"))
+    args = ap.parse_args(argv)
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    rows, peer = [], None
+    sets = args.sets.split(",")
+    with tempfile.TemporaryDirectory(dir=work) as tmp:
+        tmp = Path(tmp)
+        data = {}
+        if "yoga" in sets:
+            from posetune.data.synth import render_dataset
+
+            render_dataset(tmp / "yoga", **DEMO_DATA)
+            data["yoga"] = tmp / "yoga"
+        if "fmnist" in sets:
+            data["fmnist"] = bench_fmnist.write_folders(bench_fmnist.ensure_dataset(), work / "fmnist1k")
+        budgets = args.budgets.split(",")
+        if args.plain_loop and "fmnist" in data:
+            peer = bench_fmnist.run_peer("plain-loop", data["fmnist"], "full", 0, tmp)
+            print(json.dumps(peer), flush=True)
+            rows.append(dict(budget_row(data["fmnist"], "fmnist", f"{round(peer['train_seconds'])}s", tmp),
+                             vs="the plain loop's full-strategy training time, measured above"))
+        for name, root in data.items():
+            for budget in budgets:
+                rows.append(budget_row(root, name, budget, tmp))
+    result = {"rows": rows, "plain_loop_full": peer, "cpus": os.cpu_count()}
+    return save_and_print(args.out, result)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
