@@ -48,7 +48,7 @@ def train_efficiency_case(ctx: dict, backbone: str, strategy: str, size: int) ->
     bare = [worker("bare-train", **spec)]
     runs, ratios = [], []
     for _ in range(ctx["train_rounds"]):
-        runs.append(posetune_train(ctx["data"], out, backbone=backbone, strategy=strategy, image_size=size,
+        runs.append(posetune_train(ctx.get("efficiency_data", ctx["data"]), out, backbone=backbone, strategy=strategy, image_size=size,
                                    epochs=ctx["train_epochs"], batch_size=32, patience=0))
         bare.append(worker("bare-train", **spec))
         limit = max(bare[-2]["images_per_s"], bare[-1]["images_per_s"])  # the compute limit around this run

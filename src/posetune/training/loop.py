@@ -257,17 +257,17 @@ class Trainer:
         return loss, logits
 
     def batches(self, loader, seed: int, start: int, batch_color=None):
-        """(step, inputs, labels) from step ``start`` on, as a context manager. On CPU a SeededBatches
-        loader's batches are made and normalised in a BatchProducer thread while the model trains on the
-        one before (POSETUNE_PREFETCH=0: here, in turn; the same batches either way); on CUDA the loader's
-        workers crop and the device normalises."""
+        """(step, inputs, labels) from step ``start`` on, as a context manager: made here, in turn with the
+        steps; on CUDA the loader's workers crop and the device normalises. POSETUNE_PREFETCH=1 makes a CPU
+        run's batches in a BatchProducer thread while the model trains on the one before (the same batches
+        either way). Off by default: on 2 cores the thread's gain did not show above the noise (issue 16)."""
         def prepare(item):
             step, (x, y) = item
             return step, self.batch_inputs(x, step, seed, batch_color), y
 
         items = epoch_batches(loader, seed, start)
         if self.device.type == "cpu" and isinstance(loader.batch_sampler, SeededBatches) \
-                and os.environ.get("POSETUNE_PREFETCH", "1") != "0":
+                and os.environ.get("POSETUNE_PREFETCH", "0") == "1":
             return BatchProducer(items, prepare)
         return contextlib.nullcontext(map(prepare, items))
 
