@@ -48,7 +48,7 @@ def train_efficiency_case(ctx: dict, backbone: str, strategy: str, size: int) ->
     bare = [worker("bare-train", **spec)]
     runs, ratios = [], []
     for _ in range(ctx["train_rounds"]):
-        runs.append(posetune_train(ctx["data"], out, backbone=backbone, strategy=strategy, image_size=size,
+        runs.append(posetune_train(ctx.get("efficiency_data", ctx["data"]), out, backbone=backbone, strategy=strategy, image_size=size,
                                    epochs=ctx["train_epochs"], batch_size=32, patience=0))
         bare.append(worker("bare-train", **spec))
         limit = max(bare[-2]["images_per_s"], bare[-1]["images_per_s"])  # the compute limit around this run
@@ -163,7 +163,7 @@ def bench_linear_cache(ctx: dict) -> dict:
     opts = TrainOptions(data=str(ctx["data"]), out=str(ctx["work"] / "linear-per-epoch"), **common)
     p = prepare(opts, Reporter())
     t0 = time.perf_counter()
-    train_loader = p.loader(p.train_ds, shuffle=True)
+    train_loader = p.train_loader()  # the loader posetune train uses
     trainer = Trainer(p.model, p.stages, p.plan, p.preprocess, p.settings, p.device, len(train_loader))
     result = fit(trainer, train_loader, p.loader(p.val_ds))
     per_epoch_seconds = time.perf_counter() - t0

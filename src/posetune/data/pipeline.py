@@ -7,6 +7,7 @@ epoch augments from those uint8 pixels.
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from typing import Callable, Sequence
@@ -41,26 +42,48 @@ class TrainAugment:
     """Light augmentation for when the base trains: random resized crop and flip per image here; the colour
     jitter (``batch_color``) runs on whole batches in the training step, where it is a few vectorised ops.
 
-    The crop and flip call torchvision's kernels directly, drawing from the global generator exactly as
+    The crop and flip call torchvision's kernels directly, drawing exactly as
     ``v2.Compose([RandomResizedCrop, RandomHorizontalFlip])`` does (same pixels for the same seed): the
-    Compose's input flattening and checks cost as much as the resize itself on a small image."""
+    Compose's input flattening and checks cost as much as the resize itself on a small image. The draws come
+    from ``generator`` when one is given (the training stream: a generator per batch, see SeededBatches), else
+    from the global generator, as the Compose's do."""
 
     def __init__(self, size: int, scale: tuple[float, float] = (0.5, 1.0)):
         self.crop = v2.RandomResizedCrop(size, scale=scale, antialias=True)
         self.flip_p = 0.5
         self.batch_color = BatchColorJitter(brightness=0.2, contrast=0.2, saturation=0.2)
 
-    def __call__(self, img: torch.Tensor) -> torch.Tensor:
-        return self.crop_and_flip(img)[0]
+    def __call__(self, img: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        return self.crop_and_flip(img, generator)[0]
 
-    def crop_and_flip(self, img: torch.Tensor) -> tuple[torch.Tensor, bool]:
+    def crop_and_flip(self, img: torch.Tensor, generator: torch.Generator | None = None) -> tuple[torch.Tensor, bool]:
         """The augmented image and whether it was flipped (the pose backbones flip the landmarks with it)."""
-        box = self.crop.make_params([img])  # top, left, height, width
-        img = F.resized_crop(img, **box, size=list(self.crop.size), interpolation=self.crop.interpolation,
+        box = self.crop_box(img.shape[-2], img.shape[-1], generator)
+        img = F.resized_crop(img, *box, size=list(self.crop.size), interpolation=self.crop.interpolation,
                              antialias=True)
         # RandomHorizontalFlip's draw: torch.rand(1) >= p keeps the image as it is.
-        flipped = bool(torch.rand(1) < self.flip_p)
+        flipped = bool(torch.rand(1, generator=generator) < self.flip_p)
         return (F.hflip(img) if flipped else img), flipped
+
+    def crop_box(self, height: int, width: int, generator: torch.Generator | None) -> tuple[int, int, int, int]:
+        """(top, left, height, width): RandomResizedCrop.make_params's draws, from ``generator``."""
+        area, (lo, hi), log_ratio = height * width, self.crop.scale, self.crop._log_ratio
+        for _ in range(10):
+            target_area = area * torch.empty(1).uniform_(lo, hi, generator=generator).item()
+            aspect = torch.exp(torch.empty(1).uniform_(log_ratio[0], log_ratio[1], generator=generator)).item()
+            w, h = int(round(math.sqrt(target_area * aspect))), int(round(math.sqrt(target_area / aspect)))
+            if 0 < w <= width and 0 < h <= height:
+                top = torch.randint(0, height - h + 1, size=(1,), generator=generator).item()
+                left = torch.randint(0, width - w + 1, size=(1,), generator=generator).item()
+                return top, left, h, w
+        in_ratio, ratio = width / height, self.crop.ratio  # ten misses: the centre crop, as torchvision falls back
+        if in_ratio < min(ratio):
+            w, h = width, int(round(width / min(ratio)))
+        elif in_ratio > max(ratio):
+            w, h = int(round(height * max(ratio))), height
+        else:
+            w, h = width, height
+        return (height - h) // 2, (width - w) // 2, h, w
 
 
 class BatchColorJitter:
@@ -131,7 +154,27 @@ def decode_all(paths: Sequence[str], preprocess: Preprocess, progress: Callable[
     return images, failed
 
 
-class DecodedDataset(torch.utils.data.Dataset):
+def crop_seed(epoch_seed: int, step: int) -> int:
+    """The seed of batch ``step``'s crops and flips: from (seed, epoch, step) alone, apart from the colour
+    jitter's seed (``epoch_seed * 1_000_003 + step``) so that the two streams never share draws."""
+    return (epoch_seed * 1_000_003 + step + (1 << 62)) % (1 << 63)
+
+
+class SeededItems:
+    """``__getitems__`` for the DataLoader's batched fetch: a batch of (index, seed) pairs (SeededBatches)
+    is augmented from one generator made from that seed; plain indices (eval loaders, shards) as today."""
+
+    def __getitems__(self, items: list) -> list:
+        if not items or not isinstance(items[0], tuple):
+            return [self[i] for i in items]
+        generator = torch.Generator().manual_seed(items[0][1])
+        return [self.item(i, generator) for i, _ in items]
+
+    def __getitem__(self, i: int):
+        return self.item(i, None)
+
+
+class DecodedDataset(SeededItems, torch.utils.data.Dataset):
     """(uint8 image, label) pairs held in memory; crops/augments on access, normalises per batch."""
 
     def __init__(self, images: list[torch.Tensor], labels: list[int], preprocess: Preprocess,
@@ -141,24 +184,72 @@ class DecodedDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.images)
 
-    def __getitem__(self, i: int):
+    def item(self, i: int, generator: torch.Generator | None):
         img = self.images[i]
-        img = self.augment(img) if self.augment is not None else self.preprocess.eval_crop(img)
+        img = self.augment(img, generator) if self.augment is not None else self.preprocess.eval_crop(img)
         return img, self.labels[i]
+
+
+class SeededBatches(torch.utils.data.Sampler):
+    """An epoch's batches as lists of (index, batch seed): each batch's augmentation is drawn from its own
+    generator, seeded from (seed, epoch, step), so the batch is the same whoever makes it (the main thread,
+    the training's batch producer thread, a DataLoader worker) and a resumed run makes batch k without
+    replaying the k before it. ``begin`` sets the epoch's seed and the first step to make."""
+
+    def __init__(self, sampler, batch_size: int):
+        self.sampler = sampler  # where seed_epoch finds it (set_epoch, its generator)
+        self.batches = torch.utils.data.BatchSampler(sampler, batch_size, drop_last=False)
+        self.epoch_seed, self.start = 0, 0
+
+    def begin(self, epoch_seed: int, start: int = 0) -> None:
+        self.epoch_seed, self.start = epoch_seed, start
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __iter__(self):
+        for step, indices in enumerate(self.batches):  # the whole order is drawn even when resuming mid-epoch
+            if step >= self.start:
+                seed = crop_seed(self.epoch_seed, step)
+                yield [(i, seed) for i in indices]
+
+
+def loader_workers(device: torch.device) -> int:
+    """On CPU the loader runs in the main process: the model already uses every core, and worker
+    processes would only compete with it."""
+    return min(4, os.cpu_count() or 1) if device.type == "cuda" else 0
 
 
 def make_loader(dataset: DecodedDataset, batch_size: int, shuffle: bool, device: torch.device,
                 seed: int = 0, sampler=None) -> torch.utils.data.DataLoader:
-    """uint8 batches; normalisation happens on the device (less to copy, cheap there).
-
-    On CPU the loader runs in the main process: the model already uses every core, and worker
-    processes would only compete with it.
-    """
-    cuda = device.type == "cuda"
-    workers = min(4, os.cpu_count() or 1) if cuda else 0
+    """uint8 batches; normalisation happens on the device (less to copy, cheap there)."""
+    cuda, workers = device.type == "cuda", loader_workers(device)
     gen = torch.Generator().manual_seed(seed)
     return torch.utils.data.DataLoader(
         dataset, batch_size=batch_size, shuffle=shuffle and sampler is None, sampler=sampler,
         num_workers=workers, pin_memory=cuda, persistent_workers=workers > 0, generator=gen,
         drop_last=False,
     )
+
+
+def make_train_loader(dataset: DecodedDataset, batch_size: int, device: torch.device, seed: int = 0,
+                      sampler=None) -> torch.utils.data.DataLoader:
+    """The training loader: shuffled (or ``sampler``'s order: balance, DDP) in SeededBatches; the same
+    order as ``make_loader(shuffle=True)`` for the same seed."""
+    cuda, workers = device.type == "cuda", loader_workers(device)
+    gen = torch.Generator().manual_seed(seed)
+    sampler = sampler if sampler is not None else torch.utils.data.RandomSampler(dataset, generator=gen)
+    return torch.utils.data.DataLoader(dataset, batch_sampler=SeededBatches(sampler, batch_size), num_workers=workers,
+                                       pin_memory=cuda, persistent_workers=workers > 0, generator=gen)
+
+
+def epoch_batches(loader, epoch_seed: int, start: int = 0):
+    """(step, batch) for the steps from ``start`` on; a SeededBatches loader skips the earlier ones without
+    making them, any other loader makes and drops them."""
+    if isinstance(loader.batch_sampler, SeededBatches):
+        loader.batch_sampler.begin(epoch_seed, start)
+        yield from enumerate(loader, start)
+        return
+    for step, batch in enumerate(loader):
+        if step >= start:
+            yield step, batch

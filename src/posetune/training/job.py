@@ -210,7 +210,7 @@ def finetune_phase(p: Prepared, checkpoint: dict | None, reporter: Reporter, tra
 
     from posetune.training.loop import Trainer, fit
 
-    train_loader = p.loader(p.train_ds, shuffle=True, sampler=p.sampler)
+    train_loader = p.train_loader()
     trainer = Trainer(p.model, p.stages, p.plan, p.preprocess, p.settings, p.device, len(train_loader),
                       p.class_weights, p.dist)
     if checkpoint is not None:

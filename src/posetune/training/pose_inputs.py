@@ -13,13 +13,14 @@ from typing import TYPE_CHECKING
 import torch
 
 from posetune.console import Reporter
+from posetune.data.pipeline import SeededItems
 
 if TYPE_CHECKING:
     from posetune.data.layouts import DataIndex
     from posetune.data.pipeline import DecodedDataset
 
 
-class PoseDataset(torch.utils.data.Dataset):
+class PoseDataset(SeededItems, torch.utils.data.Dataset):
     """((uint8 image, landmark features), label): a DecodedDataset's images with their landmark features.
 
     Augmented, it crops and flips with the images' TrainAugment, the features flipped with the image."""
@@ -33,11 +34,11 @@ class PoseDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.images)
 
-    def __getitem__(self, i: int):
+    def item(self, i: int, generator: torch.Generator | None):
         img = self.images[i]
         if self.crop_flip is None:
             return (self.preprocess.eval_crop(img), self.features[i]), self.labels[i]
-        img, flipped = self.crop_flip.crop_and_flip(img)
+        img, flipped = self.crop_flip.crop_and_flip(img, generator)
         return (img, (self.mirrored if flipped else self.features)[i]), self.labels[i]
 
 

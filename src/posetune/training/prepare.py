@@ -62,6 +62,13 @@ class Prepared:
 
         return make_loader(ds, self.opts.batch_size, shuffle, self.device, self.opts.seed, sampler)
 
+    def train_loader(self):
+        """The augmented training set in seeded batches (pipeline.SeededBatches), in --balance's or DDP's
+        sampler order where there is one."""
+        from posetune.data.pipeline import make_train_loader
+
+        return make_train_loader(self.train_ds, self.opts.batch_size, self.device, self.opts.seed, self.sampler)
+
     def shard_loader(self, ds):
         """This rank's share of ``ds`` in order (all of it on one process)."""
         from torch.utils.data import Subset
