@@ -9,7 +9,7 @@ import pytest
 from helpers import TINY, run_cli
 
 from posetune.checks import Duration
-from posetune.comparison.budget import MIN_EPOCHS, Candidate, plan_budget, scaled_size
+from posetune.comparison.budget import GOOD_EPOCHS, MIN_EPOCHS, Candidate, plan_budget, scaled_size
 from posetune.errors import InvalidOption
 
 COUNTS = {"n_train": 1000, "n_val": 150, "n_test": 500}
@@ -32,13 +32,25 @@ def test_plenty_of_time_trains_the_best_probe_at_its_size_for_the_default_epochs
 
 
 def test_a_tighter_budget_keeps_the_size_and_takes_a_faster_backbone_then_a_smaller_size():
-    # lite2 partial needs (3 x 1000 + 150) / 40 = 79 s per epoch: 3 epochs do not fit 240 s; lite1 (45 s) does
-    choice = plan(240)
+    # lite2 partial needs (3 x 1000 + 150) / 40 = 79 s per epoch: 6 epochs do not fit 450 s; lite1 (45 s) does
+    choice = plan(450)
     assert (choice.backbone, choice.image_size) == ("efficientnet_lite1", 240)
-    assert MIN_EPOCHS <= choice.epochs < 10 and choice.estimated_seconds <= 240
+    assert GOOD_EPOCHS <= choice.epochs < 10 and choice.estimated_seconds <= 450
     small = plan(60)  # no backbone fits 3 epochs at its full size: a smaller image size does
     assert small.strategy == "partial" and small.image_size < 260
     assert small.estimated_seconds <= 60
+
+
+def test_enough_epochs_come_before_the_largest_size():
+    # at 240 s lite1 fits 5 epochs at its full 240 px, the largest size that fits: the plan takes a plan of 6+
+    choice = plan(240)
+    full_size = [r for r in choice.rows if r["backbone"] == "efficientnet_lite1" and r["image size"] == 240
+                 and r["strategy"] == "partial"][0]
+    assert full_size["fits"] and MIN_EPOCHS <= full_size["epochs"] < GOOD_EPOCHS
+    assert choice.image_size < 240 and choice.epochs >= GOOD_EPOCHS and choice.estimated_seconds <= 240
+    assert f"{GOOD_EPOCHS}+ epochs" in choice.reason
+    tight = plan(45)  # nothing fits 6 epochs: the most epochs that fit, at the largest size giving them
+    assert MIN_EPOCHS <= tight.epochs < GOOD_EPOCHS and "most epochs" in tight.reason
 
 
 def test_when_no_fine_tuning_fits_the_head_alone_on_cached_features_does():

@@ -4,9 +4,10 @@ Stage 1 of `compare` (:mod:`.probe`) runs on a sample of DATA's train and val im
 candidate backbone's forward throughput and its linear-probe val accuracy, fastest backbone first, until a
 quarter of the budget is spent. :func:`plan_budget` (plain numbers in, so it is tested with made-up ones)
 turns those into a choice with :func:`.finetune.estimate_cell_seconds`, the estimate `compare
---budget-minutes` uses: the largest image size first, the best-probing backbone that fits at it, ``partial``
-with as many epochs as fit (up to the strategy's default, at least :data:`MIN_EPOCHS`); when no fine-tuning
-fits, the head alone on cached features (``linear``). The choice is printed as a table before training, and
+--budget-minutes` uses: enough epochs first (:data:`GOOD_EPOCHS`), then the largest image size, then the
+best-probing backbone that fits at it, ``partial`` with as many epochs as fit (up to the strategy's default,
+at least :data:`MIN_EPOCHS`); when no fine-tuning fits, the head alone on cached features (``linear``).
+The choice is printed as a table before training, and
 recorded in model.json (``budget``); the epoch loop's guard ends training at an epoch boundary if the
 estimate was off, so the run ends within the budget + 10%.
 
@@ -34,6 +35,9 @@ from posetune.errors import UsageError
 PROBE_IMAGES_PER_CLASS = 20  # train (and val) images per class the probes see: enough to rank, quick to run
 PROBE_SHARE = 0.25  # no further backbone is probed once this share of the budget is spent
 MIN_EPOCHS = 3  # fewer fine-tuning epochs than this lose to the head alone at a larger size
+# a smaller image size with this many epochs beats a larger one with fewer (Fashion-MNIST-1k: 176 px x 5
+# epochs 0.845 > 240 px x 3 epochs 0.832; benchmarks/bench_levers.py has the epochs curve)
+GOOD_EPOCHS = 6
 SIZE_STEPS = (1.0, 0.75, 0.5)  # image sizes tried, as a share of the backbone's pretrained size
 RESERVE_S = 5.0  # scoring and writing the run folder (report, plots) after the last epoch
 OVERRUN = 1.1  # the guard lets a run end within the budget + 10%
@@ -71,24 +75,27 @@ def plan_budget(candidates: list[Candidate], counts: dict, seconds_left: float, 
     for rank, c in enumerate(candidates):
         for step in SIZE_STEPS:
             size = scaled_size(c.image_size, step)
-            ips = c.images_per_s * (c.image_size / size) ** 2  # conv cost grows with the pixel count
+            ips = at_size(c, size)
             per_epoch = estimate_cell_seconds({"images_per_s": ips, **counts}, 1) - \
                 estimate_cell_seconds({"images_per_s": ips, **counts}, 0)
             fixed = estimate_cell_seconds({"images_per_s": ips, **counts}, 0) + decode_s + RESERVE_S
             epochs = min(default_epochs, int((seconds_left - fixed) // per_epoch)) if per_epoch > 0 else 0
             est = fixed + max(epochs, MIN_EPOCHS) * per_epoch
             rows.append(_row(c, "partial", size, max(epochs, 0), est, epochs >= MIN_EPOCHS))
-            if epochs >= MIN_EPOCHS:
-                fits.append((SIZE_STEPS.index(step), rank, rows[-1]))
+            if epochs >= MIN_EPOCHS:  # enough epochs first, then the largest size, then the best probe
+                fits.append((-min(epochs, GOOD_EPOCHS, default_epochs), SIZE_STEPS.index(step), rank, rows[-1]))
         # linear: one forward pass over train and val for the features, the final val + test pass, the head fit
         ips = c.images_per_s
         est = (counts["n_train"] + 2 * counts["n_val"] + counts["n_test"]) / ips + decode_s + RESERVE_S
         rows.append(_row(c, "linear", c.image_size, default_epochs, est, est <= seconds_left))
     smallest = min(r["estimated s"] for r in rows) if rows else 0.0
     if fits:
-        _, _, best = min(fits, key=lambda f: f[:2])
-        reason = (f"the largest image size at which a fine-tuning plan fits, with the best-probing backbone "
-                  f"that fits at it ({best['epochs']} epochs of partial)")
+        best = min(fits, key=lambda f: f[:3])[-1]
+        enough = min(GOOD_EPOCHS, default_epochs)
+        reason = (f"the largest image size at which {enough}+ epochs of partial fit, with the best-probing "
+                  f"backbone that fits at it ({best['epochs']} epochs)" if best["epochs"] >= enough else
+                  f"no plan fits {enough}+ epochs: the most epochs that fit ({best['epochs']} of partial), at the "
+                  f"largest size that gives them")
     else:
         linear = [r for r in rows if r["strategy"] == "linear" and r["fits"]]
         if not linear:
@@ -98,6 +105,12 @@ def plan_budget(candidates: list[Candidate], counts: dict, seconds_left: float, 
     best["chosen"] = True
     return BudgetChoice(best["backbone"], best["strategy"], best["image size"], best["epochs"], best["estimated s"],
                         reason, rows, smallest)
+
+
+def at_size(c: Candidate, size: int) -> float:
+    """Forward images/s of ``c`` at ``size`` px: conv cost grows with the pixel count (the probe measured it at
+    the pretrained size; the training run and its final evaluation run at the planned one)."""
+    return c.images_per_s * (c.image_size / size) ** 2
 
 
 def scaled_size(size: int, step: float) -> int:
@@ -145,8 +158,8 @@ def train_within_budget(data, time_budget: str, reporter: Reporter | None = None
                          f"--time-budget {_round_up(spent + quickest)}")
     reporter.info(f"chosen: {choice.backbone}, {choice.strategy}, {choice.image_size} px, {choice.epochs} epochs, "
                   f"~{choice.estimated_seconds:.0f} s ({choice.reason})")
-    ips = next(c.images_per_s for c in candidates if c.backbone == choice.backbone)
-    final_eval_s = (counts["n_val"] + counts["n_test"]) / ips + RESERVE_S
+    chosen = next(c for c in candidates if c.backbone == choice.backbone)
+    final_eval_s = (counts["n_val"] + counts["n_test"]) / at_size(chosen, choice.image_size) + RESERVE_S
     deadline = t0 + budget_s * OVERRUN - final_eval_s
     decision = {"time_budget": time_budget, "time_budget_s": budget_s, "measuring_seconds": round(spent, 2),
                 "chosen": {k: getattr(choice, k) for k in ("backbone", "strategy", "image_size", "epochs",
