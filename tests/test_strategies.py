@@ -3,6 +3,8 @@ test_contracts.py."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from posetune import backbones, strategies
@@ -21,11 +23,18 @@ def test_full_changes_the_stem_and_linear_freezes_everything_but_the_head():
 def test_pretrained_stages_get_a_lower_lr_and_layer_decay_shrinks_it():
     stages = backbones.model_stages(backbones.build_model("test_resnet", 3))
     plan = strategies.make_plan("full", stages, lr=1e-3)
-    assert plan.lrs["head"] == 1e-3 and plan.lrs["stem"] == pytest.approx(1e-4)
-    decayed = strategies.make_plan("full", stages, lr=1e-3, layer_decay=0.5)
+    assert plan.lrs["head"] == 1e-3 and plan.lrs["stem"] == pytest.approx(1e-3 * strategies.BASE_LR_RATIO)
+    decayed = strategies.make_plan("full", stages, lr=1e-3, layer_decay=0.5, base_lr_ratio=0.1)
     body = [s.name for s in stages if s.name != "head"]
     lrs = [decayed.lrs[n] for n in body]
     assert lrs == sorted(lrs) and lrs[-1] == pytest.approx(1e-4) and lrs[0] < lrs[-1]
+
+
+def test_train_options_and_plans_share_the_default_base_lr_ratio():
+    from posetune.options import TrainOptions
+
+    field = {f.name: f for f in dataclasses.fields(TrainOptions)}["base_lr_ratio"]
+    assert field.default == strategies.BASE_LR_RATIO
 
 
 def test_freeze_stages_out_of_range_is_a_clear_error():

@@ -74,7 +74,7 @@ class TrainOptions(Options):
     freeze_stages: int | None = option(None, Int(0, 1000))  # the backbone's own stage count is checked when built
     epochs: int | None = option(None, EPOCHS)
     lr: float | None = option(None, Float(0, 1, low_open=True))
-    base_lr_ratio: float = option(0.1, Float(0, 1, low_open=True))
+    base_lr_ratio: float = option(0.3, Float(0, 1, low_open=True))  # = strategies.BASE_LR_RATIO
     layer_decay: float | None = option(None, Float(0, 1, low_open=True))
     bn: str = option("frozen", Choice("frozen", "train"))
     batch_size: int = option(32, Int(*BATCH_SIZE))

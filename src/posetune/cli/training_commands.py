@@ -22,7 +22,7 @@ def train(
     freeze_stages: Optional[int] = typer.Option(None, help="partial: freeze the stem and the first K stages (see `posetune backbones NAME`)."),
     epochs: Optional[int] = typer.Option(None, help="Default per strategy (linear 30, others 10)."),
     lr: Optional[float] = typer.Option(None, help="Head learning rate; pretrained stages get lr x --base-lr-ratio."),
-    base_lr_ratio: Optional[float] = typer.Option(None, help="LR of pretrained stages relative to the head (default 0.1)."),
+    base_lr_ratio: Optional[float] = typer.Option(None, help="LR of pretrained stages relative to the head (default 0.3)."),
     layer_decay: Optional[float] = typer.Option(None, help="Shrink the LR by this factor per stage from head to stem."),
     bn: Optional[str] = typer.Option(None, help="BatchNorm statistics in trainable stages: frozen (default) | train."),
     batch_size: Optional[int] = typer.Option(None, help="Default 32."),
