@@ -88,7 +88,11 @@ def main(argv: list[str] | None = None) -> int:
             for budget in budgets:
                 rows.append(budget_row(root, name, budget, tmp))
     result = {"rows": rows, "plain_loop_full": peer, "cpus": os.cpu_count()}
-    return save_and_print(args.out, result)
+    save_and_print(args.out, result)
+    from tables import write_readme
+
+    write_readme()
+    return 0
 
 
 if __name__ == "__main__":

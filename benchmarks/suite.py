@@ -23,7 +23,8 @@ summary.json holds the headline keys; benchmarks/README.md gets the tables.
 Run: python benchmarks/suite.py --quick | --full [--only train_efficiency,onnx,...] [--skip-fmnist]
 (--full also runs bench_fmnist.py, bench_label_issues.py (the label-issue finder against flipped labels),
 bench_reliance.py (background reliance per strategy), bench_calibration.py (ECE before/after temperature) and
-bench_live.py (the page's Live mode in headless Chromium with a fake camera; skipped without Chromium).)
+bench_live.py (the page's Live mode in headless Chromium with a fake camera; skipped without Chromium),
+bench_budget.py (`train --time-budget` against its budgets) and bench_levers.py (the training levers).)
 
 The sections are in sections/ (train, inference, cli), the measurements that each need a fresh interpreter
 in workers.py, and what they share (child processes, photo sets, results files) in common.py.
@@ -138,6 +139,12 @@ def main(argv: list[str] | None = None) -> int:
             import bench_calibration
 
             bench_calibration.main([])
+        import bench_budget  # results/budget.json: train --time-budget 2m/5m/10m, and at the plain loop's full time
+        import bench_levers  # results/levers.json: the training levers, 3 seeds, on both sets
+
+        sets = ["--sets", "yoga"] if args.skip_fmnist else []
+        bench_budget.main(sets + ([] if args.skip_fmnist else ["--plain-loop"]))
+        bench_levers.main(sets)
     from tables import write_readme
 
     write_readme()

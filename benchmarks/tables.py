@@ -184,6 +184,48 @@ def live_table() -> list[str]:
     return lines
 
 
+def levers_table() -> list[str]:
+    """bench_levers.py: each lever's test accuracy (mean ± std over seeds) and cost against the baseline."""
+    lev = _load("levers")
+    if not lev:
+        return []
+    sizes = lev["protocol"]["sizes"]
+    lines = ["", "## Training levers (`bench_levers.py`: the baseline (posetune's defaults before the sweep: "
+             "--base-lr-ratio 0.1; now 0.3) with one change; "
+             + ", ".join(f"{k} at {v} px" for k, v in sizes.items()) + " unless the lever sets the size)", "",
+             "Test accuracy, mean ± std over the seeds (val chooses the epoch; test is only reported). Cost: the "
+             "lever's training seconds / the baseline's on the same set (tta: the 10-view evaluation instead).", "",
+             "| set | lever | seeds | test accuracy | vs baseline | train s | cost |", "|---|---|---|---|---|---|---|"]
+    for set_name, table in lev["levers"].items():
+        base = (table.get("baseline") or {}).get("test_accuracy_mean")
+        for name, r in table.items():
+            acc = f"{r['test_accuracy_mean']:.3f}" + (f" ± {r['test_accuracy_std']:.3f}" if r["seeds"] > 1 else "")
+            gain = f"{r['test_accuracy_mean'] - base:+.3f}" if base is not None else "-"
+            cost = "eval x10" if name == "tta" else _fmt(r.get("cost_vs_baseline"))
+            lines.append(f"| {set_name} | {name} | {r['seeds']} | {acc} | {gain} | {r['train_seconds_mean']:.0f} | {cost} |")
+    return lines
+
+
+def budget_table() -> list[str]:
+    """bench_budget.py: `train --time-budget` per set and budget."""
+    b = _load("budget")
+    if not b:
+        return []
+    lines = ["", "## `train --time-budget` (`bench_budget.py`; wall time includes the measuring and the final test "
+             "evaluation)", "", "| set | budget | wall s | wall / budget | chose | epochs run | test accuracy |",
+             "|---|---|---|---|---|---|---|"]
+    for r in b["rows"]:
+        chose = f"{r['backbone']} {r['strategy']}, {r['image_size']} px"
+        vs = f" ({r['vs']})" if r.get("vs") else ""
+        lines.append(f"| {r['set']} | {r['budget']}{vs} | {r['wall_seconds']:.0f} | {r['wall_over_budget']:.2f} | "
+                     f"{chose} | {r['epochs_run']} | {_fmt(r['test_accuracy'])} |")
+    peer = b.get("plain_loop_full")
+    if peer:
+        lines += ["", f"The plain loop's `full` run that set the budget: test accuracy {_fmt(peer['test_accuracy'])} "
+                  f"in {peer['train_seconds']:.0f} s of training."]
+    return lines
+
+
 def write_readme() -> Path:
     path = HERE / "README.md"
     text = path.read_text() if path.is_file() else INTRO
@@ -191,6 +233,6 @@ def write_readme() -> Path:
         text = text.rstrip() + f"\n\n{BEGIN}\n{END}\n"
     head, rest = text.split(BEGIN, 1)
     tail = rest.split(END, 1)[1]
-    body = "\n".join(summary_table() + fmnist_table() + trust_tables() + live_table())
+    body = "\n".join(summary_table() + fmnist_table() + levers_table() + budget_table() + trust_tables() + live_table())
     path.write_text(f"{head}{BEGIN}\n{body}\n{END}{tail}")
     return path
