@@ -66,6 +66,7 @@ LEVERS = {
     # mixes of the single levers that won on Fashion-MNIST-1k (seed 0)
     "base-lr-0.3+ema": {"base_lr_ratio": 0.3, "ema": 0.999},
     "full+ema": {"strategy": "full", "ema": 0.999},
+    "base-lr-0.3+size-224": {"base_lr_ratio": 0.3, "image_size": 224},  # `posetune train DATA`, new defaults
     "tta": None,  # scored on the baseline runs
 }
 
