@@ -90,10 +90,14 @@ class Cell:
 
 def reuse_keys(opts: CompareOptions) -> tuple[dict, dict]:
     """(probe key, training key): a finished cell is reused only if it saw the same data and settings;
-    probes ignore the training ones."""
+    probes ignore the training ones (the base LR ratio among them: cells trained before its default moved
+    are not reused)."""
+    from posetune.strategies import BASE_LR_RATIO
+
     probe_key = {"data": str(Path(opts.data).resolve()), "image_size": opts.image_size,
                  "val_fraction": opts.val_fraction, "label_level": opts.label_level}
-    return probe_key, {**probe_key, "epochs": opts.epochs, "batch_size": opts.batch_size}
+    return probe_key, {**probe_key, "epochs": opts.epochs, "batch_size": opts.batch_size,
+                       "base_lr_ratio": BASE_LR_RATIO}
 
 
 def summarize_test(metrics: dict | None) -> dict | None:
