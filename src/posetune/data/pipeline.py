@@ -154,10 +154,15 @@ def decode_all(paths: Sequence[str], preprocess: Preprocess, progress: Callable[
     return images, failed
 
 
+def color_seed(epoch_seed: int, step: int) -> int:
+    """The seed of batch ``step``'s colour jitter: from (seed, epoch, step) alone, as a resumed run needs."""
+    return epoch_seed * 1_000_003 + step
+
+
 def crop_seed(epoch_seed: int, step: int) -> int:
-    """The seed of batch ``step``'s crops and flips: from (seed, epoch, step) alone, apart from the colour
-    jitter's seed (``epoch_seed * 1_000_003 + step``) so that the two streams never share draws."""
-    return (epoch_seed * 1_000_003 + step + (1 << 62)) % (1 << 63)
+    """The seed of batch ``step``'s crops and flips: from (seed, epoch, step) alone, apart from
+    :func:`color_seed` so that the two streams never share draws."""
+    return (color_seed(epoch_seed, step) + (1 << 62)) % (1 << 63)
 
 
 class SeededItems:
@@ -214,33 +219,30 @@ class SeededBatches(torch.utils.data.Sampler):
                 yield [(i, seed) for i in indices]
 
 
-def loader_workers(device: torch.device) -> int:
-    """On CPU the loader runs in the main process: the model already uses every core, and worker
-    processes would only compete with it."""
-    return min(4, os.cpu_count() or 1) if device.type == "cuda" else 0
+def loader_settings(device: torch.device, seed: int) -> dict:
+    """The DataLoader settings every posetune loader shares. On CPU the loader runs in the main process: the
+    model already uses every core, and worker processes would only compete with it."""
+    cuda = device.type == "cuda"
+    workers = min(4, os.cpu_count() or 1) if cuda else 0
+    return {"num_workers": workers, "pin_memory": cuda, "persistent_workers": workers > 0,
+            "generator": torch.Generator().manual_seed(seed)}
 
 
 def make_loader(dataset: DecodedDataset, batch_size: int, shuffle: bool, device: torch.device,
                 seed: int = 0, sampler=None) -> torch.utils.data.DataLoader:
     """uint8 batches; normalisation happens on the device (less to copy, cheap there)."""
-    cuda, workers = device.type == "cuda", loader_workers(device)
-    gen = torch.Generator().manual_seed(seed)
-    return torch.utils.data.DataLoader(
-        dataset, batch_size=batch_size, shuffle=shuffle and sampler is None, sampler=sampler,
-        num_workers=workers, pin_memory=cuda, persistent_workers=workers > 0, generator=gen,
-        drop_last=False,
-    )
+    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=shuffle and sampler is None,
+                                       sampler=sampler, drop_last=False, **loader_settings(device, seed))
 
 
 def make_train_loader(dataset: DecodedDataset, batch_size: int, device: torch.device, seed: int = 0,
                       sampler=None) -> torch.utils.data.DataLoader:
     """The training loader: shuffled (or ``sampler``'s order: balance, DDP) in SeededBatches; the same
     order as ``make_loader(shuffle=True)`` for the same seed."""
-    cuda, workers = device.type == "cuda", loader_workers(device)
-    gen = torch.Generator().manual_seed(seed)
-    sampler = sampler if sampler is not None else torch.utils.data.RandomSampler(dataset, generator=gen)
-    return torch.utils.data.DataLoader(dataset, batch_sampler=SeededBatches(sampler, batch_size), num_workers=workers,
-                                       pin_memory=cuda, persistent_workers=workers > 0, generator=gen)
+    settings = loader_settings(device, seed)
+    if sampler is None:
+        sampler = torch.utils.data.RandomSampler(dataset, generator=settings["generator"])
+    return torch.utils.data.DataLoader(dataset, batch_sampler=SeededBatches(sampler, batch_size), **settings)
 
 
 def epoch_batches(loader, epoch_seed: int, start: int = 0):

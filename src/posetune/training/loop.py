@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as nnf
 
 from posetune.backbones import Stage
-from posetune.data.pipeline import Preprocess, SeededBatches, epoch_batches
+from posetune.data.pipeline import Preprocess, SeededBatches, color_seed, epoch_batches
 from posetune.data.prefetch import BatchProducer
 from posetune.devices import Normalizer, autocast
 from posetune.predict.torch_engine import predict_logits
@@ -232,7 +232,7 @@ class Trainer:
         from (seed, epoch, step) only, as a resumed run needs."""
         color = None
         if batch_color is not None:
-            color = functools.partial(batch_color, generator=torch.Generator().manual_seed(seed * 1_000_003 + step))
+            color = functools.partial(batch_color, generator=torch.Generator().manual_seed(color_seed(seed, step)))
         return self.normalize.inputs(x, color)
 
     def step(self, module: torch.nn.Module, inputs: tuple, y: torch.Tensor, global_step: int):
