@@ -75,6 +75,7 @@ def plan_budget(candidates: list[Candidate], counts: dict, seconds_left: float, 
     ``counts``: n_train, n_val, n_test of the whole of DATA."""
     rows, fits = [], []
     decode_s = decode_s_per_image * sum(counts.values())
+    enough, most = min(GOOD_EPOCHS, default_epochs), default_epochs * MORE_EPOCHS
     for rank, c in enumerate(candidates):
         for step in SIZE_STEPS:
             size = scaled_size(c.image_size, step)
@@ -82,12 +83,11 @@ def plan_budget(candidates: list[Candidate], counts: dict, seconds_left: float, 
             per_epoch = estimate_cell_seconds({"images_per_s": ips, **counts}, 1) - \
                 estimate_cell_seconds({"images_per_s": ips, **counts}, 0)
             fixed = estimate_cell_seconds({"images_per_s": ips, **counts}, 0) + decode_s + RESERVE_S
-            most = default_epochs * MORE_EPOCHS
             epochs = min(most, int((seconds_left - fixed) // per_epoch)) if per_epoch > 0 else 0
             est = fixed + max(epochs, MIN_EPOCHS) * per_epoch
             rows.append(_row(c, "partial", size, max(epochs, 0), est, epochs >= MIN_EPOCHS))
             if epochs >= MIN_EPOCHS:  # enough epochs first, then the largest size, then the best probe
-                fits.append((-min(epochs, GOOD_EPOCHS, default_epochs), SIZE_STEPS.index(step), rank, rows[-1]))
+                fits.append((-min(epochs, enough), SIZE_STEPS.index(step), rank, rows[-1]))
         # linear: one forward pass over train and val for the features, the final val + test pass, the head fit
         ips = c.images_per_s
         est = (counts["n_train"] + 2 * counts["n_val"] + counts["n_test"]) / ips + decode_s + RESERVE_S
@@ -95,7 +95,6 @@ def plan_budget(candidates: list[Candidate], counts: dict, seconds_left: float, 
     smallest = min(r["estimated s"] for r in rows) if rows else 0.0
     if fits:
         best = min(fits, key=lambda f: f[:3])[-1]
-        enough = min(GOOD_EPOCHS, default_epochs)
         reason = (f"the largest image size at which {enough}+ epochs of partial fit, with the best-probing "
                   f"backbone that fits at it ({best['epochs']} epochs)" if best["epochs"] >= enough else
                   f"no plan fits {enough}+ epochs: the most epochs that fit ({best['epochs']} of partial), at the "

@@ -305,7 +305,7 @@ def _extract(net, name: str, preprocess: Preprocess, decoded: DecodedImages, ind
 
     if net is not None and index.split(SPLITS[0]):
         # a new model's first batch builds its kernels (oneDNN primitives): untimed, so images/s is the steady
-        # rate training will see (cold, --time-budget's small sample measured lite0 at 66 img/s, warm at 103)
+        # rate. (It does not explain why a fresh process measures ~0.6x a warm one's rate: issue 16's note.)
         extract_features(net, loader(index.split(SPLITS[0])[:EXTRACT_BATCH]), device, preprocess)
     advance = reporter.start(f"features {name}", sum(len(index.split(s)) for s in SPLITS))
     feats: dict[str, tuple] = {}
