@@ -97,6 +97,59 @@ def test_the_guard_ends_training_at_an_epoch_boundary_after_the_deadline():
     assert len(unbounded.history) == 3 and not unbounded.stopped_by_deadline
 
 
+@pytest.mark.parametrize("seconds_left, epoch_seconds, expected", [
+    (100.0, 10.0, 8),  # 1 run + 9 more fit: capped at 8
+    (35.0, 10.0, 4),  # 1 run + 3 more fit
+    (5.0, 10.0, 3),  # fewer fit than planned: the plan stays (the deadline guard ends it early if it must)
+])
+def test_the_first_epoch_sets_how_many_epochs_fit_before_the_target(seconds_left, epoch_seconds, expected):
+    from posetune.training.loop import Settings, stretched_epochs
+
+    settings = Settings(epochs=3, target=time.perf_counter() + seconds_left, stretch_to=8)
+    assert stretched_epochs(settings, epoch_seconds, 3) == expected
+    assert stretched_epochs(Settings(epochs=3), epoch_seconds, 3) == 3  # no budget: as planned
+
+
+def test_a_stretched_run_trains_the_new_epochs_and_its_checkpoint_remembers_them():
+    from posetune.training.loop import Settings, drive_epochs
+
+    asked, saved = [], []
+    settings = Settings(epochs=3, patience=0, target=time.perf_counter() + 3600, stretch_to=6)
+    result = drive_epochs(settings, lambda epoch, state: time.sleep(0.01) or {"images": 1}, lambda: {"val_accuracy": 0.5},
+                          lambda row: {}, checkpoint=lambda state, best: saved.append(state.epochs),
+                          stretch=lambda n: asked.append(n) or n)
+    assert asked == [6] and len(result.history) == 6 and result.stretched_to == 6
+    assert result.history[0]["stretched_to"] == 6 and saved == [6] * 6
+    # without a stretch callback (the head on cached features) the plan stands
+    plain = drive_epochs(settings, lambda epoch, state: {"images": 1}, lambda: {"val_accuracy": 0.5}, lambda r: {})
+    assert len(plain.history) == 3 and plain.stretched_to is None
+
+
+def test_stretching_the_schedule_after_warm_up_matches_a_schedule_planned_that_long():
+    import torch
+
+    from posetune.training.loop import cosine_with_warmup
+
+    def lrs(scheduler, steps):
+        out = []
+        for _ in range(steps):
+            out.append(scheduler.get_last_lr()[0])
+            scheduler.optimizer.step()
+            scheduler.step()
+        return out
+
+    def scheduler(total):
+        return cosine_with_warmup(torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0), total, 10)
+
+    planned, stretched = scheduler(60), scheduler(30)
+    warm = lrs(stretched, 10)  # epoch 1 = the warm-up
+    stretched.lr_lambdas[0].total_steps = 60
+    assert warm + lrs(stretched, 50) == pytest.approx(lrs(planned, 60))
+    resumed = scheduler(30)
+    resumed.load_state_dict(stretched.state_dict())  # a checkpoint keeps the stretched end
+    assert resumed.lr_lambdas[0].total_steps == 60
+
+
 def test_cli_time_budget_prints_its_choice_trains_and_records_the_decision(shapes_kaggle, tmp_path, monkeypatch,
                                                                             capsys):
     out = tmp_path / "run"

@@ -164,6 +164,7 @@ def train_within_budget(data, time_budget: str, reporter: Reporter | None = None
     chosen = next(c for c in candidates if c.backbone == choice.backbone)
     final_eval_s = (counts["n_val"] + counts["n_test"]) / at_size(chosen, choice.image_size) + RESERVE_S
     deadline = t0 + budget_s * OVERRUN - final_eval_s
+    most = get_strategy("partial").epochs * MORE_EPOCHS  # the cap plan_budget gives epochs
     decision = {"time_budget": time_budget, "time_budget_s": budget_s, "measuring_seconds": round(spent, 2),
                 "chosen": {k: getattr(choice, k) for k in ("backbone", "strategy", "image_size", "epochs",
                                                            "estimated_seconds")},
@@ -174,7 +175,7 @@ def train_within_budget(data, time_budget: str, reporter: Reporter | None = None
     options.update(backbone=choice.backbone, strategy=choice.strategy,
                    image_size=choice.image_size, epochs=choice.epochs)
     result = train(opts.data, reporter=reporter, config=config, overwrite=overwrite, deadline=deadline,
-                   budget=decision, **{k: v for k, v in options.items() if k != "data"})
+                   budget=decision, stretch=(t0 + budget_s - final_eval_s, max(most, choice.epochs)), **{k: v for k, v in options.items() if k != "data"})
     wall = time.perf_counter() - t0
     result.budget = {**(result.budget or {}), "wall_seconds": round(wall, 2)}
     reporter.info(f"time budget {time_budget}: {wall:.0f} s used of {budget_s:.0f} s ({wall / budget_s:.0%})")

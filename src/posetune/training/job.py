@@ -49,7 +49,7 @@ class Scores:
 def train(data: str | Path | None = None, reporter: Reporter | None = None, config: str | Path | None = None,
           verbose: bool = False, resume: str | Path | None = None, overwrite: bool = False,
           tracker: Tracker | None = None, deadline: float | None = None, budget: dict | None = None,
-          **options) -> TrainResult:
+          stretch: tuple[float, int] | None = None, **options) -> TrainResult:
     """Fine-tune a backbone on DATA and write a self-contained run folder. Options as `posetune train`.
 
     ``resume=RUN`` continues RUN from its last checkpoint with the options saved in RUN/config.yaml (a run
@@ -57,7 +57,9 @@ def train(data: str | Path | None = None, reporter: Reporter | None = None, conf
     earlier run at ``out``; without it an existing run folder is refused. ``tracker``: log to this
     :class:`posetune.tracking.Tracker` (left open) instead of the ones ``log=`` names. ``deadline``: a
     ``time.perf_counter()`` value; training ends at the last epoch boundary before it (the guard of
-    ``train --time-budget``, whose decision ``budget`` is recorded in model.json).
+    ``train --time-budget``, whose decision ``budget`` is recorded in model.json). ``stretch=(target, most)``:
+    after epoch 1, the schedule stretches to the epochs that fit before ``target`` (also a perf_counter
+    value), at most ``most``.
     """
     from posetune.console import RichReporter
 
@@ -68,7 +70,7 @@ def train(data: str | Path | None = None, reporter: Reporter | None = None, conf
     opts = TrainOptions.from_sources(config, data=str(data) if data is not None else None, **options)
     if opts.out:
         RunDir(opts.out).check_free(overwrite)  # before the slow part: nothing is replaced without --overwrite
-    return _train(opts, reporter, overwrite=overwrite, tracker=tracker, budget=_Budget(deadline, budget))
+    return _train(opts, reporter, overwrite=overwrite, tracker=tracker, budget=_Budget(deadline, budget, *(stretch or (None, None))))
 
 
 def _resume(run: Path, reporter: Reporter, config, data, options: dict, tracker: Tracker | None = None) -> TrainResult:
@@ -92,6 +94,8 @@ class _Budget:
 
     deadline: float | None = None
     decision: dict | None = None
+    target: float | None = None  # when the planned epochs should end (Settings.target)
+    stretch_to: int | None = None  # the most epochs the schedule may stretch to after epoch 1
 
 
 def _train(opts: TrainOptions, reporter: Reporter, resume: bool = False, overwrite: bool = False,
@@ -111,7 +115,8 @@ def _train_ranked(opts: TrainOptions, reporter: Reporter, resume: bool, overwrit
                   tracker: Tracker | None, budget: _Budget) -> TrainResult:
     """The training run as one rank of ``dist`` sees it (rank 0 alone writes the run folder and logs)."""
     p = prepare(opts, reporter, write_config=dist.is_main, dist=dist, overwrite=overwrite, resume=resume)
-    p.settings = dataclasses.replace(p.settings, deadline=budget.deadline)
+    p.settings = dataclasses.replace(p.settings, deadline=budget.deadline, target=budget.target,
+                                     stretch_to=budget.stretch_to)
     p.budget = budget.decision
     if tracker is not None or not dist.is_main:  # the caller's tracker (a compare cell's); none off rank 0
         return _run_phases(p, reporter, resume, dist, tracker if dist.is_main else NullTracker())
@@ -130,7 +135,7 @@ def _run_phases(p: Prepared, reporter: Reporter, resume: bool, dist, tracker: Tr
     t0 = time.perf_counter()
     history: list[dict] = []
     best_epoch = images_seen = 0
-    stopped_by_deadline = False
+    stopped_by_deadline, stretched_to = False, None
     for i, phase in enumerate(p.strategy.phases, 1):
         if len(p.strategy.phases) > 1:
             reporter.info(f"{opts.strategy} phase {i} of {len(p.strategy.phases)}: {phase.title}")
@@ -145,14 +150,15 @@ def _run_phases(p: Prepared, reporter: Reporter, resume: bool, dist, tracker: Tr
             raise TypeError(f"unknown phase {phase!r} of strategy {opts.strategy}")
         history, best_epoch, images_seen = result.history, result.best_epoch, result.images_seen
         stopped_by_deadline = stopped_by_deadline or result.stopped_by_deadline
+        stretched_to = getattr(result, "stretched_to", None) or stretched_to
     if stopped_by_deadline:
-        reporter.warn(f"time budget: training ended after epoch {len(history)} of {p.epochs}, as one more would "
+        reporter.warn(f"time budget: training ended after epoch {len(history)} of {stretched_to or p.epochs}, as one more would "
                       "have run past the budget (the estimate was off); the best epoch so far is kept")
     train_seconds = time.perf_counter() - t0
     if not dist.is_main:
         return TrainResult(run=p.out.path, history=history, train_seconds=train_seconds)
     scores = score_splits(p)
-    budget = None if p.budget is None else {**p.budget, "epochs_run": len(history),
+    budget = None if p.budget is None else {**p.budget, "epochs_run": len(history), "stretched_to": stretched_to,
                                             "stopped_by_deadline": stopped_by_deadline}
     write_run(p, history, best_epoch, scores, train_seconds, images_seen, budget)
     tracker.log_results(p.out.path, scores.metrics)
@@ -247,6 +253,10 @@ class EpochProgress:
 
     def epoch(self, row: dict) -> None:
         self.reporter.epoch(row)
+        if row.get("stretched_to"):
+            self.reporter.info(f"time budget: epoch 1 took {row['seconds']:.0f} s, so {row['stretched_to']} epochs fit "
+                               f"(planned {self.epochs}); the schedule now ends at epoch {row['stretched_to']}")
+            self.epochs = row["stretched_to"]
         if row["epoch"] < self.epochs:
             self.advance = self.reporter.start(f"epoch {row['epoch'] + 1}", self.images)
 

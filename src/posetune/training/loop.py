@@ -41,6 +41,10 @@ class Settings:
     mixup: float = 0.0  # mixup alpha (timm Mixup); 0 = off
     cutmix: float = 0.0  # cutmix alpha; 0 = off
     deadline: float | None = None  # time.perf_counter() by which training ends (train --time-budget's guard)
+    # train --time-budget: after epoch 1 (timed on the real run, not the probe) the schedule stretches to the
+    # epochs that fit before ``target`` (the budget less the final evaluation), up to ``stretch_to``
+    target: float | None = None
+    stretch_to: int | None = None
 
 
 @dataclass
@@ -56,6 +60,7 @@ class LoopState:
     images_seen: int = 0
     step_in_epoch: int = 0  # >0 only in a checkpoint written mid-epoch (after a stop signal)
     partial_stats: dict = field(default_factory=dict)
+    epochs: int = 0  # the run's epochs when stretched after epoch 1 (0: Settings.epochs)
 
 
 @dataclass
@@ -67,6 +72,7 @@ class FitResult:
     images_seen: int = 0
     stopped_early_by_signal: bool = False
     stopped_by_deadline: bool = False  # an epoch more would have ended after Settings.deadline
+    stretched_to: int | None = None  # the epochs the schedule stretched to after epoch 1 (None: as planned)
 
 
 class StopRequested(Exception):
@@ -77,14 +83,22 @@ class StopRequested(Exception):
         self.step, self.stats = step, stats
 
 
-def cosine_with_warmup(optimizer, total_steps: int, warmup_steps: int):
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / max(1, warmup_steps)
-        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+class CosineWithWarmup:
+    """The LR factor at a step: linear warm-up, then a cosine to 0 at ``total_steps``. An object, not a closure:
+    LambdaLR's state_dict keeps its attributes, so a stretched schedule (``total_steps`` raised) resumes as run."""
+
+    def __init__(self, total_steps: int, warmup_steps: int):
+        self.total_steps, self.warmup_steps = total_steps, warmup_steps
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup_steps:
+            return (step + 1) / max(1, self.warmup_steps)
+        progress = (step - self.warmup_steps) / max(1, self.total_steps - self.warmup_steps)
         return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+def cosine_with_warmup(optimizer, total_steps: int, warmup_steps: int):
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, CosineWithWarmup(total_steps, warmup_steps))
 
 
 def make_optimizer(groups: list[dict], device: torch.device) -> torch.optim.Optimizer:
@@ -96,14 +110,18 @@ def make_optimizer(groups: list[dict], device: torch.device) -> torch.optim.Opti
 def drive_epochs(settings: Settings, train_epoch: Callable[[int, LoopState], dict], evaluate: Callable[[], dict],
                  snapshot: Callable[[dict], dict], on_epoch: Callable[[dict], None] | None = None,
                  state: LoopState | None = None, best_state: dict | None = None,
-                 checkpoint: Callable[[LoopState, dict | None], None] | None = None) -> FitResult:
+                 checkpoint: Callable[[LoopState, dict | None], None] | None = None,
+                 stretch: Callable[[int], int] | None = None) -> FitResult:
     """Run epochs from ``state`` on; keep the best by val accuracy (then lower val loss); stop after
     ``patience`` flat epochs. ``checkpoint(state, best_state)`` is called after every epoch, and at the
-    step where a stop signal arrived (then the result says so)."""
+    step where a stop signal arrived (then the result says so). ``stretch(epochs)``: after epoch 1 of a run
+    with a target (:func:`stretched_epochs`), moves the schedule's end to that many epochs and returns them."""
     state = state or LoopState()
-    result = FitResult(best_state=best_state)
+    result = FitResult(best_state=best_state, stretched_to=state.epochs or None)
     start = time.perf_counter()
-    for epoch in range(state.epoch + 1, settings.epochs + 1):
+    total, epoch = state.epochs or settings.epochs, state.epoch
+    while epoch < total:
+        epoch += 1
         if settings.patience and state.stale >= settings.patience:
             break
         if past_deadline(settings.deadline, state.history):
@@ -122,6 +140,9 @@ def drive_epochs(settings: Settings, train_epoch: Callable[[int, LoopState], dic
         row["train_seconds"] = round(time.perf_counter() - t0, 3)  # without validation: the steady-state rate
         row.update(evaluate())
         row["seconds"] = round(time.perf_counter() - t0, 3)
+        wanted = stretched_epochs(settings, row["seconds"], total) if epoch == 1 and stretch else total
+        if wanted > total:
+            total = state.epochs = result.stretched_to = row["stretched_to"] = stretch(wanted)
         acc = max(row.get("val_accuracy", 0.0), row.get("ema_val_accuracy", -1.0))
         neg_loss = -min(row.get("val_loss", 0.0), row.get("ema_val_loss", math.inf))
         row["best"] = (acc, neg_loss) > (state.best_acc, state.best_neg_loss)
@@ -148,6 +169,17 @@ def past_deadline(deadline: float | None, history: list[dict]) -> bool:
     if deadline is None or not history:
         return False
     return time.perf_counter() + max(row.get("seconds", 0.0) for row in history) > deadline
+
+
+def stretched_epochs(settings: Settings, epoch_seconds: float, epochs: int) -> int:
+    """The epochs that fit before ``settings.target`` at ``epoch_seconds`` each, the first one run (at least
+    ``epochs``, at most ``settings.stretch_to``): a budgeted plan rests on the probe's throughput, which a cold
+    process measures low, so the real first epoch sets the rest. The cosine is still at its peak after a
+    one-epoch warm-up, so moving its end then changes no step already taken."""
+    if settings.target is None or settings.stretch_to is None or epoch_seconds <= 0:
+        return epochs
+    fit = 1 + int((settings.target - time.perf_counter()) // epoch_seconds)
+    return max(epochs, min(settings.stretch_to, fit))
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
@@ -300,6 +332,12 @@ class Trainer:
             row["images_per_rank"] = stats["seen"]
         return row
 
+    def stretch(self, epochs: int) -> int:
+        """End the cosine at ``epochs`` instead (every rank the same: the mean of their proposals)."""
+        epochs = int(self.dist.sum([float(epochs)])[0] // self.dist.world) if self.dist.enabled else epochs
+        self.scheduler.lr_lambdas[0].total_steps = self.steps_per_epoch * epochs  # one object for every group
+        return epochs
+
     # ------------------------------------------------------------------ validation
 
     def validate(self, loader) -> dict:
@@ -338,7 +376,7 @@ def fit(trainer: Trainer, train_loader, val_loader, batch_color=None, resume: di
             save(trainer.state(state, best))
 
     return drive_epochs(trainer.settings, train_epoch, lambda: trainer.validate(val_loader), trainer.snapshot,
-                        on_epoch, state, best_state, checkpoint)
+                        on_epoch, state, best_state, checkpoint, trainer.stretch)
 
 
 def val_row(logits: torch.Tensor, labels: torch.Tensor) -> dict:
