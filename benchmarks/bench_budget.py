@@ -9,7 +9,8 @@ same benchmark run (bench_fmnist.py's peer: 10 epochs, 112 px, batch 64), and po
 measured training time as its budget: the issue's "same time, which is more accurate".
 
 Run: PYTHONPATH=src python benchmarks/bench_budget.py [--sets yoga,fmnist] [--budgets 2m,5m,10m] [--plain-loop]
-Writes benchmarks/results/budget.json. Wall times depend on the machine's load (load_average is kept per row).
+Writes benchmarks/results/budget.json (rows of sets and budgets not rerun are kept). Wall times depend on the
+machine's load (load_average is kept per row).
 """
 
 from __future__ import annotations
@@ -56,6 +57,18 @@ def budget_row(data: Path, name: str, budget: str, work: Path) -> dict:
     return row
 
 
+def _previous(path: str) -> dict:
+    return json.loads(Path(path).read_text()) if Path(path).is_file() else {}
+
+
+def kept_rows(path: str, rows: list[dict], new_peer: bool) -> list[dict]:
+    """The rows of ``path`` this run did not measure again (another set or budget): a run of one set or budget
+    does not erase the others. The plain-loop row goes when the peer ran again (its budget is the new time)."""
+    redone = {(r["set"], r["budget"]) for r in rows}
+    return [r for r in _previous(path).get("rows", []) if (r["set"], r["budget"]) not in redone
+            and not (new_peer and "vs" in r)]
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sets", default="yoga,fmnist")
@@ -87,7 +100,8 @@ def main(argv: list[str] | None = None) -> int:
         for name, root in data.items():
             for budget in budgets:
                 rows.append(budget_row(root, name, budget, tmp))
-    result = {"rows": rows, "plain_loop_full": peer, "cpus": os.cpu_count()}
+    result = {"rows": kept_rows(args.out, rows, peer is not None) + rows, "cpus": os.cpu_count(),
+              "plain_loop_full": peer or _previous(args.out).get("plain_loop_full")}
     save_and_print(args.out, result)
     from tables import write_readme
 
