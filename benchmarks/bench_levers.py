@@ -16,7 +16,8 @@ posetune holds 15% of the train images out as val and keeps the best val epoch; 
 Run: PYTHONPATH=src python benchmarks/bench_levers.py [--sets fmnist,yoga] [--levers baseline,ema,...]
      [--seeds 3] [--first-seed 0]
 Writes benchmarks/results/levers.json (rows of levers not rerun are kept) and prints the table. Seconds are
-training seconds (epochs, validation included) and depend on the machine's load (kept per row).
+training seconds (epochs, validation included) and depend on the machine's load (kept per row); a lever's
+cost is its seconds over the baseline's in the same invocation, and "-" where that invocation ran no baseline.
 """
 
 from __future__ import annotations
@@ -100,12 +101,20 @@ def tta_row(data: Path, base: dict) -> dict:
             "eval_seconds": round(time.perf_counter() - t0, 1), "load_average_1min": round(os.getloadavg()[0], 2)}
 
 
+def invocation(row: dict) -> str:
+    """The sweep invocation a row came from: each one trains under its own temporary folder."""
+    return str(Path(row["run"]).parent)
+
+
 def summarise(rows: list[dict]) -> dict:
     """set -> lever -> mean / std of test accuracy and mean train seconds, with the cost against the baseline."""
     out: dict = {}
     for set_name in dict.fromkeys(r["set"] for r in rows):
         mine = [r for r in rows if r["set"] == set_name]
-        base = [r["train_seconds"] for r in mine if r["lever"] == "baseline"]
+        base: dict[str, list[float]] = {}  # invocation -> its baseline runs' seconds
+        for r in mine:
+            if r["lever"] == "baseline":
+                base.setdefault(invocation(r), []).append(r["train_seconds"])
         table = {}
         for lever in LEVERS:
             got = [r for r in mine if r["lever"] == lever]
@@ -113,10 +122,14 @@ def summarise(rows: list[dict]) -> dict:
                 continue
             acc = np.array([r["test_accuracy"] for r in got])
             secs = float(np.mean([r["train_seconds"] for r in got]))
+            # a cost is a ratio within one invocation (same machine state); a lever run in an invocation
+            # that trained no baseline has no cost rather than one against another day's baseline
+            costs = [r["train_seconds"] / float(np.mean(base[invocation(r)])) for r in got if invocation(r) in base]
             table[lever] = {"seeds": len(got), "test_accuracy_mean": round(float(acc.mean()), 4),
                             "test_accuracy_std": round(float(acc.std(ddof=1)) if len(acc) > 1 else 0.0, 4),
                             "train_seconds_mean": round(secs, 1),
-                            "cost_vs_baseline": round(secs / float(np.mean(base)), 2) if base else None}
+                            "cost_vs_baseline": round(float(np.mean(costs)), 2) if costs else None,
+                            "cost_runs": len(costs)}
         out[set_name] = table
     return out
 

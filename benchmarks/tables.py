@@ -194,14 +194,15 @@ def levers_table() -> list[str]:
              "--base-lr-ratio 0.1; now 0.3) with one change; "
              + ", ".join(f"{k} at {v} px" for k, v in sizes.items()) + " unless the lever sets the size)", "",
              "Test accuracy, mean ± std over the seeds (val chooses the epoch; test is only reported). Cost: the "
-             "lever's training seconds / the baseline's on the same set (tta: the 10-view evaluation instead).", "",
+             "lever's training seconds / the baseline's on the same set in the same invocation (same machine state; "
+             "'-' where that invocation trained no baseline; tta: the 10-view evaluation instead).", "",
              "| set | lever | seeds | test accuracy | vs baseline | train s | cost |", "|---|---|---|---|---|---|---|"]
     for set_name, table in lev["levers"].items():
         base = (table.get("baseline") or {}).get("test_accuracy_mean")
         for name, r in table.items():
             acc = f"{r['test_accuracy_mean']:.3f}" + (f" ± {r['test_accuracy_std']:.3f}" if r["seeds"] > 1 else "")
             gain = f"{r['test_accuracy_mean'] - base:+.3f}" if base is not None else "-"
-            cost = "eval x10" if name == "tta" else _fmt(r.get("cost_vs_baseline"))
+            cost = "eval x10" if name == "tta" else _fmt(r.get("cost_vs_baseline") or "-")
             lines.append(f"| {set_name} | {name} | {r['seeds']} | {acc} | {gain} | {r['train_seconds_mean']:.0f} | {cost} |")
     return lines
 
