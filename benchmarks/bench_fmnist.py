@@ -122,7 +122,7 @@ def run_one(data: Path, name: str, seed: int, work: Path) -> dict:
             "train_seconds": round(result.train_seconds, 1), "wall_seconds": round(wall, 1),
             "epochs_run": len(history), "best_epoch": meta.get("best_epoch"),
             "epoch_train_seconds": [r.get("train_seconds") for r in history],
-            "load_average_1min": round(os.getloadavg()[0], 2)}
+            "load_average_1min": round(os.getloadavg()[0], 2), "measured": time.strftime("%Y-%m-%d")}
 
 
 def plain_folders(data: Path, out: Path, seed: int) -> Path:
@@ -157,7 +157,8 @@ def run_peer(peer: str, data: Path, name: str, seed: int, work: Path) -> dict:
                  mean=list(cfg["mean"]), std=list(cfg["std"]))
     return {"peer": peer, "strategy": name, "seed": seed, "test_accuracy": res["test_accuracy"],
             "train_seconds": res["total_seconds"], "wall_seconds": res["wall"],
-            "epoch_seconds": res.get("epoch_seconds"), "load_average_1min": round(os.getloadavg()[0], 2)}
+            "epoch_seconds": res.get("epoch_seconds"), "load_average_1min": round(os.getloadavg()[0], 2),
+            "measured": time.strftime("%Y-%m-%d")}
 
 
 def peers_here() -> list[str]:
@@ -205,6 +206,8 @@ def summarise(rows: list[dict], plain_rows: list[dict]) -> dict:
                      "plain_test_accuracy_mean": plain_acc,
                      "plain_train_seconds_mean": plain["train_seconds_mean"] if plain else None,
                      "matches_plain_loop": bool(acc.mean() >= plain_acc - 0.005) if plain else None,
+                     # rows kept from earlier invocations are older than the ones just run: the table says when
+                     "measured": max((r["measured"] for r in mine if r.get("measured")), default=None),
                      "peers": peers}
     return out
 
