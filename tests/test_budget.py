@@ -123,6 +123,23 @@ def test_a_stretched_run_trains_the_new_epochs_and_its_checkpoint_remembers_them
     # without a stretch callback (the head on cached features) the plan stands
     plain = drive_epochs(settings, lambda epoch, state: {"images": 1}, lambda: {"val_accuracy": 0.5}, lambda r: {})
     assert len(plain.history) == 3 and plain.stretched_to is None
+    # too little time to stretch: the callback is still called once (on DDP it is a collective every rank joins)
+    asked.clear()
+    short = Settings(epochs=3, patience=0, target=time.perf_counter(), stretch_to=6)
+    kept = drive_epochs(short, lambda epoch, state: {"images": 1}, lambda: {"val_accuracy": 0.5}, lambda r: {},
+                        stretch=lambda n: asked.append(n) or n)
+    assert asked == [3] and len(kept.history) == 3 and kept.stretched_to is None
+
+
+def test_a_resumed_stretched_run_runs_the_checkpoints_epochs_without_stretching_again():
+    from posetune.training.loop import LoopState, Settings, drive_epochs
+
+    asked, trained = [], []
+    settings = Settings(epochs=3, patience=0, target=time.perf_counter() + 3600, stretch_to=9)
+    result = drive_epochs(settings, lambda epoch, state: trained.append(epoch) or {"images": 1},
+                          lambda: {"val_accuracy": 0.5}, lambda row: {}, state=LoopState(epoch=2, epochs=6),
+                          stretch=lambda n: asked.append(n) or n)
+    assert trained == [3, 4, 5, 6] and asked == [] and result.stretched_to == 6
 
 
 def test_stretching_the_schedule_after_warm_up_matches_a_schedule_planned_that_long():
@@ -150,6 +167,42 @@ def test_stretching_the_schedule_after_warm_up_matches_a_schedule_planned_that_l
     assert resumed.lr_lambdas[0].total_steps == 60
 
 
+@pytest.mark.parametrize("warmup", [10, 4])  # one epoch of 10 steps; shorter: the next step's LR is recomputed
+@pytest.mark.parametrize("other_rank", [None, 4])  # alone, or beside a rank that proposed 4 epochs
+def test_trainer_stretch_agrees_over_ranks_and_continues_the_schedule_planned_that_long(warmup, other_rank):
+    from types import SimpleNamespace
+
+    import torch
+
+    from posetune.training.loop import Trainer, cosine_with_warmup
+
+    def trainer(total):
+        opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+        dist = SimpleNamespace(enabled=other_rank is not None, world=2, sum=lambda xs: [xs[0] + (other_rank or 0)])
+        return SimpleNamespace(optimizer=opt, scheduler=cosine_with_warmup(opt, total, warmup), steps_per_epoch=10,
+                               dist=dist)
+
+    def lrs(t, steps):
+        out = []
+        for _ in range(steps):
+            out.append(t.optimizer.param_groups[0]["lr"])
+            t.optimizer.step()
+            t.scheduler.step()
+        return out
+
+    agreed = 6 if other_rank is None else (6 + other_rank) // 2  # the mean proposal, the same on every rank
+    planned, stretched = trainer(10 * agreed), trainer(30)
+    warm = lrs(stretched, 10)
+    assert Trainer.stretch(stretched, 6) == agreed
+    assert stretched.scheduler.get_last_lr() == [stretched.optimizer.param_groups[0]["lr"]]
+    expected = lrs(planned, 10 * agreed)
+    assert lrs(stretched, 10 * agreed - 10) == pytest.approx(expected[10:])  # every step after the stretch
+    if warmup == 10:  # epoch 1 is all warm-up: the whole curve is the longer plan's
+        assert warm == pytest.approx(expected[:10])
+    assert Trainer.stretch(stretched, 2) == (2 if other_rank is None else 3)  # never shortens the schedule
+    assert stretched.scheduler.lr_lambdas[0].total_steps == 10 * agreed
+
+
 def test_cli_time_budget_prints_its_choice_trains_and_records_the_decision(shapes_kaggle, tmp_path, monkeypatch,
                                                                             capsys):
     out = tmp_path / "run"
@@ -163,7 +216,7 @@ def test_cli_time_budget_prints_its_choice_trains_and_records_the_decision(shape
     assert printed["budget"]["chosen"] == budget["chosen"] and budget["time_budget_s"] == 60.0
     assert meta["strategy"] == budget["chosen"]["strategy"]
     assert meta["preprocessing"]["input_size"][-1] == budget["chosen"]["image_size"]
-    assert 1 <= meta["epochs_run"] == budget["epochs_run"] <= budget["chosen"]["epochs"]
+    assert 1 <= meta["epochs_run"] == budget["epochs_run"] <= (budget["stretched_to"] or budget["chosen"]["epochs"])
     assert budget["measured"][0]["backbone"] == TINY["backbone"] and budget["measured"][0]["images_per_s"] > 0
     assert sum(p["chosen"] for p in budget["plans"]) == 1
 
@@ -208,5 +261,6 @@ def test_time_budget_with_the_pose_backbone_measures_landmarks_and_trains(tmp_pa
     meta = json.loads((out / "model.json").read_text())
     budget = meta["budget"]
     assert meta["kind"] == "pose" and budget["chosen"]["backbone"] == "pose"
-    assert budget["measured"][0]["images_per_s"] > 0 and 1 <= budget["epochs_run"] <= budget["chosen"]["epochs"]
+    assert budget["measured"][0]["images_per_s"] > 0
+    assert 1 <= budget["epochs_run"] <= (budget["stretched_to"] or budget["chosen"]["epochs"])
     assert set(meta["no_person"]["train"]) == {"goddess", "plank", "tree"}

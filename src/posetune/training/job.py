@@ -223,7 +223,10 @@ def finetune_phase(p: Prepared, checkpoint: dict | None, reporter: Reporter, tra
         loop = checkpoint["loop"]
         reporter.info(f"resuming {p.out.path} after epoch {loop['epoch']}"
                       + (f" (step {loop['step_in_epoch']})" if loop["step_in_epoch"] else ""))
-    progress = EpochProgress(reporter, len(p.train_ds), p.epochs, (checkpoint["loop"]["epoch"] + 1) if checkpoint else 1)
+    # a resumed run that stretched after its epoch 1 runs the checkpoint's epochs, not the planned ones
+    epochs = (checkpoint["loop"].get("epochs") or p.epochs) if checkpoint else p.epochs
+    progress = EpochProgress(reporter, len(p.train_ds), epochs, (checkpoint["loop"]["epoch"] + 1) if checkpoint else 1,
+                             most=p.settings.stretch_to)
     with StopSignals() as stop:
         try:
             result = fit(trainer, train_loader, p.shard_loader(p.val_ds), p.train_ds.augment.batch_color,
@@ -243,8 +246,8 @@ def finetune_phase(p: Prepared, checkpoint: dict | None, reporter: Reporter, tra
 class EpochProgress:
     """A progress bar per epoch with the running loss and accuracy beside it."""
 
-    def __init__(self, reporter: Reporter, images: int, epochs: int, first: int):
-        self.reporter, self.images, self.epochs = reporter, images, epochs
+    def __init__(self, reporter: Reporter, images: int, epochs: int, first: int, most: int | None = None):
+        self.reporter, self.images, self.epochs, self.most = reporter, images, epochs, most
         self.advance = reporter.start(f"epoch {first}", images)
 
     def step(self, n: int, loss: float, acc: float) -> None:
@@ -254,8 +257,9 @@ class EpochProgress:
     def epoch(self, row: dict) -> None:
         self.reporter.epoch(row)
         if row.get("stretched_to"):
-            self.reporter.info(f"time budget: epoch 1 took {row['seconds']:.0f} s, so {row['stretched_to']} epochs fit "
-                               f"(planned {self.epochs}); the schedule now ends at epoch {row['stretched_to']}")
+            fit = "the most it may stretch to" if row["stretched_to"] == self.most else "the epochs that fit"
+            self.reporter.info(f"time budget: epoch 1 took {row['seconds']:.0f} s, so the schedule now ends at epoch "
+                               f"{row['stretched_to']} ({fit}; planned {self.epochs})")
             self.epochs = row["stretched_to"]
         if row["epoch"] < self.epochs:
             self.advance = self.reporter.start(f"epoch {row['epoch'] + 1}", self.images)

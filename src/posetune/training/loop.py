@@ -140,9 +140,10 @@ def drive_epochs(settings: Settings, train_epoch: Callable[[int, LoopState], dic
         row["train_seconds"] = round(time.perf_counter() - t0, 3)  # without validation: the steady-state rate
         row.update(evaluate())
         row["seconds"] = round(time.perf_counter() - t0, 3)
-        wanted = stretched_epochs(settings, row["seconds"], total) if epoch == 1 and stretch else total
-        if wanted > total:
-            total = state.epochs = result.stretched_to = row["stretched_to"] = stretch(wanted)
+        if epoch == 1 and stretch:  # every rank calls it (a collective), stretched or not
+            agreed = stretch(stretched_epochs(settings, row["seconds"], total))
+            if agreed > total:
+                total = state.epochs = result.stretched_to = row["stretched_to"] = agreed
         acc = max(row.get("val_accuracy", 0.0), row.get("ema_val_accuracy", -1.0))
         neg_loss = -min(row.get("val_loss", 0.0), row.get("ema_val_loss", math.inf))
         row["best"] = (acc, neg_loss) > (state.best_acc, state.best_neg_loss)
@@ -333,9 +334,17 @@ class Trainer:
         return row
 
     def stretch(self, epochs: int) -> int:
-        """End the cosine at ``epochs`` instead (every rank the same: the mean of their proposals)."""
+        """The epochs every rank agrees on (the mean of their proposals: every rank must call this), and the
+        cosine ends there instead when that is later than planned. The LR of the next step is recomputed: a
+        warm-up shorter than the epoch would have set it from the old end."""
         epochs = int(self.dist.sum([float(epochs)])[0] // self.dist.world) if self.dist.enabled else epochs
-        self.scheduler.lr_lambdas[0].total_steps = self.steps_per_epoch * epochs  # one object for every group
+        schedule = self.scheduler.lr_lambdas[0]  # one object for every group
+        if self.steps_per_epoch * epochs > schedule.total_steps:
+            schedule.total_steps = self.steps_per_epoch * epochs
+            factor = schedule(self.scheduler.last_epoch)
+            for group, base in zip(self.optimizer.param_groups, self.scheduler.base_lrs):
+                group["lr"] = base * factor
+            self.scheduler._last_lr = [group["lr"] for group in self.optimizer.param_groups]
         return epochs
 
     # ------------------------------------------------------------------ validation
