@@ -122,7 +122,7 @@ def run_one(data: Path, name: str, seed: int, work: Path) -> dict:
             "train_seconds": round(result.train_seconds, 1), "wall_seconds": round(wall, 1),
             "epochs_run": len(history), "best_epoch": meta.get("best_epoch"),
             "epoch_train_seconds": [r.get("train_seconds") for r in history],
-            "load_average_1min": round(os.getloadavg()[0], 2), "measured": time.strftime("%Y-%m-%d")}
+            "load_average_1min": round(os.getloadavg()[0], 2), "measured": time.strftime("%Y-%m-%d %H:%M", time.gmtime())}
 
 
 def plain_folders(data: Path, out: Path, seed: int) -> Path:
@@ -158,7 +158,7 @@ def run_peer(peer: str, data: Path, name: str, seed: int, work: Path) -> dict:
     return {"peer": peer, "strategy": name, "seed": seed, "test_accuracy": res["test_accuracy"],
             "train_seconds": res["total_seconds"], "wall_seconds": res["wall"],
             "epoch_seconds": res.get("epoch_seconds"), "load_average_1min": round(os.getloadavg()[0], 2),
-            "measured": time.strftime("%Y-%m-%d")}
+            "measured": time.strftime("%Y-%m-%d %H:%M", time.gmtime())}
 
 
 def peers_here() -> list[str]:

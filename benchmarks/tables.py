@@ -113,9 +113,9 @@ def fmnist_table() -> list[str]:
              "posetune holds out 15% of TRAIN for validation (best epoch), so it trains on 850 images; the plain "
              "loop (torchvision tutorial, run in the same benchmark run right after each posetune run) trains on "
              "the same 850 and validates on the same 150. Train time = posetune's `train_seconds` (feature extraction, epochs and "
-             "per-epoch validation; not the 10,000-image test evaluation). Measured: the date of the strategy's "
-             "latest run; rows of different dates come from different invocations (machine states), so their "
-             "seconds compare only within a date.", "",
+             "per-epoch validation; not the 10,000-image test evaluation). Measured (UTC): when the strategy's "
+             "latest run was; rows measured at different times come from different invocations (machine states), so "
+             "their seconds compare only within one time (a posetune row and its peers always share one).", "",
              "| strategy | seeds | test accuracy | train s | plain loop acc | plain loop s | matches plain loop | measured |",
              "|---|---|---|---|---|---|---|---|"]
     for name, r in f["strategies"].items():
