@@ -219,6 +219,17 @@ def test_cli_time_budget_prints_its_choice_trains_and_records_the_decision(shape
     assert 1 <= meta["epochs_run"] == budget["epochs_run"] <= (budget["stretched_to"] or budget["chosen"]["epochs"])
     assert budget["measured"][0]["backbone"] == TINY["backbone"] and budget["measured"][0]["images_per_s"] > 0
     assert sum(p["chosen"] for p in budget["plans"]) == 1
+    # killed before the run folder was finished (only its config and checkpoint left): the resumed run keeps
+    # the decision, which the checkpoint carries as plain data
+    import torch
+
+    assert torch.load(out / "checkpoint" / "last.pt", weights_only=True)["budget"]["chosen"] == budget["chosen"]
+    for name in ("model.json", "model.safetensors", "metrics.json"):
+        (out / name).unlink()
+    code, stdout, _ = run_cli(monkeypatch, capsys, ["train", "--resume", out])
+    assert code == 0 and "its decision is kept" in stdout
+    resumed = json.loads((out / "model.json").read_text())["budget"]
+    assert {k: resumed[k] for k in ("chosen", "plans", "time_budget_s")} == {k: budget[k] for k in ("chosen", "plans", "time_budget_s")}
 
 
 def test_cli_budget_too_small_names_the_smallest_that_works(shapes_kaggle, tmp_path, monkeypatch, capsys):

@@ -131,6 +131,10 @@ def _run_phases(p: Prepared, reporter: Reporter, resume: bool, dist, tracker: Tr
     opts = p.opts
     has_checkpoint = resume and (p.out / CHECKPOINT).is_file()
     checkpoint = load_checkpoint(p.out / CHECKPOINT, p.config_sha256) if has_checkpoint else None
+    if checkpoint is not None and p.budget is None and checkpoint.get("budget"):
+        p.budget = checkpoint["budget"]
+        reporter.info(f"resuming a --time-budget {p.budget.get('time_budget')} run: its decision is kept; the budget's "
+                      "clock ended with the first session, so the remaining epochs run without a deadline")
     tracker.log_params(run_params(p))
     t0 = time.perf_counter()
     history: list[dict] = []
@@ -301,6 +305,8 @@ def _saver(p: Prepared, reporter: Reporter):
 
     def save(payload: dict) -> None:
         payload[CONFIG_KEY] = p.config_sha256
+        if p.budget is not None:  # plain data: a resumed budgeted run still records its decision
+            payload["budget"] = p.budget
         try:
             save_checkpoint(p.out / CHECKPOINT, payload)
         except OSError as exc:  # e.g. disk full: the atomic write left the previous checkpoint intact
