@@ -41,7 +41,7 @@ def train(
     freeze_epochs: Optional[int] = typer.Option(None, help="gradual: epochs with only the head training (default 1)."),
     unfreeze_every: Optional[int] = typer.Option(None, help="gradual: epochs between unfreezing two stages (default 1)."),
     ema: bool = typer.Option(False, "--ema", help="Keep an EMA of the weights; evaluated each epoch, kept when better."),
-    ema_decay: float = typer.Option(0.999, help="EMA decay per step (with --ema)."),
+    ema_decay: float = typer.Option(0.999, help="EMA decay per step (with --ema), reached after a warm-up: 1 - (1 + step)^-2/3 until then."),
     balance: Optional[str] = typer.Option(None, help="Class imbalance: none (default) | weights (loss) | sampler."),
     mixup: Optional[float] = typer.Option(None, help="Mixup alpha (e.g. 0.2); 0 = off."),
     cutmix: Optional[float] = typer.Option(None, help="CutMix alpha (e.g. 1.0); 0 = off."),

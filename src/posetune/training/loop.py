@@ -229,7 +229,10 @@ class Trainer:
                             label_smoothing=settings.label_smoothing, num_classes=model.get_classifier().out_features)
                       if settings.mixup or settings.cutmix else None)
         self.soft_loss = SoftTargetCrossEntropy()  # mixup/cutmix targets
-        self.ema = ModelEmaV3(model, decay=settings.ema_decay, device=device) if settings.ema_decay else None
+        # the decay warms up (1 - (1 + step)^-2/3, capped at ema_decay): a fine-tune of a few hundred steps at
+        # 0.999 would average mostly the pretrained weights and never score above the model itself
+        self.ema = ModelEmaV3(model, decay=settings.ema_decay, use_warmup=True, device=device) \
+            if settings.ema_decay else None
         self._ddp: tuple[list[str] | None, torch.nn.Module] = (None, model)
         self.last_loss = math.nan  # of the latest step's batch (this rank's)
 
