@@ -68,6 +68,11 @@ LEVERS = {
     "base-lr-0.3+ema": {"base_lr_ratio": 0.3, "ema": 0.999},
     "full+ema": {"strategy": "full", "ema": 0.999},
     "base-lr-0.3+size-224": {"base_lr_ratio": 0.3, "image_size": 224},  # `posetune train DATA`, new defaults
+    # the random crop's smallest area share (--crop-scale; 0.5 by default), at today's base LR
+    "base-lr-0.3+crop-0.25": {"base_lr_ratio": 0.3, "crop_scale": 0.25},
+    "base-lr-0.3+crop-0.8": {"base_lr_ratio": 0.3, "crop_scale": 0.8},
+    "base-lr-0.3+crop-1": {"base_lr_ratio": 0.3, "crop_scale": 1.0},
+    "base-lr-0.3+trivial": {"base_lr_ratio": 0.3, "augment": "trivial"},  # --augment trivial (TrivialAugment)
     "tta": None,  # scored on the baseline runs
 }
 

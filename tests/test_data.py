@@ -157,3 +157,30 @@ def test_train_augment_draws_and_crops_exactly_as_torchvision_compose():
     theirs, after_theirs = [compose(img) for img in images], torch.rand(4)
     assert all(a.shape == (3, 32, 32) and torch.equal(a, b) for a, b in zip(ours, theirs))
     assert torch.equal(after_ours, after_theirs)
+
+
+def test_trivial_augment_is_a_function_of_the_batch_generator_and_leaves_the_global_stream():
+    """--augment trivial: torchvision draws its op from the global generator; posetune seeds that from the
+    batch's own generator in a fork, so the same batch seed gives the same pixels (resume stays exact) and
+    the global stream (dropout, mixup) is where it would have been without the policy."""
+    import torch
+
+    from posetune.data.pipeline import TrainAugment
+
+    images = [torch.randint(0, 256, (3, 40, 44), dtype=torch.uint8, generator=torch.Generator().manual_seed(i))
+              for i in range(16)]
+    trivial = TrainAugment(32, policy="trivial")
+
+    def batch(seed: int) -> list:
+        g = torch.Generator().manual_seed(seed)
+        return [trivial(img, g) for img in images]
+
+    torch.manual_seed(5)
+    first, after = batch(7), torch.rand(3)
+    torch.manual_seed(5)
+    light = [TrainAugment(32)(img, torch.Generator().manual_seed(7)) for img in images]
+    assert torch.equal(after, torch.rand(3))  # the global stream did not move
+    again, other = batch(7), batch(8)
+    assert all(a.shape == (3, 32, 32) and torch.equal(a, b) for a, b in zip(first, again))
+    assert any(not torch.equal(a, b) for a, b in zip(first, other))
+    assert any(not torch.equal(a, b) for a, b in zip(first, light))  # the policy changed some pixels

@@ -43,7 +43,9 @@ def test_gradual_unfreezes_from_the_top_with_lower_lrs():
     {"strategy": "full", "ema": 0.9, "bn": "train", "layer_decay": 0.75},
     {"strategy": "lp-ft", "freeze_stages": 1},
     {"strategy": "linear", "crop_pct": 1.0},
-], ids=["weights", "sampler-mixup-cutmix", "ema-bn-layer-decay", "lp-ft-partial", "linear-crop-pct"])
+    {"strategy": "partial", "crop_scale": 0.9, "precision": "bf16", "augment": "trivial"},  # bf16 on the CPU
+], ids=["weights", "sampler-mixup-cutmix", "ema-bn-layer-decay", "lp-ft-partial", "linear-crop-pct",
+        "crop-scale-bf16-trivial"])
 def test_options_train_and_save(options, shapes_kaggle, tmp_path):
     result = posetune.train(shapes_kaggle, epochs=2, out=str(tmp_path / "run"), **{**TINY, **options})
     assert len(result.history) == 2 and result.metrics["test"]["n"] == 12

@@ -46,14 +46,48 @@ def resolve_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
-def autocast(device: torch.device):
-    """bf16 autocast on CUDA GPUs that support it, fp16 on older ones; off on CPU (exact fp32)."""
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")  # --precision
+
+
+def amp_dtype(device: torch.device, precision: str = "auto"):
+    """The autocast dtype of ``--precision`` on ``device``, or None for plain fp32. ``auto``: bf16 on CUDA GPUs
+    that support it, fp16 on older ones, fp32 elsewhere (the CPU and MPS run exact fp32). ``bf16`` also runs on
+    the CPU (fast where it has AMX or AVX512-BF16); ``fp16`` needs CUDA. A precision this device cannot run is a
+    UsageError."""
     import torch
 
-    if device.type == "cuda":
-        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.autocast("cuda", dtype=dtype)
-    return torch.autocast("cpu", enabled=False)
+    if precision not in PRECISIONS:
+        raise UsageError(f"--precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
+    cuda = device.type == "cuda"
+    if precision == "auto":
+        return (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16) if cuda else None
+    if precision == "fp32":
+        return None
+    if device.type not in ("cuda", "cpu") or (precision == "fp16" and not cuda):
+        raise UsageError(f"--precision {precision} does not train on {device.type}; use "
+                         f"{'bf16 or ' if device.type == 'cpu' else ''}fp32 (or auto) there")
+    if precision == "bf16" and cuda and not torch.cuda.is_bf16_supported():
+        raise UsageError("--precision bf16: this GPU has no bf16; use fp16 (or auto)")
+    return torch.bfloat16 if precision == "bf16" else torch.float16
+
+
+def autocast(device: torch.device, precision: str = "auto"):
+    """Mixed precision on ``device`` as :func:`amp_dtype` says (off: exact fp32)."""
+    import torch
+
+    dtype = amp_dtype(device, precision)
+    return torch.autocast(device.type if device.type in ("cuda", "cpu") else "cpu", dtype=dtype,
+                          enabled=dtype is not None)
+
+
+def grad_scaler(device: torch.device, precision: str = "auto"):
+    """A GradScaler where autocast runs fp16 (its small range underflows gradients without loss scaling),
+    else None: bf16 has fp32's range and needs none."""
+    import torch
+
+    if amp_dtype(device, precision) is torch.float16:
+        return torch.amp.GradScaler(device.type)
+    return None
 
 
 def place(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:

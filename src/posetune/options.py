@@ -44,7 +44,7 @@ from posetune.checks import (
 )
 from posetune.data.check import CheckOptions
 from posetune.data.synth.dataset import SynthOptions
-from posetune.devices import DEVICE
+from posetune.devices import DEVICE, PRECISIONS
 from posetune.evaluation import EvaluateOptions
 from posetune.exporting import ExportOptions
 from posetune.predict.loading import PredictOptions
@@ -80,6 +80,8 @@ class TrainOptions(Options):
     batch_size: int = option(32, Int(*BATCH_SIZE))
     image_size: int | None = option(None, Int(*IMAGE_SIZE), hint="omit it for the backbone's pretrained size")
     crop_pct: float | None = option(None, Float(0.3, 1.0))  # eval resize ratio; 1.0 keeps the whole image
+    crop_scale: float = option(0.5, Float(0.05, 1.0))  # smallest area share of a random train crop (1.0: no crop)
+    augment: str = option("light", Choice("light", "trivial"))  # data.pipeline.TrainAugment.POLICIES
     val_fraction: float = option(0.15, VAL_FRACTION)
     patience: int = option(5, Int(0, 10_000))
     weight_decay: float = option(0.05, Float(0.0, 1.0))
@@ -87,6 +89,7 @@ class TrainOptions(Options):
     out: str | None = option(None, OutputPath(folder=True))
     seed: int = option(0, Int(*SEED))
     device: str = option("auto", DEVICE)
+    precision: str = option("auto", Choice(*PRECISIONS))  # autocast dtype (posetune.devices.amp_dtype)
     weights: str | None = option(None, Text("a .safetensors/.pth/.bin file"))
     pretrained: bool = option(True, Bool(), flag="pretrained (--no-pretrained)")
     label_level: int = option(6, Choice(*LABEL_LEVELS))
@@ -110,7 +113,12 @@ class TrainOptions(Options):
 
         Choice(*STRATEGIES)(self.strategy, label("strategy"))
         check_trackers(self.log, self.log_dir, self.mlflow_uri, label)
-        parse_spec(self.backbone, weights=self.weights, pretrained=self.pretrained)
+        spec = parse_spec(self.backbone, weights=self.weights, pretrained=self.pretrained)
+        if spec.uses_pose and (self.mixup or self.cutmix):
+            raise InvalidOption(f"--mixup/--cutmix do not mix landmarks yet; drop them for --backbone {spec.name}")
+        if spec.uses_pose and self.augment != "light":  # its shears and rotations move the body off its landmarks
+            raise InvalidOption(f"--augment {self.augment} would move the image away from its landmarks; use "
+                                f"--augment light for --backbone {spec.name}")
 
 
 @dataclass

@@ -48,13 +48,26 @@ class TrainAugment:
     from ``generator`` when one is given (the training stream: a generator per batch, see SeededBatches), else
     from the global generator, as the Compose's do."""
 
-    def __init__(self, size: int, scale: tuple[float, float] = (0.5, 1.0)):
+    POLICIES = ("light", "trivial")  # --augment
+
+    def __init__(self, size: int, scale: tuple[float, float] = (0.5, 1.0), policy: str = "light"):
         self.crop = v2.RandomResizedCrop(size, scale=scale, antialias=True)
         self.flip_p = 0.5
         self.batch_color = BatchColorJitter(brightness=0.2, contrast=0.2, saturation=0.2)
+        # trivial: one TrivialAugment op per image on the crop (Müller & Hutter 2021; torchvision's)
+        self.policy = v2.TrivialAugmentWide() if policy == "trivial" else None
 
     def __call__(self, img: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        return self.crop_and_flip(img, generator)[0]
+        img = self.crop_and_flip(img, generator)[0]
+        if self.policy is None:
+            return img
+        if generator is None:
+            return self.policy(img)
+        # torchvision draws the op from the global generator: seed it from this batch's, in a fork, so that
+        # the batch stays a function of (seed, epoch, step) and the global stream is left as it was
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(torch.randint(0, 2**62, (1,), generator=generator)))
+            return self.policy(img)
 
     def crop_and_flip(self, img: torch.Tensor, generator: torch.Generator | None = None) -> tuple[torch.Tensor, bool]:
         """The augmented image and whether it was flipped (the pose backbones flip the landmarks with it)."""

@@ -23,7 +23,7 @@ import torch.nn.functional as nnf
 from posetune.backbones import Stage
 from posetune.data.pipeline import Preprocess, SeededBatches, color_seed, epoch_batches
 from posetune.data.prefetch import BatchProducer
-from posetune.devices import Normalizer, autocast
+from posetune.devices import Normalizer, autocast, grad_scaler
 from posetune.predict.torch_engine import predict_logits
 from posetune.strategies import Plan, apply_freeze, param_groups, set_train_mode
 
@@ -45,6 +45,7 @@ class Settings:
     # epochs that fit before ``target`` (the budget less the final evaluation), up to ``stretch_to``
     target: float | None = None
     stretch_to: int | None = None
+    precision: str = "auto"  # --precision (posetune.devices.amp_dtype)
 
 
 @dataclass
@@ -224,6 +225,7 @@ class Trainer:
         self.scheduler = cosine_with_warmup(self.optimizer, self.steps_per_epoch * settings.epochs,
                                             int(self.steps_per_epoch * settings.warmup_epochs))
         self.normalize = Normalizer(preprocess, device)
+        self.scaler = grad_scaler(device, settings.precision)  # fp16 only
         self.class_weight = class_weights.to(device) if class_weights is not None else None
         self.mixer = (Mixup(mixup_alpha=settings.mixup, cutmix_alpha=settings.cutmix,
                             label_smoothing=settings.label_smoothing, num_classes=model.get_classifier().out_features)
@@ -242,7 +244,7 @@ class Trainer:
         """A checkpoint: tensors and plain data only (it loads with torch.load(weights_only=True))."""
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(), "ema": self.ema.state_dict() if self.ema else None,
-                "loop": dataclasses.asdict(loop), "best_state": best}
+                "scaler": self.scaler.state_dict() if self.scaler else None, "loop": dataclasses.asdict(loop), "best_state": best}
 
     def restore(self, checkpoint: dict) -> tuple[LoopState, dict | None]:
         self.model.load_state_dict(checkpoint["model"])
@@ -250,6 +252,8 @@ class Trainer:
         self.scheduler.load_state_dict(checkpoint["scheduler"])
         if self.ema is not None and checkpoint.get("ema") is not None:
             self.ema.load_state_dict(checkpoint["ema"])
+        if self.scaler is not None and checkpoint.get("scaler"):
+            self.scaler.load_state_dict(checkpoint["scaler"])
         return LoopState(**checkpoint["loop"]), checkpoint.get("best_state")
 
     # ------------------------------------------------------------------ training
@@ -278,15 +282,20 @@ class Trainer:
         if self.mixer is not None and len(y) % 2 == 0:  # prepare refuses mixing for landmark inputs
             mixed, target = self.mixer(inputs[0], y)
             inputs = (mixed, *inputs[1:])
-        with autocast(self.device):
+        with autocast(self.device, self.settings.precision):
             logits = module(*inputs).float()
         if target is not None:
             loss = self.soft_loss(logits, target)
         else:
             loss = nnf.cross_entropy(logits, y, weight=self.class_weight, label_smoothing=self.settings.label_smoothing)
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
+        if self.scaler is not None:  # fp16: scaled loss, the step skipped on inf/nan gradients
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            loss.backward()
+            self.optimizer.step()
         self.scheduler.step()
         if self.ema is not None:
             self.ema.update(self.model, step=global_step)

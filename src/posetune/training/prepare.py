@@ -101,7 +101,7 @@ def prepare(opts: TrainOptions, reporter: Reporter, write_config: bool = True, d
     ``create``: make the run folder (refusing an existing one unless ``overwrite`` or ``resume``)."""
     from posetune import backbones, strategies
     from posetune.data.pipeline import Preprocess
-    from posetune.devices import place
+    from posetune.devices import amp_dtype, place
     from posetune.distributed import Dist
     from posetune.runtime import tune_allocator
     from posetune.training.loop import Settings
@@ -116,6 +116,7 @@ def prepare(opts: TrainOptions, reporter: Reporter, write_config: bool = True, d
         reporter.info(f"backbone pose is all head: --strategy {opts.strategy} trains it in the epoch loop (as full)")
         strategy = strategies.get_strategy("full")
     device = _device(opts.device, dist)
+    amp_dtype(device, opts.precision)  # a precision this device cannot run stops here, before any file is written
     seed_everything(opts.seed)
     index = load_index(opts, reporter)
     model, stages, plan = build_model(opts, spec, len(index.classes), reporter, strategy.name)
@@ -131,14 +132,13 @@ def prepare(opts: TrainOptions, reporter: Reporter, write_config: bool = True, d
     if spec.uses_pose:
         from posetune.training.pose_inputs import attach_pose
 
-        if opts.mixup or opts.cutmix:
-            raise UsageError(f"--mixup/--cutmix do not mix landmarks yet; drop them for --backbone {spec.name}")
         with_pose, no_person = attach_pose(index, {"train": train_ds, "val": val_ds, "test": test_ds}, reporter)
         train_ds, val_ds, test_ds = with_pose["train"], with_pose["val"], with_pose["test"]
     place(model, device)
     settings = Settings(epochs=epochs, batch_size=opts.batch_size, patience=opts.patience,
                         weight_decay=opts.weight_decay, label_smoothing=opts.label_smoothing, seed=opts.seed,
-                        ema_decay=opts.ema, mixup=opts.mixup, cutmix=opts.cutmix)
+                        ema_decay=opts.ema, mixup=opts.mixup, cutmix=opts.cutmix,
+                        precision=opts.precision)
     class_weights, sampler = balancing(opts.balance, train_ds.labels, len(index.classes), opts.seed)
     if dist.enabled:
         import torch
@@ -230,7 +230,8 @@ def decode_datasets(opts: TrainOptions, index: DataIndex, preprocess: Preprocess
     def dataset(split: str, augment: bool) -> DecodedDataset:
         samples = index.split(split)
         return DecodedDataset([decoded[s.path] for s in samples], [s.label for s in samples], preprocess,
-                              TrainAugment(preprocess.size) if augment else None)
+                              TrainAugment(preprocess.size, scale=(opts.crop_scale, 1.0), policy=opts.augment)
+                              if augment else None)
 
     train_ds = dataset("train", True)
     if len(train_ds) == 0:
