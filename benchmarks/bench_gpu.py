@@ -154,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
             bare = [bare_rate(args.device, backbone, "full", size, batch, "bf16", steps=steps, warmup=steps // 5 + 1)]
             ratios, runs = [], []
             for r in range(rounds):
-                runs.append(posetune_run(data, Path(tmp) / f"e-{r}", backbone=backbone, strategy="full",
+                runs.append(posetune_run(data, Path(tmp) / f"e-{backbone.replace('@', '-')}-{r}", backbone=backbone, strategy="full",
                                          precision="bf16", **common))
                 bare.append(bare_rate(args.device, backbone, "full", size, batch, "bf16", steps=steps,
                                       warmup=steps // 5 + 1))

@@ -152,7 +152,7 @@ def test_train_augment_draws_and_crops_exactly_as_torchvision_compose():
     images = [torch.randint(0, 256, (3, 40, 40 + 12 * (i % 3)), dtype=torch.uint8, generator=g) for i in range(24)]
     compose = v2.Compose([v2.RandomResizedCrop(32, scale=(0.5, 1.0), antialias=True), v2.RandomHorizontalFlip()])
     torch.manual_seed(11)
-    ours, after_ours = [TrainAugment(32)(img) for img in images], torch.rand(4)
+    ours, after_ours = [TrainAugment(32, scale=(0.5, 1.0))(img) for img in images], torch.rand(4)
     torch.manual_seed(11)
     theirs, after_theirs = [compose(img) for img in images], torch.rand(4)
     assert all(a.shape == (3, 32, 32) and torch.equal(a, b) for a, b in zip(ours, theirs))
