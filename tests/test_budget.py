@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 
@@ -95,6 +96,36 @@ def test_the_guard_ends_training_at_an_epoch_boundary_after_the_deadline():
     assert trained == [1] and result.stopped_by_deadline  # the first epoch always runs: weights to keep
     unbounded = drive_epochs(Settings(epochs=3, patience=0), train_epoch, lambda: {"val_accuracy": 0.5}, lambda r: {})
     assert len(unbounded.history) == 3 and not unbounded.stopped_by_deadline
+
+
+def test_validation_slower_than_the_plan_said_leaves_the_final_evaluation_its_time():
+    """The planner leaves ``final_eval_s`` for scoring val + test after the last epoch; when each epoch's own
+    validation runs slower per image than that assumed, the guard and the stretch leave the difference too."""
+    from posetune.training.loop import Settings, drive_epochs, final_eval_shortfall, stretched_epochs
+
+    history = [{"train_seconds": 1.0, "seconds": 1.2}, {"train_seconds": 1.0, "seconds": 1.5}]  # 0.2 s, 0.5 s
+    planned = Settings(epochs=5, final_eval_s=10.0, final_images=1000, val_images=20)
+    assert final_eval_shortfall(planned, history) == pytest.approx(1000 * 0.5 / 20 - 10.0)  # the slowest: 15 s
+    assert final_eval_shortfall(Settings(epochs=5, final_eval_s=30.0, final_images=1000, val_images=20),
+                                history) == 0.0  # the plan left enough
+    assert final_eval_shortfall(Settings(epochs=5, final_eval_s=1.0), history) == 0.0  # no counts: the plan's
+    target = Settings(epochs=3, target=time.perf_counter() + 35.0, stretch_to=8)
+    assert stretched_epochs(target, 10.0, 3, shortfall=20.0) == 3 < stretched_epochs(target, 10.0, 3) == 4
+
+    def train_epoch(epoch, state):
+        return {"images": 1}
+
+    def slow_val():
+        time.sleep(0.05)  # 0.05 s for 10 val images: the 1,000 final images take 5 s, the plan left 1 s
+        return {"val_accuracy": 0.5, "val_loss": 1.0}
+
+    settings = Settings(epochs=5, patience=0, deadline=time.perf_counter() + 3.0, final_eval_s=1.0,
+                        final_images=1000, val_images=10)
+    result = drive_epochs(settings, train_epoch, slow_val, lambda row: {})
+    assert len(result.history) == 1 and result.stopped_by_deadline  # 3 s left, less the 4 s shortfall
+    roomy = drive_epochs(dataclasses.replace(settings, deadline=time.perf_counter() + 60.0), train_epoch, slow_val,
+                         lambda row: {})
+    assert len(roomy.history) == 5 and not roomy.stopped_by_deadline
 
 
 @pytest.mark.parametrize("seconds_left, epoch_seconds, expected", [

@@ -162,7 +162,8 @@ def train_within_budget(data, time_budget: str, reporter: Reporter | None = None
     reporter.info(f"chosen: {choice.backbone}, {choice.strategy}, {choice.image_size} px, {choice.epochs} epochs, "
                   f"~{choice.estimated_seconds:.0f} s ({choice.reason})")
     chosen = next(c for c in candidates if c.backbone == choice.backbone)
-    final_eval_s = (counts["n_val"] + counts["n_test"]) / at_size(chosen, choice.image_size) + RESERVE_S
+    scoring_s = (counts["n_val"] + counts["n_test"]) / at_size(chosen, choice.image_size)  # the loop re-checks it
+    final_eval_s = scoring_s + RESERVE_S
     deadline = t0 + budget_s * OVERRUN - final_eval_s
     most = get_strategy("partial").epochs * MORE_EPOCHS  # the cap plan_budget gives epochs
     decision = {"time_budget": time_budget, "time_budget_s": budget_s, "measuring_seconds": round(spent, 2),
@@ -175,7 +176,8 @@ def train_within_budget(data, time_budget: str, reporter: Reporter | None = None
     options.update(backbone=choice.backbone, strategy=choice.strategy,
                    image_size=choice.image_size, epochs=choice.epochs)
     result = train(opts.data, reporter=reporter, config=config, overwrite=overwrite, deadline=deadline,
-                   budget=decision, stretch=(t0 + budget_s - final_eval_s, max(most, choice.epochs)), **{k: v for k, v in options.items() if k != "data"})
+                   budget=decision, stretch=(t0 + budget_s - final_eval_s, max(most, choice.epochs)),
+                   final_eval_s=scoring_s, **{k: v for k, v in options.items() if k != "data"})
     wall = time.perf_counter() - t0
     result.budget = {**(result.budget or {}), "wall_seconds": round(wall, 2)}
     reporter.info(f"time budget {time_budget}: {wall:.0f} s used of {budget_s:.0f} s ({wall / budget_s:.0%})")

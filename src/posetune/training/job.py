@@ -49,7 +49,7 @@ class Scores:
 def train(data: str | Path | None = None, reporter: Reporter | None = None, config: str | Path | None = None,
           verbose: bool = False, resume: str | Path | None = None, overwrite: bool = False,
           tracker: Tracker | None = None, deadline: float | None = None, budget: dict | None = None,
-          stretch: tuple[float, int] | None = None, **options) -> TrainResult:
+          stretch: tuple[float, int] | None = None, final_eval_s: float = 0.0, **options) -> TrainResult:
     """Fine-tune a backbone on DATA and write a self-contained run folder. Options as `posetune train`.
 
     ``resume=RUN`` continues RUN from its last checkpoint with the options saved in RUN/config.yaml (a run
@@ -59,7 +59,8 @@ def train(data: str | Path | None = None, reporter: Reporter | None = None, conf
     ``time.perf_counter()`` value; training ends at the last epoch boundary before it (the guard of
     ``train --time-budget``, whose decision ``budget`` is recorded in model.json). ``stretch=(target, most)``:
     after epoch 1, the schedule stretches to the epochs that fit before ``target`` (also a perf_counter
-    value), at most ``most``.
+    value), at most ``most``. ``final_eval_s``: the seconds both leave for the final evaluation; when the
+    epochs' own validation says it will take longer, training ends that much sooner.
     """
     from posetune.console import RichReporter
 
@@ -70,7 +71,7 @@ def train(data: str | Path | None = None, reporter: Reporter | None = None, conf
     opts = TrainOptions.from_sources(config, data=str(data) if data is not None else None, **options)
     if opts.out:
         RunDir(opts.out).check_free(overwrite)  # before the slow part: nothing is replaced without --overwrite
-    return _train(opts, reporter, overwrite=overwrite, tracker=tracker, budget=_Budget(deadline, budget, *(stretch or (None, None))))
+    return _train(opts, reporter, overwrite=overwrite, tracker=tracker, budget=_Budget(deadline, budget, *(stretch or (None, None)), final_eval_s))
 
 
 def _resume(run: Path, reporter: Reporter, config, data, options: dict, tracker: Tracker | None = None) -> TrainResult:
@@ -96,6 +97,7 @@ class _Budget:
     decision: dict | None = None
     target: float | None = None  # when the planned epochs should end (Settings.target)
     stretch_to: int | None = None  # the most epochs the schedule may stretch to after epoch 1
+    final_eval_s: float = 0.0  # what deadline and target leave for the final evaluation (Settings.final_eval_s)
 
 
 def _train(opts: TrainOptions, reporter: Reporter, resume: bool = False, overwrite: bool = False,
@@ -116,7 +118,8 @@ def _train_ranked(opts: TrainOptions, reporter: Reporter, resume: bool, overwrit
     """The training run as one rank of ``dist`` sees it (rank 0 alone writes the run folder and logs)."""
     p = prepare(opts, reporter, write_config=dist.is_main, dist=dist, overwrite=overwrite, resume=resume)
     p.settings = dataclasses.replace(p.settings, deadline=budget.deadline, target=budget.target,
-                                     stretch_to=budget.stretch_to)
+                                     stretch_to=budget.stretch_to, final_eval_s=budget.final_eval_s,
+                                     final_images=len(p.val_ds) + len(p.test_ds), val_images=len(p.val_ds))
     p.budget = budget.decision
     if tracker is not None or not dist.is_main:  # the caller's tracker (a compare cell's); none off rank 0
         return _run_phases(p, reporter, resume, dist, tracker if dist.is_main else NullTracker())
