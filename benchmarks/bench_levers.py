@@ -40,7 +40,7 @@ import bench_fmnist  # noqa: E402  (the Fashion-MNIST-1k folders)
 
 SIZES = {"fmnist": 112, "yoga": 128}  # each set's training size unless a lever sets one
 YOGA_DATA = {"per_class": 100, "test_per_class": 30, "size": 160, "seed": 0}  # the demo's render
-# posetune's defaults until this sweep (now 0.3: strategies.BASE_LR_RATIO; the crop's smallest share now 0.8)
+# posetune's defaults until this sweep (now 0.3: strategies.BASE_LR_RATIO); the crop pinned at its default 0.5
 BASELINE = {"base_lr_ratio": 0.1, "crop_scale": 0.5}
 LEVERS = {
     "baseline": {},
@@ -74,7 +74,7 @@ LEVERS = {
     "base-lr-0.3+crop-0.8": {"base_lr_ratio": 0.3, "crop_scale": 0.8},
     "base-lr-0.3+crop-1": {"base_lr_ratio": 0.3, "crop_scale": 1.0},
     "base-lr-0.3+trivial": {"base_lr_ratio": 0.3, "augment": "trivial"},  # --augment trivial (TrivialAugment)
-    # `posetune train DATA` with today's defaults (base LR 0.3, crop 0.8, the pretrained 224 px)
+    # crop 0.8 at the default 224 px (`posetune train DATA --crop-scale 0.8`)
     "base-lr-0.3+crop-0.8+size-224": {"base_lr_ratio": 0.3, "crop_scale": 0.8, "image_size": 224},
     "tta": None,  # scored on the baseline runs
 }

@@ -194,7 +194,7 @@ def levers_table() -> list[str]:
         return []
     sizes = lev["protocol"]["sizes"]
     lines = ["", "## Training levers (`bench_levers.py`: the baseline (posetune's defaults before the sweep: "
-             "--base-lr-ratio 0.1; now 0.3) with one change; "
+             "--base-lr-ratio 0.1, now 0.3; --crop-scale 0.5) with one change; "
              + ", ".join(f"{k} at {v} px" for k, v in sizes.items()) + " unless the lever sets the size)", "",
              "Test accuracy, mean ± std over the seeds (val chooses the epoch; test is only reported). Cost: the "
              "lever's training seconds / the baseline's on the same set in the same invocation (same machine state; "

@@ -252,7 +252,7 @@ def worker_augment_ab(spec: dict) -> dict:
     norm = Normalizer(pre, torch.device("cpu"))
     batched = TrainAugment(pre.size)
     # posetune's sample transform before the batch jitter: crop, flip and ColorJitter composed per image.
-    per_image = v2.Compose([v2.RandomResizedCrop(pre.size, scale=(0.8, 1.0), antialias=True),
+    per_image = v2.Compose([v2.RandomResizedCrop(pre.size, scale=(0.5, 1.0), antialias=True),
                             v2.RandomHorizontalFlip(), v2.ColorJitter(0.2, 0.2, 0.2)])
 
     def epoch(augment, color) -> float:

@@ -80,8 +80,8 @@ class TrainOptions(Options):
     batch_size: int = option(32, Int(*BATCH_SIZE))
     image_size: int | None = option(None, Int(*IMAGE_SIZE), hint="omit it for the backbone's pretrained size")
     crop_pct: float | None = option(None, Float(0.3, 1.0))  # eval resize ratio; 1.0 keeps the whole image
-    # the random train crop's smallest area share (1.0: no crop); 0.8 = data.pipeline.TrainAugment's default
-    crop_scale: float = option(0.8, Float(0.05, 1.0))
+    # the random train crop's smallest area share (1.0: no crop); 0.5 = data.pipeline.TrainAugment's default
+    crop_scale: float = option(0.5, Float(0.05, 1.0))
     augment: str = option("light", Choice("light", "trivial"))  # data.pipeline.TrainAugment.POLICIES
     val_fraction: float = option(0.15, VAL_FRACTION)
     patience: int = option(5, Int(0, 10_000))

@@ -28,7 +28,7 @@ def train(
     batch_size: Optional[int] = typer.Option(None, help="Default 32."),
     image_size: Optional[int] = typer.Option(None, help="Default: the backbone's pretrained input size."),
     crop_pct: Optional[float] = typer.Option(None, help="Resize to size/crop_pct, then centre-crop (1.0: keep the whole image)."),
-    crop_scale: Optional[float] = typer.Option(None, help="Train crops keep a random share of the image area, from this to 1 (default 0.8; 1.0: flips and colour only)."),
+    crop_scale: Optional[float] = typer.Option(None, help="Train crops keep a random share of the image area, from this to 1 (default 0.5; 1.0: flips and colour only)."),
     augment: Optional[str] = typer.Option(None, help="Train augmentation: light (default: random resized crop, flip, colour jitter) | trivial (also one TrivialAugment op per image)."),
     val_fraction: Optional[float] = typer.Option(None, help="Held out of train when DATA has no val split (default 0.15)."),
     patience: Optional[int] = typer.Option(None, help="Stop after this many epochs without a better val score (0: never)."),
