@@ -44,42 +44,12 @@ def lite0_backbone() -> str:
 
 def bare_rate(device_name: str, backbone: str, strategy: str, size: int, batch: int, precision: str, steps: int,
               warmup: int) -> float:
-    """Images/s of forward + backward + AdamW step on one batch already on the device (the compute limit)."""
-    import torch
-    import torch.nn.functional as nnf
-    from workers import planned_model
+    """Images/s of forward + backward + AdamW step on one batch already on the device (the compute limit):
+    workers.py's bare-train in a fresh interpreter, the faster memory layout."""
+    from common import worker
 
-    from posetune.devices import autocast, grad_scaler
-
-    device = torch.device(device_name)
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    torch.manual_seed(0)
-    model = planned_model(backbone, strategy).to(device=device, memory_format=torch.channels_last)
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4, weight_decay=0.05)
-    scaler = grad_scaler(device, precision)
-    x = torch.randn(batch, 3, size, size, device=device).contiguous(memory_format=torch.channels_last)
-    y = torch.randint(0, 5, (batch,), device=device)
-
-    def step():
-        with autocast(device, precision):
-            loss = nnf.cross_entropy(model(x).float(), y)
-        opt.zero_grad(set_to_none=True)
-        if scaler is None:
-            loss.backward()
-            opt.step()
-        else:
-            scaler.scale(loss).backward()
-            scaler.step(opt)
-            scaler.update()
-
-    for _ in range(warmup):
-        step()
-    sync()
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        step()
-    sync()
-    return round(batch * steps / (time.perf_counter() - t0), 1)
+    return worker("bare-train", backbone=backbone, strategy=strategy, size=size, batch=batch, steps=steps,
+                  warmup=warmup, device=device_name, precision=precision)["images_per_s"]
 
 
 def posetune_run(data: Path, out: Path, **opts) -> dict:

@@ -31,33 +31,51 @@ def planned_model(backbone: str, strategy: str, n_classes: int = 5, freeze_stage
 
 def worker_bare_train(spec: dict) -> dict:
     """Forward + backward + AdamW step on one in-memory batch, the same frozen stages as posetune's plan, in
-    both memory layouts (contiguous NCHW and channels_last); the faster one is the compute limit."""
+    both memory layouts (contiguous NCHW and channels_last); the faster one is the compute limit. ``device``
+    (default cpu) and ``precision`` (default fp32; else autocast, and a GradScaler for fp16, as posetune's
+    Trainer steps) for bench_gpu.py."""
     import torch
     import torch.nn.functional as nnf
 
+    from posetune.devices import autocast, grad_scaler
     from posetune.runtime import tune_allocator
 
     tuned = tune_allocator()
     b, s = spec["batch"], spec["size"]
+    device, precision = torch.device(spec.get("device", "cpu")), spec.get("precision", "fp32")
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     rates = {}
     for layout in ("contiguous", "channels_last"):
         fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
         torch.manual_seed(0)
-        model = planned_model(spec["backbone"], spec["strategy"]).to(memory_format=fmt)
+        model = planned_model(spec["backbone"], spec["strategy"]).to(device=device, memory_format=fmt)
         opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4, weight_decay=0.05)
-        x, y = torch.randn(b, 3, s, s).contiguous(memory_format=fmt), torch.randint(0, 5, (b,))
+        x = torch.randn(b, 3, s, s, device=device).contiguous(memory_format=fmt)
+        y = torch.randint(0, 5, (b,), device=device)
+        scaler = grad_scaler(device, precision)
 
-        def step(model=model, opt=opt, x=x, y=y):
-            loss = nnf.cross_entropy(model(x), y)
+        def step(model=model, opt=opt, x=x, y=y, scaler=scaler):
+            if precision == "fp32":  # the CPU cases: no autocast context at all
+                loss = nnf.cross_entropy(model(x), y)
+            else:
+                with autocast(device, precision):
+                    loss = nnf.cross_entropy(model(x).float(), y)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            if scaler is None:
+                loss.backward()
+                opt.step()
+            else:
+                scaler.scale(loss).backward()
+                scaler.step(opt)
+                scaler.update()
 
         for _ in range(spec.get("warmup", 3)):
             step()
+        sync()
         t0 = time.perf_counter()
         for _ in range(spec.get("steps", 10)):
             step()
+        sync()
         rates[layout] = round(b * spec.get("steps", 10) / (time.perf_counter() - t0), 2)
     return {"images_per_s": max(rates.values()), "images_per_s_by_layout": rates,
             "allocator_tuned": tuned, "threads": torch.get_num_threads(), "minor_faults": resource.getrusage(resource.RUSAGE_SELF).ru_minflt}
