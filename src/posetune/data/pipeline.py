@@ -57,6 +57,8 @@ class TrainAugment:
         self.crop = v2.RandomResizedCrop(size, scale=scale, antialias=True)
         self.flip_p = 0.5
         self.batch_color = BatchColorJitter(brightness=0.2, contrast=0.2, saturation=0.2)
+        if policy not in self.POLICIES:
+            raise ValueError(f"TrainAugment policy must be one of {self.POLICIES}, not {policy!r}")
         # trivial: one TrivialAugment op per image on the crop (Müller & Hutter 2021; torchvision's)
         self.policy = v2.TrivialAugmentWide() if policy == "trivial" else None
 
