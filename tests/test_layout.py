@@ -106,8 +106,8 @@ def test_static_same_padding_matches_tf_same_at_even_and_odd_sizes(size):
     fast, changes = optimize_for_inference(model, (3, size, size))
     assert changes["same_pads_made_static"] == same > 0
     assert not any(isinstance(m, Conv2dSame) for m in fast.modules())
-    x = torch.randn(2, 3, size, size)
-    with torch.inference_mode():
-        assert torch.allclose(model(x), fast(x), atol=1e-4)
+    x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(size))
+    with torch.inference_mode():  # float32 reassociation: ~1e-4 on logits of magnitude ~50 (the relative term)
+        assert torch.allclose(model(x), fast(x), atol=1e-4, rtol=1e-4)
         with pytest.raises(ValueError, match="optimised for"):  # another size would be silently wrong
             fast(torch.randn(1, 3, size + 1, size + 1))

@@ -171,3 +171,18 @@ def _require_size(size: tuple[int, int], _module, inputs) -> None:
     if tuple(inputs[0].shape[-2:]) != size:
         raise ValueError(f"this model was optimised for {size[0]}x{size[1]} inputs (static padding), not "
                          f"{inputs[0].shape[-2]}x{inputs[0].shape[-1]}; load the run with optimize=False for other sizes")
+
+
+def inference_copy(model: nn.Module, kind: str, size: int) -> tuple[nn.Module, dict[str, int]]:
+    """The model as `posetune predict` runs it, for scoring: ``image`` -> :func:`optimize_for_inference`'s
+    copy; ``fusion`` -> a shallow copy whose CNN is that copy (the head is the model's own; the model keeps
+    its CNN); ``pose`` -> the model itself (no convolutions). Returns (model, what changed)."""
+    if kind == "image":
+        return optimize_for_inference(model, (3, size, size))
+    if kind == "fusion":
+        cnn, changes = optimize_for_inference(model.cnn, (3, size, size))
+        scoring = copy.copy(model)
+        scoring._modules = dict(model._modules)  # copy.copy shares the dict: swap the CNN in a new one
+        scoring.cnn = cnn
+        return scoring.eval(), changes
+    return model.eval(), {"batchnorms_folded": 0, "same_pads_made_static": 0}

@@ -225,7 +225,7 @@ def finetune_phase(p: Prepared, checkpoint: dict | None, reporter: Reporter, tra
 
     train_loader = p.train_loader()
     trainer = Trainer(p.model, p.stages, p.plan, p.preprocess, p.settings, p.device, len(train_loader),
-                      p.class_weights, p.dist)
+                      p.class_weights, p.dist, p.spec.kind)
     if checkpoint is not None:
         loop = checkpoint["loop"]
         reporter.info(f"resuming {p.out.path} after epoch {loop['epoch']}"
@@ -324,12 +324,15 @@ def score_splits(p: Prepared) -> Scores:
     before and after it on each split; the most confidently wrong images of test (else val)."""
     from posetune.calibration import calibration_summary, fit_temperature
     from posetune.evaluation import compute_metrics
+    from posetune.inference import inference_copy
     from posetune.predict.torch_engine import predict_logits
 
     metrics, scored = {}, {}
+    # the BN-folded copy that predict runs: its scores, ~1.5-2x faster than the training graph on a CPU
+    net = inference_copy(p.model, p.spec.kind, p.preprocess.size)[0]
     for split, ds in (("val", p.val_ds), ("test", p.test_ds)):
         if len(ds):
-            logits, labels = predict_logits(p.model, p.loader(ds), p.device, p.preprocess)
+            logits, labels = predict_logits(net, p.loader(ds), p.device, p.preprocess)
             scored[split] = (logits.double().numpy(), labels.numpy())
             metrics[split] = compute_metrics(labels.tolist(), logits.argmax(1).tolist(), p.index.classes)
             metrics[split]["split"] = split
