@@ -250,6 +250,7 @@ def test_cli_time_budget_prints_its_choice_trains_and_records_the_decision(shape
     assert 1 <= meta["epochs_run"] == budget["epochs_run"] <= (budget["stretched_to"] or budget["chosen"]["epochs"])
     assert budget["measured"][0]["backbone"] == TINY["backbone"] and budget["measured"][0]["images_per_s"] > 0
     assert sum(p["chosen"] for p in budget["plans"]) == 1
+    assert budget["patience"] == 10  # no --patience: half the 20 epochs a budgeted run may stretch to
     # killed before the run folder was finished (only its config and checkpoint left): the resumed run keeps
     # the decision, which the checkpoint carries as plain data
     import torch

@@ -44,6 +44,11 @@ MORE_EPOCHS = 2
 SIZE_STEPS = (1.0, 0.75, 0.5)  # image sizes tried, as a share of the backbone's pretrained size
 RESERVE_S = 5.0  # scoring and writing the run folder (report, plots) after the last epoch
 OVERRUN = 1.1  # the guard lets a run end within the budget + 10%
+# Under a budget the time is the user's to spend: --patience's default (5 flat epochs) would stop on a flat
+# 150-image val while the cosine still has its low-LR epochs to come (Fashion-MNIST-1k 10m: stopped at 11 of
+# 20 epochs, 0.863; 17 epochs the day before, 0.875). So it stops after half the planned epochs flat, unless
+# --patience is given.
+BUDGET_PATIENCE_SHARE = 0.5
 PLANNED = ("strategy", "epochs", "image_size", "freeze_stages")  # options the plan chooses
 
 
@@ -166,10 +171,14 @@ def train_within_budget(data, time_budget: str, reporter: Reporter | None = None
     final_eval_s = scoring_s + RESERVE_S
     deadline = t0 + budget_s * OVERRUN - final_eval_s
     most = get_strategy("partial").epochs * MORE_EPOCHS  # the cap plan_budget gives epochs
+    if "patience" not in options and opts.patience == TrainOptions().patience:
+        options["patience"] = max(opts.patience, math.ceil(BUDGET_PATIENCE_SHARE * max(most, choice.epochs)))
+        reporter.info(f"patience {options['patience']} epochs (half the epochs the run may stretch to; "
+                      f"--patience sets it)")
     decision = {"time_budget": time_budget, "time_budget_s": budget_s, "measuring_seconds": round(spent, 2),
                 "chosen": {k: getattr(choice, k) for k in ("backbone", "strategy", "image_size", "epochs",
                                                            "estimated_seconds")},
-                "reason": choice.reason, "plans": choice.rows,
+                "reason": choice.reason, "plans": choice.rows, "patience": options.get("patience", opts.patience),
                 "measured": [dataclasses.asdict(c) for c in candidates], "probe_images_per_class": PROBE_IMAGES_PER_CLASS}
     from posetune.training import train
 
