@@ -159,6 +159,28 @@ def test_train_augment_draws_and_crops_exactly_as_torchvision_compose():
     assert torch.equal(after_ours, after_theirs)
 
 
+@pytest.mark.parametrize("layout", ["channels_last", "contiguous"])
+def test_batch_color_jitter_is_torchvisions_colour_maths_per_image(layout):
+    """BatchColorJitter on a whole batch = torchvision's adjust_brightness, _contrast, _saturation on each
+    image with that image's factors (drawn from the generator in that order), in either memory layout."""
+    import torch
+    from torchvision.transforms.v2 import functional as F
+
+    from posetune.data.pipeline import BatchColorJitter
+
+    n, strength = 6, 0.2
+    x = torch.rand(n, 3, 20, 24, generator=torch.Generator().manual_seed(0))
+    x = x.contiguous(memory_format=getattr(torch, layout + "_format" if layout == "contiguous" else layout))
+    ours = BatchColorJitter(strength, strength, strength)(x.clone(), torch.Generator().manual_seed(4))
+    g = torch.Generator().manual_seed(4)
+    factors = [1 - strength + 2 * strength * torch.rand(n, generator=g) for _ in range(3)]
+    for i in range(n):
+        img = F.adjust_brightness(x[i], factors[0][i].item())
+        img = F.adjust_contrast(img, factors[1][i].item())
+        img = F.adjust_saturation(img, factors[2][i].item())
+        assert torch.allclose(ours[i], img, atol=1e-5)
+
+
 def test_trivial_augment_is_a_function_of_the_batch_generator_and_leaves_the_global_stream():
     """--augment trivial: torchvision draws its op from the global generator; posetune seeds that from the
     batch's own generator in a fork, so the same batch seed gives the same pixels (resume stays exact) and

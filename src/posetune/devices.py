@@ -113,7 +113,9 @@ class Normalizer:
 
     def __call__(self, x: torch.Tensor, color: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
         """``color``: a batch augmentation of the [0, 1] pixels, applied before mean/std (training only)."""
-        x = x.to(self.device, non_blocking=True).float().div_(255.0)
+        # the layout is changed on the uint8 batch (a quarter of the bytes of the float one); every op after
+        # keeps it, so the last contiguous() is a no-op unless ``color`` returns another layout
+        x = x.to(self.device, non_blocking=True).contiguous(memory_format=self.layout).float().div_(255.0)
         if color is not None:
             x = color(x)
         x = x.sub_(self.mean).div_(self.std)
