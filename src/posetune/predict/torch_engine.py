@@ -54,9 +54,13 @@ class Classifier:
         self.model = place(model, self.device).eval()
         self.inference_changes: dict[str, int] = {}
         if optimize:
-            from posetune.inference import inference_copy
+            from posetune.inference import optimize_for_inference
 
-            self.model, self.inference_changes = inference_copy(self.model, self.meta.kind, self.preprocess.size)
+            size = self.preprocess.size
+            if self.meta.kind == "image":
+                self.model, self.inference_changes = optimize_for_inference(self.model, (3, size, size))
+            elif self.meta.kind == "fusion":  # the CNN takes the images alone; the head stays as trained
+                self.model.cnn, self.inference_changes = optimize_for_inference(self.model.cnn, (3, size, size))
         self.normalize = Normalizer(self.preprocess, self.device)  # uint8 NCHW -> normalised float on the device
 
     @property
