@@ -46,8 +46,8 @@ RESERVE_S = 5.0  # scoring and writing the run folder (report, plots) after the 
 OVERRUN = 1.1  # the guard lets a run end within the budget + 10%
 # Under a budget the time is the user's to spend: --patience's default (5 flat epochs) would stop on a flat
 # 150-image val while the cosine still has its low-LR epochs to come (Fashion-MNIST-1k 10m: stopped at 11 of
-# 20 epochs, 0.863; 17 epochs the day before, 0.875). So it stops after half the planned epochs flat, unless
-# --patience is given.
+# 20 epochs, 0.863; 17 epochs the day before, 0.875). So it stops after half the epochs the run may stretch to
+# (the plan's, or the stretch cap when larger) are flat, unless --patience is given.
 BUDGET_PATIENCE_SHARE = 0.5
 PLANNED = ("strategy", "epochs", "image_size", "freeze_stages")  # options the plan chooses
 
