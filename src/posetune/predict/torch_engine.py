@@ -53,14 +53,10 @@ class Classifier:
                              f"{len(self.classes)} classes): {detail}; restore both from the same run") from exc
         self.model = place(model, self.device).eval()
         self.inference_changes: dict[str, int] = {}
-        if optimize:
-            from posetune.inference import optimize_for_inference
+        if optimize:  # the same copy the training's validation and final scoring run
+            from posetune.inference import inference_copy
 
-            size = self.preprocess.size
-            if self.meta.kind == "image":
-                self.model, self.inference_changes = optimize_for_inference(self.model, (3, size, size))
-            elif self.meta.kind == "fusion":  # the CNN takes the images alone; the head stays as trained
-                self.model.cnn, self.inference_changes = optimize_for_inference(self.model.cnn, (3, size, size))
+            self.model, self.inference_changes = inference_copy(self.model, self.meta.kind, self.preprocess.size)
         self.normalize = Normalizer(self.preprocess, self.device)  # uint8 NCHW -> normalised float on the device
 
     @property
