@@ -206,3 +206,30 @@ def test_trivial_augment_is_a_function_of_the_batch_generator_and_leaves_the_glo
     assert all(a.shape == (3, 32, 32) and torch.equal(a, b) for a, b in zip(first, again))
     assert any(not torch.equal(a, b) for a, b in zip(first, other))
     assert any(not torch.equal(a, b) for a, b in zip(first, light))  # the policy changed some pixels
+
+
+@pytest.mark.parametrize("layout", ["channels_last", "contiguous"])
+def test_normalizer_gives_the_models_layout_and_mean_std_maths_from_either_input_layout(layout):
+    """The Normalizer works on the NCHW batch and changes the layout once at the end: the model gets a
+    channels_last batch equal to (x / 255 - mean) / std, whatever the layout of the uint8 batch it was given."""
+    import torch
+
+    from posetune.data.pipeline import BatchColorJitter
+    from posetune.data.preprocessing import PreprocessConfig
+    from posetune.devices import Normalizer
+
+    config = PreprocessConfig(size=16, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
+    x = torch.randint(0, 256, (4, 3, 16, 20), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    x = x.contiguous(memory_format=getattr(torch, layout + "_format" if layout == "contiguous" else layout))
+    mean, std = torch.tensor(config.mean).view(1, 3, 1, 1), torch.tensor(config.std).view(1, 3, 1, 1)
+    before = x.clone()
+    normalize = Normalizer(config, torch.device("cpu"))
+    out = normalize(x)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    assert torch.allclose(out, (x.float() / 255 - mean) / std, atol=1e-6)
+    jitter = BatchColorJitter()
+    jittered = normalize(x, lambda b: jitter(b, torch.Generator().manual_seed(3)))
+    expected = (jitter(x.float() / 255, torch.Generator().manual_seed(3)) - mean) / std
+    assert jittered.is_contiguous(memory_format=torch.channels_last)
+    assert torch.allclose(jittered, expected, atol=1e-5)
+    assert torch.equal(x, before)  # the loader's batch is left as it was
