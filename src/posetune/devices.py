@@ -115,7 +115,8 @@ class Normalizer:
         """``color``: a batch augmentation of the [0, 1] pixels, applied before mean/std (training only)."""
         # The work runs on the NCHW batch and the layout changes once, at the end, on the float batch: a
         # per-channel op over NHWC loops over rows of 3 values (sub_ of the mean was ~15x slower there) and a
-        # CPU's uint8 NHWC transpose is slow too. At 224 px, batch 32, one thread: 52 -> 14 ms with the jitter.
+        # CPU's uint8 NHWC transpose is slow too. At 224 px, batch 32, one thread: 40 -> 17 ms with the jitter
+        # (benchmarks/bench_batch_prep.py).
         x = x.to(self.device, non_blocking=True).contiguous().float().div_(255.0)
         if color is not None:
             x = color(x)

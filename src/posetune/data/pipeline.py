@@ -28,7 +28,8 @@ class Preprocess(PreprocessConfig):
         """A path, PIL image or array -> uint8 CHW tensor resized to ``short_side`` (raises ImageError).
 
         The tensor is a CHW view of the HWC pixels (as the disk cache's are): torchvision's uint8 resize
-        reads that layout natively, so the training crop at 224 px ran 15 -> 11.5 ms per 32 images."""
+        reads that layout natively: the training crops at 224 px took 17 -> 10 ms per 32 images, one thread
+        (benchmarks/bench_batch_prep.py, 6a6a783 -> b43fc1f)."""
         return torch.from_numpy(self.pixels(item).copy()).permute(2, 0, 1)
 
     def eval_crop(self, img: torch.Tensor) -> torch.Tensor:
