@@ -76,6 +76,10 @@ LEVERS = {
     "base-lr-0.3+trivial": {"base_lr_ratio": 0.3, "augment": "trivial"},  # --augment trivial (TrivialAugment)
     # crop 0.8 at the default 224 px (`posetune train DATA --crop-scale 0.8`)
     "base-lr-0.3+crop-0.8+size-224": {"base_lr_ratio": 0.3, "crop_scale": 0.8, "image_size": 224},
+    # the two +0.007 levers at 112 px (layer decay, 20 epochs), combined at the default 224 px
+    "layer-decay-0.7+epochs-20+size-224": {"base_lr_ratio": 1.0, "layer_decay": 0.7, "epochs": 20, "image_size": 224},
+    "layer-decay-0.7+size-224": {"base_lr_ratio": 1.0, "layer_decay": 0.7, "image_size": 224},
+    "base-lr-0.3+epochs-20+size-224": {"base_lr_ratio": 0.3, "epochs": 20, "image_size": 224},
     "tta": None,  # scored on the baseline runs
 }
 
