@@ -19,8 +19,8 @@ the same run (these CPUs are shared and noisy); the absolute figures are beside 
 What each ratio compares:
 
 - **train_efficiency**: `posetune train` images/s over its steady-state epochs (epoch 1 and per-epoch
-  validation excluded; `train_seconds` column of metrics.csv) / the bare model's forward + backward + AdamW step
-  images/s on an in-memory tensor of the same shape, same frozen stages. Minimum over the cases.
+  validation excluded) / the bare model's forward + backward + AdamW step images/s on an in-memory tensor of the
+  same shape, same frozen stages, measured in one process (bare blocks between the epochs). Minimum over the cases.
 - **vs_plain_loop**: the loop from the torchvision fine-tuning tutorial (ImageFolder, PIL decode + transforms
   every epoch, DataLoader with one worker per core, train + val phase per epoch) / posetune (decode-once +
   the same epochs), same model, strategy (full), batch, image size, optimizer, on 1024-1280 px JPEGs.
@@ -71,7 +71,11 @@ def summary_table() -> list[str]:
                                   ("train_efficiency", "plain_loop", "decoded_cache", "linear_cache", "predict", "onnx",
                                    "mallopt"))
     how = {
-        "train_efficiency": "; ".join(f"{c['backbone']} {c['strategy']} {c['size']}px: {c['posetune_steady_images_per_s']} / "
+        "train_efficiency": "; ".join(f"{c['backbone']} {c['strategy']} {c['size']}px: epochs {_fmt(c['epoch_images_per_s'][1:])} / "
+                                      f"bare blocks {_fmt(c['bare_block_images_per_s'])} img/s, per epoch "
+                                      f"{_fmt(c['efficiency_epochs'])} (across processes {c['efficiency_across_processes']})"
+                                      if "efficiency_epochs" in c else
+                                      f"{c['backbone']} {c['strategy']} {c['size']}px: {c['posetune_steady_images_per_s']} / "
                                       f"{c['bare_images_per_s']} img/s, per round {c.get('efficiency_rounds', '-')}"
                                       for c in te.get("cases", [])),
         "vs_plain_loop": (f"{sum(pl['plain_epoch_seconds']):.1f} s / {sum(pl['posetune_epoch_seconds']) + (pl.get('posetune_decode_once_seconds') or 0):.1f} s "

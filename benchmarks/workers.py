@@ -29,22 +29,19 @@ def planned_model(backbone: str, strategy: str, n_classes: int = 5, freeze_stage
     return model
 
 
-def worker_bare_train(spec: dict) -> dict:
-    """Forward + backward + AdamW step on one in-memory batch, the same frozen stages as posetune's plan, in
-    both memory layouts (contiguous NCHW and channels_last); the faster one is the compute limit. ``device``
-    (default cpu) and ``precision`` (default fp32; else autocast, and a GradScaler for fp16, as posetune's
-    Trainer steps) for bench_gpu.py."""
+def bare_steps(spec: dict) -> dict:
+    """layout -> a function running forward + backward + AdamW on one in-memory batch of the planned model
+    (the same frozen stages as posetune's plan), in contiguous NCHW and channels_last. ``device`` (default
+    cpu) and ``precision`` (default fp32; else autocast, and a GradScaler for fp16, as posetune's Trainer
+    steps) for bench_gpu.py."""
     import torch
     import torch.nn.functional as nnf
 
     from posetune.devices import autocast, grad_scaler
-    from posetune.runtime import tune_allocator
 
-    tuned = tune_allocator()
     b, s = spec["batch"], spec["size"]
     device, precision = torch.device(spec.get("device", "cpu")), spec.get("precision", "fp32")
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    rates = {}
+    steps = {}
     for layout in ("contiguous", "channels_last"):
         fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
         torch.manual_seed(0)
@@ -69,16 +66,77 @@ def worker_bare_train(spec: dict) -> dict:
                 scaler.step(opt)
                 scaler.update()
 
-        for _ in range(spec.get("warmup", 3)):
-            step()
-        sync()
-        t0 = time.perf_counter()
-        for _ in range(spec.get("steps", 10)):
-            step()
-        sync()
-        rates[layout] = round(b * spec.get("steps", 10) / (time.perf_counter() - t0), 2)
+        steps[layout] = step
+    return steps
+
+
+def bare_rates(steps: dict, spec: dict) -> dict:
+    """layout -> images/s of ``spec["steps"]`` timed steps after ``spec["warmup"]`` untimed ones."""
+    import torch
+
+    sync = torch.cuda.synchronize if spec.get("device", "cpu").startswith("cuda") else (lambda: None)
+    rates = {}
+    with torch.enable_grad():
+        for layout, step in steps.items():
+            for _ in range(spec.get("warmup", 3)):
+                step()
+            sync()
+            t0 = time.perf_counter()
+            for _ in range(spec.get("steps", 10)):
+                step()
+            sync()
+            rates[layout] = round(spec["batch"] * spec.get("steps", 10) / (time.perf_counter() - t0), 2)
+    return rates
+
+
+def worker_bare_train(spec: dict) -> dict:
+    """The bare model's training step in both memory layouts (:func:`bare_steps`); the faster one is the
+    compute limit."""
+    import torch
+
+    from posetune.runtime import tune_allocator
+
+    tuned = tune_allocator()
+    rates = bare_rates(bare_steps(spec), spec)
     return {"images_per_s": max(rates.values()), "images_per_s_by_layout": rates,
             "allocator_tuned": tuned, "threads": torch.get_num_threads(), "minor_faults": resource.getrusage(resource.RUSAGE_SELF).ru_minflt}
+
+
+def worker_train_vs_bare(spec: dict) -> dict:
+    """One `posetune.train` run (the API the CLI calls) with a block of bare training steps before its first
+    epoch and after every epoch, in this one process: each epoch's images/s is set against the better of the
+    bare blocks on either side of it, seconds apart rather than minutes, in the same allocator and threads.
+    The epoch is timed around Trainer.train_epoch (what metrics.csv's train_seconds times); the bare blocks
+    run outside it and before validation."""
+    import tempfile
+
+    import posetune
+    from posetune.training import loop
+
+    steps = bare_steps(spec)
+    blocks: list[dict] = []  # bare rates per layout, before epoch 1 and after every epoch
+    epochs: list[tuple[int, float]] = []  # (images, seconds) per epoch
+    original = loop.Trainer.train_epoch
+
+    def train_epoch(self, *args, **kwargs):
+        if not blocks:
+            blocks.append(bare_rates(steps, spec))
+        t0 = time.perf_counter()
+        row = original(self, *args, **kwargs)
+        epochs.append((row["images"], time.perf_counter() - t0))
+        blocks.append(bare_rates(steps, spec))
+        return row
+
+    loop.Trainer.train_epoch = train_epoch
+    with tempfile.TemporaryDirectory(prefix="posetune-train-vs-bare-") as tmp:
+        posetune.train(spec["data"], out=str(Path(tmp) / "run"), backbone=spec["backbone"], strategy=spec["strategy"],
+                       image_size=spec["size"], epochs=spec["epochs"], batch_size=spec["batch"], patience=0, device="cpu")
+    bare = [max(b.values()) for b in blocks]
+    rates = [round(n / s, 2) for n, s in epochs]
+    # epoch 1 is not steady state (first-touch allocations, the first pass over the decoded cache)
+    per_epoch = [round(rates[i] / max(bare[i], bare[i + 1]), 3) for i in range(1, len(rates))]
+    return {"epoch_images_per_s": rates, "bare_images_per_s": bare, "bare_images_per_s_by_layout": blocks,
+            "efficiency_epochs": per_epoch, "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
 
 
 def worker_bare_infer(spec: dict) -> dict:
@@ -307,7 +365,8 @@ def worker_decode_rate(spec: dict) -> dict:
     return {"images_per_s": round(len(paths) / (time.perf_counter() - t0), 2)}
 
 
-WORKERS = {"decode-rate": worker_decode_rate, "augment-ab": worker_augment_ab, "bare-train": worker_bare_train, "bare-infer": worker_bare_infer, "plain-loop": worker_plain_loop,
+WORKERS = {"decode-rate": worker_decode_rate, "augment-ab": worker_augment_ab, "bare-train": worker_bare_train,
+           "train-vs-bare": worker_train_vs_bare, "bare-infer": worker_bare_infer, "plain-loop": worker_plain_loop,
            "decode-epochs": worker_decode_epochs}
 
 
