@@ -53,8 +53,8 @@ def train_efficiency_case(ctx: dict, backbone: str, strategy: str, size: int) ->
     cli = posetune_train(data, out, backbone=backbone, strategy=strategy, image_size=size, epochs=ctx["train_epochs"],
                          batch_size=32, patience=0)
     bare.append(worker("bare-train", **spec))
-    inproc = worker("train-vs-bare", **spec, data=str(data), epochs=ctx["train_epochs_in_process"],
-                    steps=ctx["bare_block_steps"], warmup=2)
+    inproc = worker("train-vs-bare", **{**spec, "steps": ctx["bare_block_steps"]}, warmup=2, data=str(data),
+                    epochs=ctx["train_epochs_in_process"])
     ratios = inproc["efficiency_epochs"]
     return {"backbone": backbone, "strategy": strategy, "size": size, "batch": 32,
             "efficiency": round(statistics.median(ratios), 3), "efficiency_epochs": ratios,
