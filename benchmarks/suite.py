@@ -57,7 +57,7 @@ SECTIONS = ("cli", "train_efficiency", "augment", "mallopt", "plain_loop", "deco
 BENCHES = {"augment": train.bench_augment, "cli": cli.bench_cli, "train_efficiency": train.bench_train_efficiency,
            "mallopt": train.bench_mallopt, "decoded_cache": train.bench_decoded_cache, "plain_loop": train.bench_plain_loop,
            "linear_cache": train.bench_linear_cache, "predict": inference.bench_predict, "onnx": inference.bench_onnx}
-SUMMARY_KEYS = {"augment": ["batch_jitter_speedup"], "cli": ["help_seconds"], "train_efficiency": ["train_efficiency", "peak_rss_mb_train"],
+SUMMARY_KEYS = {"augment": ["batch_jitter_speedup"], "cli": ["help_seconds"], "train_efficiency": ["train_efficiency", "train_efficiency_neighbour_median", "peak_rss_mb_train"],
                 "mallopt": ["mallopt_speedup"], "decoded_cache": ["decoded_cache_speedup"],
                 "plain_loop": ["vs_plain_loop"], "linear_cache": ["linear_cache_speedup"],
                 "predict": ["predict_efficiency", "predict_efficiency_small_images", "predict_one_seconds", "peak_rss_mb_predict"],

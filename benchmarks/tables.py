@@ -73,7 +73,7 @@ def summary_table() -> list[str]:
     how = {
         "train_efficiency": "; ".join(f"{c['backbone']} {c['strategy']} {c['size']}px: epochs {_fmt(c['epoch_images_per_s'][1:])} / "
                                       f"bare blocks {_fmt(c['bare_block_images_per_s'])} img/s, per epoch "
-                                      f"{_fmt(c['efficiency_epochs'])} (across processes {c['efficiency_across_processes']})"
+                                      f"{_fmt(c['efficiency_epochs'])}, pooled {c['efficiency']} (across processes {c['efficiency_across_processes']})"
                                       if "efficiency_epochs" in c else
                                       f"{c['backbone']} {c['strategy']} {c['size']}px: {c['posetune_steady_images_per_s']} / "
                                       f"{c['bare_images_per_s']} img/s, per round {c.get('efficiency_rounds', '-')}"
