@@ -1,6 +1,7 @@
 """Benchmark measurements, each in a fresh interpreter: `python benchmarks/workers.py KIND SPEC_JSON`.
 
-A fresh process per measurement leaves no allocator state, threads or imported modules to the next one.
+A fresh process per measurement leaves no allocator state, threads or imported modules to the next one
+(train-vs-bare runs posetune's epochs and bare blocks in one process on purpose: the ratio within it).
 The kinds: the bare model (training step, inference), the torchvision-tutorial loop, decoding every epoch vs
 the decoded cache, colour jitter per image vs per batch, and decode alone. common.worker(KIND, **spec)
 starts one; the child prints its result as one JSON line.
@@ -38,6 +39,7 @@ def bare_steps(spec: dict) -> dict:
     import torch.nn.functional as nnf
 
     from posetune.devices import autocast, grad_scaler
+    from posetune.training.loop import make_optimizer
 
     b, s = spec["batch"], spec["size"]
     device, precision = torch.device(spec.get("device", "cpu")), spec.get("precision", "fp32")
@@ -46,7 +48,10 @@ def bare_steps(spec: dict) -> dict:
         fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
         torch.manual_seed(0)
         model = planned_model(spec["backbone"], spec["strategy"]).to(device=device, memory_format=fmt)
-        opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4, weight_decay=0.05)
+        # posetune's own optimizer (foreach kernels): the default per-tensor loop on a CPU is slower, and a
+        # slower bare step would flatter posetune
+        opt = make_optimizer([{"params": [p for p in model.parameters() if p.requires_grad], "lr": 1e-4,
+                               "weight_decay": 0.05}], device)
         x = torch.randn(b, 3, s, s, device=device).contiguous(memory_format=fmt)
         y = torch.randint(0, 5, (b,), device=device)
         scaler = grad_scaler(device, precision)
@@ -74,7 +79,7 @@ def bare_rates(steps: dict, spec: dict) -> dict:
     """layout -> images/s of ``spec["steps"]`` timed steps after ``spec["warmup"]`` untimed ones."""
     import torch
 
-    sync = torch.cuda.synchronize if spec.get("device", "cpu").startswith("cuda") else (lambda: None)
+    sync = torch.cuda.synchronize if torch.device(spec.get("device") or "cpu").type == "cuda" else (lambda: None)
     rates = {}
     with torch.enable_grad():
         for layout, step in steps.items():
@@ -103,17 +108,19 @@ def worker_bare_train(spec: dict) -> dict:
 
 
 def worker_train_vs_bare(spec: dict) -> dict:
-    """One `posetune.train` run (the API the CLI calls) with a block of bare training steps before its first
-    epoch and after every epoch, in this one process: each epoch's images/s is set against the better of the
-    bare blocks on either side of it, seconds apart rather than minutes, in the same allocator and threads.
-    The epoch is timed around Trainer.train_epoch (what metrics.csv's train_seconds times); the bare blocks
-    run outside it and before validation."""
+    """One `posetune.train` run (the API the CLI calls, CPU) with a block of bare training steps before its
+    first epoch and after every epoch, in this one process and allocator. Returns each epoch's images/s
+    (timed around Trainer.train_epoch alone: the blocks run outside it, before validation; metrics.csv's
+    train_seconds of this run include them), each block's, and each steady epoch over the better block
+    around it; sections/train.py pools them (pooled_efficiency)."""
     import tempfile
 
     import posetune
+    from posetune.runtime import tune_allocator
     from posetune.training import loop
 
-    steps = bare_steps(spec)
+    tune_allocator()  # before the bare models allocate, as worker_bare_train does (posetune.train does it too)
+    steps = bare_steps({**spec, "device": "cpu"})
     blocks: list[dict] = []  # bare rates per layout, before epoch 1 and after every epoch
     epochs: list[tuple[int, float]] = []  # (images, seconds) per epoch
     original = loop.Trainer.train_epoch
@@ -128,9 +135,12 @@ def worker_train_vs_bare(spec: dict) -> dict:
         return row
 
     loop.Trainer.train_epoch = train_epoch
-    with tempfile.TemporaryDirectory(prefix="posetune-train-vs-bare-") as tmp:
-        posetune.train(spec["data"], out=str(Path(tmp) / "run"), backbone=spec["backbone"], strategy=spec["strategy"],
-                       image_size=spec["size"], epochs=spec["epochs"], batch_size=spec["batch"], patience=0, device="cpu")
+    try:
+        with tempfile.TemporaryDirectory(prefix="posetune-train-vs-bare-") as tmp:
+            posetune.train(spec["data"], out=str(Path(tmp) / "run"), backbone=spec["backbone"], strategy=spec["strategy"],
+                           image_size=spec["size"], epochs=spec["epochs"], batch_size=spec["batch"], patience=0, device="cpu")
+    finally:
+        loop.Trainer.train_epoch = original
     bare = [max(b.values()) for b in blocks]
     rates = [round(n / s, 2) for n, s in epochs]
     # epoch 1 is not steady state (first-touch allocations, the first pass over the decoded cache)
