@@ -20,7 +20,8 @@ What each ratio compares:
 
 - **train_efficiency**: `posetune train` images/s over its steady-state epochs (epoch 1 and per-epoch
   validation excluded) / the bare model's forward + backward + AdamW step images/s on an in-memory tensor of the
-  same shape, same frozen stages, measured in one process (bare blocks between the epochs). Minimum over the cases.
+  same shape, same frozen stages, measured in one process (bare blocks between the epochs, each side's rate
+  pooled over the steady epochs). Minimum over the cases.
 - **vs_plain_loop**: the loop from the torchvision fine-tuning tutorial (ImageFolder, PIL decode + transforms
   every epoch, DataLoader with one worker per core, train + val phase per epoch) / posetune (decode-once +
   the same epochs), same model, strategy (full), batch, image size, optimizer, on 1024-1280 px JPEGs.
