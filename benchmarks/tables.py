@@ -75,9 +75,6 @@ def summary_table() -> list[str]:
         "train_efficiency": "; ".join(f"{c['backbone']} {c['strategy']} {c['size']}px: epochs {_fmt(c['epoch_images_per_s'][1:])} / "
                                       f"bare blocks {_fmt(c['bare_block_images_per_s'])} img/s, per epoch "
                                       f"{_fmt(c['efficiency_epochs'])}, pooled {c['efficiency']} (across processes {c['efficiency_across_processes']})"
-                                      if "efficiency_epochs" in c else
-                                      f"{c['backbone']} {c['strategy']} {c['size']}px: {c['posetune_steady_images_per_s']} / "
-                                      f"{c['bare_images_per_s']} img/s, per round {c.get('efficiency_rounds', '-')}"
                                       for c in te.get("cases", [])),
         "vs_plain_loop": (f"{sum(pl['plain_epoch_seconds']):.1f} s / {sum(pl['posetune_epoch_seconds']) + (pl.get('posetune_decode_once_seconds') or 0):.1f} s "
                           f"for {pl['epochs']} epochs at {pl['size']}px (steady epoch {pl['vs_plain_loop_steady_epoch']}x); "

@@ -111,8 +111,7 @@ def worker_train_vs_bare(spec: dict) -> dict:
     """One `posetune.train` run (the API the CLI calls, CPU) with a block of bare training steps before its
     first epoch and after every epoch, in this one process and allocator. Returns each epoch's images/s
     (timed around Trainer.train_epoch alone: the blocks run outside it, before validation; metrics.csv's
-    train_seconds of this run include them), each block's, and each steady epoch over the better block
-    around it; sections/train.py pools them (pooled_efficiency)."""
+    train_seconds of this run include them) and each block's; sections/train.py turns them into ratios."""
     import tempfile
 
     import posetune
@@ -141,12 +140,9 @@ def worker_train_vs_bare(spec: dict) -> dict:
                            image_size=spec["size"], epochs=spec["epochs"], batch_size=spec["batch"], patience=0, device="cpu")
     finally:
         loop.Trainer.train_epoch = original
-    bare = [max(b.values()) for b in blocks]
-    rates = [round(n / s, 2) for n, s in epochs]
-    # epoch 1 is not steady state (first-touch allocations, the first pass over the decoded cache)
-    per_epoch = [round(rates[i] / max(bare[i], bare[i + 1]), 3) for i in range(1, len(rates))]
-    return {"epoch_images_per_s": rates, "bare_images_per_s": bare, "bare_images_per_s_by_layout": blocks,
-            "efficiency_epochs": per_epoch, "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+    return {"epoch_images_per_s": [round(n / s, 2) for n, s in epochs], "bare_images_per_s": [max(b.values()) for b in blocks],
+            "bare_images_per_s_by_layout": blocks,
+            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
 
 
 def worker_bare_infer(spec: dict) -> dict:

@@ -49,14 +49,21 @@ def pooled_efficiency(epoch_rates: list[float], block_rates: list[float]) -> flo
     return ratio(statistics.harmonic_mean(epoch_rates[1:]), statistics.harmonic_mean(block_rates[1:]))
 
 
+def neighbour_efficiencies(epoch_rates: list[float], block_rates: list[float]) -> list[float]:
+    """Each steady epoch (epoch 1 is not: first-touch allocations, the first pass over the decoded cache)
+    over the better of the bare blocks just before and after it; block k runs before epoch k+1."""
+    return [ratio(epoch_rates[i], max(block_rates[i], block_rates[i + 1])) for i in range(1, len(epoch_rates))]
+
+
 def train_efficiency_case(ctx: dict, backbone: str, strategy: str, size: int) -> dict:
     """The headline ratio comes from one process (workers.worker_train_vs_bare): `posetune.train` with a block
     of bare training steps before epoch 1 and after every epoch; the case's efficiency is the steady epochs'
     pooled rate over the blocks' (:func:`pooled_efficiency`), with each epoch over the better of the two
     blocks around it beside it (``efficiency_epochs``, the conservative figure). The bare rate moves by up
     to 20-30% between processes minutes apart on these CPUs and, as measured here, between blocks seconds
-    apart too: only many short interleaved windows, pooled, average that out. Around it, the old protocol once, for continuity and for peak RSS: bare worker, `posetune
-    train` CLI, bare worker, the CLI's steady rate over the better bare."""
+    apart too: only many short interleaved windows, pooled, average that out. Around it, the old protocol
+    once, for continuity and for peak RSS: bare worker, `posetune train` CLI, bare worker, the CLI's steady
+    rate over the better bare."""
     spec = dict(backbone=backbone, strategy=strategy, size=size, batch=32, steps=ctx["bare_steps"])
     data = ctx.get("efficiency_data", ctx["data"])
     out = ctx["work"] / f"te-{backbone.replace('@', '-')}-{strategy}-{size}"
@@ -66,7 +73,7 @@ def train_efficiency_case(ctx: dict, backbone: str, strategy: str, size: int) ->
     bare.append(worker("bare-train", **spec))
     inproc = worker("train-vs-bare", **{**spec, "steps": ctx["bare_block_steps"]}, warmup=2, data=str(data),
                     epochs=ctx["train_epochs_in_process"])
-    ratios = inproc["efficiency_epochs"]
+    ratios = neighbour_efficiencies(inproc["epoch_images_per_s"], inproc["bare_images_per_s"])
     return {"backbone": backbone, "strategy": strategy, "size": size, "batch": 32,
             "efficiency": pooled_efficiency(inproc["epoch_images_per_s"], inproc["bare_images_per_s"]),
             "efficiency_epochs": ratios, "efficiency_epochs_median": round(statistics.median(ratios), 3),
