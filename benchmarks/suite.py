@@ -27,7 +27,8 @@ Run: python benchmarks/suite.py --quick | --full [--only train_efficiency,onnx,.
 (--full also runs bench_fmnist.py, bench_label_issues.py (the label-issue finder against flipped labels),
 bench_reliance.py (background reliance per strategy), bench_calibration.py (ECE before/after temperature) and
 bench_live.py (the page's Live mode in headless Chromium with a fake camera; skipped without Chromium),
-bench_budget.py (`train --time-budget` against its budgets) and bench_levers.py (the training levers).)
+bench_budget.py (`train --time-budget` against its budgets), bench_levers.py (the training levers) and
+bench_ensemble.py (ensembles of default runs and flip TTA on Fashion-MNIST-1k).)
 
 The sections are in sections/ (train, inference, cli), the measurements that each need a fresh interpreter
 in workers.py, and what they share (child processes, photo sets, results files) in common.py.
@@ -149,6 +150,10 @@ def main(argv: list[str] | None = None) -> int:
         sets = ["--sets", "yoga"] if args.skip_fmnist else []
         bench_budget.main(sets + ([] if args.skip_fmnist else ["--plain-loop"]))
         bench_levers.main(sets)
+        if not args.skip_fmnist:  # results/ensemble.json: 3 default runs, their ensembles and flip TTA
+            import bench_ensemble
+
+            bench_ensemble.main([])
     from tables import write_readme
 
     write_readme()
