@@ -31,6 +31,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import bench_fmnist  # noqa: E402  (the Fashion-MNIST-1k folders)
+from common import save_and_print  # noqa: E402
 
 VIEWS = ("centre", "mirror")  # the two test views scored per member
 
@@ -119,10 +120,7 @@ def main(argv: list[str] | None = None) -> int:
                            "n_test": len(paths)},
               "members": members, "rows": summarise(members, probs, y),
               "seconds": round(time.perf_counter() - t0, 1)}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result["rows"], indent=1))
+    save_and_print(args.out, result)
     from tables import write_readme
 
     write_readme()
