@@ -80,6 +80,10 @@ LEVERS = {
     "layer-decay-0.7+epochs-20+size-224": {"base_lr_ratio": 1.0, "layer_decay": 0.7, "epochs": 20, "image_size": 224},
     "layer-decay-0.7+size-224": {"base_lr_ratio": 1.0, "layer_decay": 0.7, "image_size": 224},
     "base-lr-0.3+epochs-20+size-224": {"base_lr_ratio": 0.3, "epochs": 20, "image_size": 224},
+    # the defaults at a larger size, and trained on all 1000 train images (no val: the last epoch is kept and no
+    # temperature is fitted), which says what the 15% held out for choosing the epoch costs
+    "base-lr-0.3+size-288": {"base_lr_ratio": 0.3, "image_size": 288},
+    "base-lr-0.3+val-0+size-224": {"base_lr_ratio": 0.3, "val_fraction": 0.0, "image_size": 224},
     "tta": None,  # scored on the baseline runs
 }
 

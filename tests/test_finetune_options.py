@@ -58,6 +58,16 @@ def test_options_train_and_save(options, shapes_kaggle, tmp_path):
         assert posetune.load(tmp_path / "run").preprocess.crop_pct == options["crop_pct"]
 
 
+@pytest.mark.parametrize("strategy", ["partial", "linear"])  # the fine-tuning loop and the head on cached features
+def test_without_a_val_split_the_last_epoch_is_kept_and_nothing_stops_early(strategy, shapes_kaggle, tmp_path):
+    """--val-fraction 0: no score to choose an epoch on, so every epoch runs and the last one's weights are saved
+    (before, each epoch tied epoch 1 at "no score", patience ran out and epoch 1's weights were kept)."""
+    run = tmp_path / "run"
+    result = posetune.train(shapes_kaggle, strategy=strategy, epochs=3, patience=1, val_fraction=0.0, out=str(run), **TINY)
+    assert len(result.history) == 3 and [row["best"] for row in result.history] == [True] * 3
+    assert json.loads((run / "model.json").read_text())["best_epoch"] == 3
+
+
 def test_bad_option_values_are_clear(shapes_kaggle, tmp_path):
     from posetune.errors import UsageError
 

@@ -121,8 +121,9 @@ def drive_epochs(settings: Settings, train_epoch: Callable[[int, LoopState], dic
                  checkpoint: Callable[[LoopState, dict | None], None] | None = None,
                  stretch: Callable[[int], int] | None = None) -> FitResult:
     """Run epochs from ``state`` on; keep the best by val accuracy (then lower val loss); stop after
-    ``patience`` flat epochs. ``checkpoint(state, best_state)`` is called after every epoch, and at the
-    step where a stop signal arrived (then the result says so). ``stretch(epochs)``: after epoch 1 of a run
+    ``patience`` flat epochs; without val scores (no val split) each epoch is the best so far, so the last is
+    kept. ``checkpoint(state, best_state)`` is called after every epoch, and at the step where a stop signal
+    arrived (then the result says so). ``stretch(epochs)``: after epoch 1 of a run
     with a target (:func:`stretched_epochs`), moves the schedule's end to that many epochs and returns them."""
     state = state or LoopState()
     result = FitResult(best_state=best_state, stretched_to=state.epochs or None)
@@ -153,9 +154,12 @@ def drive_epochs(settings: Settings, train_epoch: Callable[[int, LoopState], dic
             agreed = stretch(stretched_epochs(settings, row["seconds"], total, final_eval_shortfall(settings, [row])))
             if agreed > total:
                 total = state.epochs = result.stretched_to = row["stretched_to"] = agreed
-        acc = max(row.get("val_accuracy", 0.0), row.get("ema_val_accuracy", -1.0))
-        neg_loss = -min(row.get("val_loss", 0.0), row.get("ema_val_loss", math.inf))
-        row["best"] = (acc, neg_loss) > (state.best_acc, state.best_neg_loss)
+        if "val_accuracy" in row or "ema_val_accuracy" in row:
+            acc = max(row.get("val_accuracy", 0.0), row.get("ema_val_accuracy", -1.0))
+            neg_loss = -min(row.get("val_loss", 0.0), row.get("ema_val_loss", math.inf))
+            row["best"] = (acc, neg_loss) > (state.best_acc, state.best_neg_loss)
+        else:  # no val split (--val-fraction 0): nothing to choose on, so the latest epoch is kept, no early stop
+            acc, neg_loss, row["best"] = state.best_acc, state.best_neg_loss, True
         if row["best"]:
             state.best_acc, state.best_neg_loss, state.best_epoch, state.stale = acc, neg_loss, epoch, 0
             result.best_state = snapshot(row)
