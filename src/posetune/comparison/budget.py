@@ -28,7 +28,7 @@ from pathlib import Path
 
 from posetune.checks import Duration
 from posetune.comparison.finetune import CellReporter, estimate_cell_seconds
-from posetune.comparison.probe import run_stage1, top_backbones
+from posetune.comparison.probe import require_val_split, run_stage1, top_backbones
 from posetune.console import Reporter
 from posetune.errors import UsageError
 
@@ -220,6 +220,7 @@ def measure(opts, backbones: list[str], probe_budget_s: float, t0: float,
     from posetune.options import CompareOptions
 
     index = discover(opts.data, val_fraction=opts.val_fraction, seed=opts.seed, label_level=opts.label_level)
+    require_val_split(index, opts.data, "--time-budget")
     counts = {f"n_{s}": len(index.split(s)) for s in ("train", "val", "test")}
     sample = dataclasses.replace(index, samples=_sample(index), skipped=[], warnings=[])
     device = resolve_device(opts.device)

@@ -127,6 +127,9 @@ def prepare(opts: TrainOptions, reporter: Reporter, write_config: bool = True, d
                   f"{epochs} epochs, image size {preprocess.size}, batch {opts.batch_size}, device {device}, "
                   f"head lr {plan.lrs['head']:.1e} -> {out.path}")
     reporter.table("stages", plan.table(stages))
+    if not index.split("val"):
+        reporter.info(f"no val split (DATA has none and --val-fraction {opts.val_fraction:g} held none out): every "
+                      "epoch runs, the last one's weights are kept and no temperature is fitted")
     train_ds, val_ds, test_ds = decode_datasets(opts, index, preprocess, reporter)
     no_person = None
     if spec.uses_pose:
