@@ -84,6 +84,8 @@ LEVERS = {
     # temperature is fitted), which says what the 15% held out for choosing the epoch costs
     "base-lr-0.3+size-288": {"base_lr_ratio": 0.3, "image_size": 288},
     "base-lr-0.3+val-0+size-224": {"base_lr_ratio": 0.3, "val_fraction": 0.0, "image_size": 224},
+    "base-lr-0.3+val-0": {"base_lr_ratio": 0.3, "val_fraction": 0.0},  # the same at the set's own size
+    "base-lr-0.3+val-0+epochs-20+size-224": {"base_lr_ratio": 0.3, "val_fraction": 0.0, "epochs": 20, "image_size": 224},
     "tta": None,  # scored on the baseline runs
 }
 
