@@ -10,6 +10,8 @@ pinned so that rows measured before and after the change compare. The sets:
   160 px, trained at 128 px).
 
 posetune holds 15% of the train images out as val and keeps the best val epoch; the table reports test.
+``refit`` levers (`train --refit`) train that run, then again on train + val for as many epochs; their train
+seconds are both runs'.
 ``tta`` is not a training lever: it re-scores each ``baseline`` run with `posetune.evaluate(..., tta=True)`
 (flipped and multi-crop views, 10 per image), so its cost is the evaluation's, not a training's.
 
@@ -86,6 +88,9 @@ LEVERS = {
     "base-lr-0.3+val-0+size-224": {"base_lr_ratio": 0.3, "val_fraction": 0.0, "image_size": 224},
     "base-lr-0.3+val-0": {"base_lr_ratio": 0.3, "val_fraction": 0.0},  # the same at the set's own size
     "base-lr-0.3+val-0+epochs-20+size-224": {"base_lr_ratio": 0.3, "val_fraction": 0.0, "epochs": 20, "image_size": 224},
+    # --refit: val chooses the epochs and the temperature, then train + val trains again (about 2x the training)
+    "base-lr-0.3+refit+size-224": {"base_lr_ratio": 0.3, "refit": True, "image_size": 224},
+    "base-lr-0.3+refit": {"base_lr_ratio": 0.3, "refit": True},
     "tta": None,  # scored on the baseline runs
 }
 
@@ -106,7 +111,9 @@ def train_row(data: Path, set_name: str, lever: str, seed: int, work: Path) -> d
             "train_seconds": round(result.train_seconds, 1), "wall_seconds": round(wall, 1),
             "backbone": meta["backbone"], "strategy": meta["strategy"],
             "image_size": meta["preprocessing"]["input_size"][-1], "epochs_run": len(result.history),
-            "best_epoch": meta.get("best_epoch"), "run": str(out), "load_average_1min": round(os.getloadavg()[0], 2)}
+            "best_epoch": meta.get("best_epoch"), "refit": meta.get("refit"), "run": str(out),
+            "temperature": meta.get("temperature"), "test_calibration": (meta.get("calibration") or {}).get("test"),
+            "load_average_1min": round(os.getloadavg()[0], 2)}
 
 
 def tta_row(data: Path, base: dict) -> dict:

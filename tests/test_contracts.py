@@ -125,6 +125,24 @@ def test_strategy_and_backbone_contract(strategy, backbone, request, tmp_path, t
     assert result.metrics["test"]["n"] == len(tests)
 
 
+@pytest.mark.parametrize("backbone", list(BACKBONES))
+def test_refit_contract(backbone, request, tmp_path, tmp_path_factory):
+    """`--refit` with every weight source and backbone kind: the selection run and the final run on train + val
+    for as many epochs, which keeps the selection's temperature and predicts."""
+    b = BACKBONES[backbone]
+    data = request.getfixturevalue(b.data)
+    out = tmp_path / backbone
+    options = {**TINY, "backbone": b.spec(tmp_path_factory), "pretrained": True, **b.extra}
+    result = posetune.train(data, strategy="partial", refit=True, out=str(out), seed=0, **options)
+    selection = posetune.load(out / "selection").meta
+    meta = posetune.load(out).meta
+    assert meta.refit["epochs"] == selection.epochs_run == len(result.history) and meta.kind == b.kind
+    assert meta.temperature == selection.temperature and set(meta.metrics) == {"test"}
+    assert meta.refit["n_train"] == len(list((data / "TRAIN").rglob("*.*")))  # val's images train it too
+    tests = sorted(p for p in (data / "TEST").rglob("*") if p.suffix in (".jpg", ".png"))
+    assert all(p.error is None for p in posetune.load(out).predict([str(p) for p in tests[:2]]))
+
+
 def test_a_registered_strategy_is_one_new_entry(shapes_kaggle, tmp_path, monkeypatch):
     """A throwaway strategy: registered once, it trains through `train` without any other change."""
     from dataclasses import dataclass

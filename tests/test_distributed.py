@@ -37,3 +37,14 @@ def test_two_processes_train_one_run_folder(strategy, shapes_kaggle, tmp_path):
         assert b == pytest.approx(a, abs=1e-6)  # sharded feature extraction gathers the very same features
     else:
         assert abs(a - b) <= 0.34  # comparable: same data and schedule, a different batch composition
+
+
+def test_two_processes_refit(shapes_kaggle, tmp_path):
+    """--refit under torchrun: both runs on both ranks, rank 0 alone writes RUN and RUN/selection."""
+    run = tmp_path / "run"
+    proc = train(shapes_kaggle, run, "--epochs", "2", "--refit", "--nproc", "2")
+    assert proc.stdout.count("run folder:") == 1
+    refit = json.loads((run / "model.json").read_text())["refit"]
+    selection = json.loads((run / "selection" / "model.json").read_text())
+    assert refit["epochs"] == selection["epochs_run"] == 2 and refit["temperature"] == selection["temperature"]
+    assert refit["n_train"] == 36 and sorted(p.name for p in tmp_path.iterdir()) == ["run"]

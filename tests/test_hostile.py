@@ -82,6 +82,8 @@ HOSTILE = [
     ("train TINYCLASS --backbone test_efficientnet --no-pretrained", 2, "image", False),
     ("compare DATA --val-fraction 0 --backbones test_efficientnet@random", 2, "--val-fraction 0.15", False),
     ("train DATA --val-fraction 0 --time-budget 1m", 2, "--val-fraction 0.15", False),
+    ("train DATA --val-fraction 0 --refit --backbone test_efficientnet --no-pretrained", 2, "--val-fraction 0.15", False),
+    ("train DATA --refit --time-budget 1m", 2, "drop refit", False),
     # the hub, offline here
     ("push RUN not/a/repo/id --dry-run", 2, "repo", False),
     ("push RUN you/yoga --token x", 2, "unreachable", False),

@@ -84,6 +84,8 @@ class TrainOptions(Options):
     crop_scale: float = option(0.5, Float(0.05, 1.0))
     augment: str = option("light", Choice("light", "trivial"))  # data.pipeline.TrainAugment.POLICIES
     val_fraction: float = option(0.15, VAL_FRACTION)
+    # after the run chose its epoch count and temperature on val, train again on train + val (training.refit)
+    refit: bool = option(False, Bool())
     patience: int = option(5, Int(0, 10_000))
     weight_decay: float = option(0.05, Float(0.0, 1.0))
     label_smoothing: float = option(0.1, Float(0.0, 1.0, high_open=True))
@@ -136,6 +138,8 @@ class LrFindOptions(TrainOptions):
         if self.log or self.log_dir or self.mlflow_uri:
             raise InvalidOption("lr-find logs to no experiment tracker (it writes lr_find.png); drop --log, "
                                 "--log-dir and --mlflow-uri")
+        if self.refit:
+            raise InvalidOption("lr-find sweeps the LR once and trains no run to refit; drop refit")
         super().check_together(label)
 
 

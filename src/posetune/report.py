@@ -238,6 +238,7 @@ def write_run_report(run_path: str | Path, meta: dict, plan_rows: list[dict], hi
              f"- data: `{meta.get('data')}` ({meta.get('layout')}), classes: {', '.join(meta['classes'])}",
              f"- weights: {meta.get('weight_source')}; image size {meta['preprocessing']['input_size'][-1]} px",
              f"- best epoch {meta.get('best_epoch')} of {len(history)}; train time {meta.get('train_seconds', 0):.1f} s",
+             *_refit_lines(meta.get("refit")),
              "", "## Stages", "", "| stage | params | trainable | lr | bn |", "|---|---:|---|---:|---|"]
     lines += [f"| {r['stage']} | {r['params']:,} | {'yes' if r['trainable'] else 'frozen'} | {r['lr']:.2e} | {r['bn']} |"
               for r in plan_rows]
@@ -264,6 +265,17 @@ def write_run_report(run_path: str | Path, meta: dict, plan_rows: list[dict], hi
     out = run_path / "report.md"
     atomic_write_text(out, "\n".join(lines) + "\n")
     return out
+
+
+def _refit_lines(refit: dict | None) -> list[str]:
+    """`train --refit`: where the epoch count and the temperature came from."""
+    if not refit:
+        return []
+    val = refit.get("selection_val") or {}
+    score = f" (val accuracy {val['accuracy']:.4f} on {val['n']} images)" if val.get("accuracy") is not None else ""
+    return [f"- refit: trained on train + val for {refit['epochs']} epochs, as long as the selection run "
+            f"[{refit['selection_run']}/]({refit['selection_run']}/report.md){score}, whose temperature "
+            f"{refit['temperature']:.3g} it keeps; this model has no val score of its own"]
 
 
 def plot_accuracy_vs_latency(rows: list[dict], out: str | Path) -> Path:

@@ -31,6 +31,7 @@ RUN_FILES = ("model.safetensors", "model.json", "config.yaml", "metrics.csv", "m
              "report.md", "training.png", "confusion_test.png", "top_losses_test.png", "top_losses_val.png", "cell.json", "model.onnx", "model.onnx.json",
              "model.torchscript.pt", "model.torchscript.pt.json")
 CHECKPOINT_DIR = "checkpoint"
+SELECTION_DIR = "selection"  # `train --refit`: the run whose val split chose the final run's epochs and temperature
 TENSORBOARD_DIR = "tensorboard"  # `--log tensorboard`: the run's event files (posetune.tracking)
 
 
@@ -58,6 +59,7 @@ class RunMeta:
     calibration: dict = field(default_factory=dict)  # how the temperature was chosen; ECE and NLL before/after
     head: dict | None = None  # how the head was fitted, when not by the epoch loop (compare's probe)
     budget: dict | None = None  # train --time-budget: what was measured, what was chosen and why, time used
+    refit: dict | None = None  # train --refit: the selection run's choice (epochs, temperature, val score)
     kind: str = "image"  # the backbone spec's kind: image | pose (landmarks only) | fusion (NAME+pose)
     pose_dim: int = 0  # landmark features per image (posetune.pose.FEATURE_DIM) for pose / fusion runs
     no_person: dict | None = None  # pose / fusion: {split: {class: images where BlazePose found nobody}}
@@ -79,7 +81,7 @@ class RunMeta:
 
     def to_json(self) -> dict:
         obj = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "extra"}
-        for optional in ("head", "budget", "no_person"):
+        for optional in ("head", "budget", "refit", "no_person"):
             if obj[optional] is None:
                 del obj[optional]
         return {"format_version": obj.pop("format_version"), **obj, **self.extra}
@@ -248,6 +250,21 @@ class RunDir:
         remove_orphans(self.path, RUN_FILES)
         return self
 
+    def is_refit(self) -> bool:
+        """A `train --refit` run: its config.yaml says so (its selection run is in selection/)."""
+        import yaml
+
+        try:
+            config = yaml.safe_load((self.path / "config.yaml").read_text())
+        except (OSError, UnicodeDecodeError, yaml.YAMLError):
+            return False
+        return isinstance(config, dict) and config.get("refit") is True
+
+    def foreign_files(self) -> list[str]:
+        """Names in the folder that posetune did not write as part of a run (kept by :meth:`clear`)."""
+        ours = {*RUN_FILES, CHECKPOINT_DIR, TENSORBOARD_DIR}
+        return sorted(p.name for p in self.path.iterdir() if p.name not in ours) if self.path.is_dir() else []
+
     def check_free(self, overwrite: bool = False) -> bool:
         """Whether a new run may be written here (True: an earlier run is to be replaced), else a UsageError."""
         if self.path.exists() and not self.path.is_dir():
@@ -263,15 +280,22 @@ class RunDir:
         return True
 
     def clear(self) -> None:
-        """Remove the files of an earlier run that posetune wrote (RUN_FILES, checkpoint/, tensorboard/); nothing
-        else."""
+        """Remove the files of an earlier run that posetune wrote (RUN_FILES, checkpoint/, tensorboard/, and the
+        same in a `--refit` run's selection/); nothing else."""
         import shutil
 
         for name in RUN_FILES:
-            (self.path / name).unlink(missing_ok=True)
+            if name != "config.yaml":
+                (self.path / name).unlink(missing_ok=True)
         for folder in (CHECKPOINT_DIR, TENSORBOARD_DIR):
             if (self.path / folder).is_dir():
                 shutil.rmtree(self.path / folder)
+        selection = RunDir(self.path / SELECTION_DIR)
+        if self.is_refit() and selection.path.is_dir() and selection.is_run():
+            selection.clear()
+            if not any(selection.path.iterdir()):
+                selection.path.rmdir()
+        (self.path / "config.yaml").unlink(missing_ok=True)  # last: is_refit() reads it
 
     def write_json(self, name: str, obj) -> None:
         write_json(self.path / name, obj)

@@ -14,7 +14,8 @@ from posetune.console import print_metrics
 
 
 @app.command(epilog="Example: `posetune train DATASET --strategy partial --freeze-stages 3 --epochs 10 --out runs/yoga`; "
-             "`posetune train DATASET --time-budget 10m` chooses the backbone, size, strategy and epochs for you")
+             "`posetune train DATASET --time-budget 10m` chooses the backbone, size, strategy and epochs for you; "
+             "`posetune train DATASET --refit` trains again on train + val once val has fitted the temperature")
 def train(
     data: Optional[str] = typer.Argument(None, help="Folder of class folders, split folders (TRAIN/TEST), or a CSV manifest."),
     backbone: Optional[str] = typer.Option(None, help="timm name, or NAME@random / NAME@PATH. Default efficientnet_lite0 (offline weights)."),
@@ -31,6 +32,8 @@ def train(
     crop_scale: Optional[float] = typer.Option(None, help="Train crops keep a random share of the image area, from this to 1 (default 0.5; 1.0: flips and colour only)."),
     augment: Optional[str] = typer.Option(None, help="Train augmentation: light (default: random resized crop, flip, colour jitter) | trivial (also one TrivialAugment op per image)."),
     val_fraction: Optional[float] = typer.Option(None, help="Held out of train when DATA has no val split (default 0.15)."),
+    refit: bool = typer.Option(False, "--refit", help="Once the usual run (kept in RUN/selection) has fitted the "
+                               "temperature on val, train again on train + val for as many epochs (~2x the training)."),
     patience: Optional[int] = typer.Option(None, help="Stop after this many epochs without a better val score (0: never)."),
     weight_decay: Optional[float] = typer.Option(None, help="AdamW weight decay (default 0.05; none on biases and norms)."),
     label_smoothing: Optional[float] = typer.Option(None, help="Default 0.1."),
@@ -78,7 +81,8 @@ def train(
     reporter = reporter_for(json_out)
     options = dict(backbone=backbone, strategy=strategy, freeze_stages=freeze_stages, epochs=epochs, lr=lr,
                    base_lr_ratio=base_lr_ratio, layer_decay=layer_decay, bn=bn, batch_size=batch_size,
-                   image_size=image_size, crop_pct=crop_pct, crop_scale=crop_scale, augment=augment, val_fraction=val_fraction, patience=patience,
+                   image_size=image_size, crop_pct=crop_pct, crop_scale=crop_scale, augment=augment, val_fraction=val_fraction,
+                   refit=True if refit else None, patience=patience,
                    weight_decay=weight_decay, label_smoothing=label_smoothing, out=out, seed=seed, device=device, precision=precision, weights=weights,
                    pretrained=False if no_pretrained else None, label_level=label_level,
                    freeze_epochs=freeze_epochs, unfreeze_every=unfreeze_every, ema=ema_decay if ema else None,
@@ -131,10 +135,14 @@ def _print_result(reporter, result, json_out: bool) -> None:
         eces = "; ".join(f"{s} ECE {cal[s]['ece_before']:.3f} -> {cal[s]['ece_after']:.3f}" for s in ("val", "test")
                          if s in cal)
         reporter.info(f"temperature {cal['temperature']:.3g} ({cal['note']})" + (f"; {eces}" if eces else ""))
+    if result.refit:
+        reporter.info(f"refit: trained on train + val for {result.refit['epochs']} epochs (val's choice in "
+                      f"{result.run / result.refit['selection_run']}); training {result.refit['selection_train_seconds']:.0f} s "
+                      f"+ {result.train_seconds - result.refit['selection_train_seconds']:.0f} s")
     reporter.info(f"run folder: {result.run}  (report: {result.run / 'report.md'})")
     if json_out and os.environ.get("RANK", "0") == "0":
         print_json({"run": str(result.run), "metrics": result.metrics, "calibration": result.calibration,
-                    "train_seconds": result.train_seconds, "budget": result.budget,
+                    "train_seconds": result.train_seconds, "budget": result.budget, "refit": result.refit,
                     "skipped": [{"path": p, "reason": r} for p, r in result.skipped]})
 
 

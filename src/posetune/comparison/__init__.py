@@ -44,7 +44,7 @@ from posetune.comparison.leaderboard import (
     mark_pareto,
     write_leaderboard,
 )
-from posetune.comparison.probe import EXTRACT_BATCH, probe_backbone, require_val_split, run_stage1, top_backbones
+from posetune.comparison.probe import EXTRACT_BATCH, probe_backbone, run_stage1, top_backbones
 from posetune.comparison.reliance import measure_reliance
 from posetune.console import Reporter
 from posetune.errors import UsageError
@@ -96,7 +96,7 @@ def _compare(opts: CompareOptions, reporter: Reporter) -> CompareResult:
     specs = opts.backbone_specs()  # validated at the door (CompareOptions.from_sources)
     device = resolve_device(opts.device)
     index = discover(opts.data, val_fraction=opts.val_fraction, seed=0, label_level=opts.label_level)
-    require_val_split(index, opts.data, "compare")
+    index.require_val("compare", "ranks backbones on")
     for w in index.warnings:
         reporter.warn(w)
     tune_allocator()

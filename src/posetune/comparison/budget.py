@@ -28,7 +28,7 @@ from pathlib import Path
 
 from posetune.checks import Duration
 from posetune.comparison.finetune import CellReporter, estimate_cell_seconds
-from posetune.comparison.probe import require_val_split, run_stage1, top_backbones
+from posetune.comparison.probe import run_stage1, top_backbones
 from posetune.console import Reporter
 from posetune.errors import UsageError
 
@@ -150,6 +150,8 @@ def train_within_budget(data, time_budget: str, reporter: Reporter | None = None
                          f"{', '.join(given) or '--resume'} (or train without --time-budget)")
     options = {k: v for k, v in options.items() if v is not None}
     opts = TrainOptions.from_sources(config, data=str(data) if data is not None else None, **options)
+    if opts.refit:  # from --refit or from --config
+        raise UsageError("--time-budget plans one training run; drop refit (--refit, or refit: true in --config)")
     if opts.out:
         RunDir(opts.out).check_free(overwrite)
     backbones = [opts.backbone] if "backbone" in options else list(DEFAULT_BACKBONES)
@@ -220,7 +222,7 @@ def measure(opts, backbones: list[str], probe_budget_s: float, t0: float,
     from posetune.options import CompareOptions
 
     index = discover(opts.data, val_fraction=opts.val_fraction, seed=opts.seed, label_level=opts.label_level)
-    require_val_split(index, opts.data, "--time-budget")
+    index.require_val("--time-budget", "ranks backbones on")
     counts = {f"n_{s}": len(index.split(s)) for s in ("train", "val", "test")}
     sample = dataclasses.replace(index, samples=_sample(index), skipped=[], warnings=[])
     device = resolve_device(opts.device)

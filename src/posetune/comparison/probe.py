@@ -56,13 +56,6 @@ class DecodedImages:
         return [resize(self.images[s.path]) for s in samples]
 
 
-def require_val_split(index, data, flag: str) -> None:
-    """Stage 1 ranks backbones by their val scores: without a val split there is nothing to rank on."""
-    if not index.split("val"):
-        raise UsageError(f"{flag} ranks backbones on a val split, and {data} has none with --val-fraction 0; "
-                         "give --val-fraction 0.15 (the default) or a val/ folder")
-
-
 def run_stage1(opts: CompareOptions, specs: list, index, device, out: Path, key: dict, reporter: Reporter,
                seconds: dict[str, float], tracker: Tracker = NullTracker()) -> dict[str, dict]:
     """Probe every backbone (skipping finished probe cells), each probe cell logged to a child of ``tracker``;

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,6 +51,17 @@ class DataIndex:
         for s in self.samples:
             table.setdefault(s.split, {c: 0 for c in self.classes})[self.classes[s.label]] += 1
         return table
+
+    def require_val(self, flag: str, uses: str) -> None:
+        """Stop with the fix when a command that ``uses`` val (e.g. "ranks backbones on") finds none."""
+        if not self.split("val"):
+            raise UsageError(f"{flag} {uses} a val split, and {self.root} has none with --val-fraction 0; "
+                             "give --val-fraction 0.15 (the default) or a val/ folder")
+
+    def with_val_in_train(self) -> DataIndex:
+        """The same samples with val's moved into train (`train --refit`'s final run)."""
+        return dataclasses.replace(self, samples=[dataclasses.replace(s, split="train") if s.split == "val" else s
+                                                  for s in self.samples])
 
     def drop(self, bad: dict[str, str]) -> None:
         """Remove samples whose path is in ``bad`` (path -> reason), recording them as skipped."""

@@ -18,10 +18,18 @@ from pathlib import Path
 from posetune.console import Reporter
 from posetune.errors import UsageError
 from posetune.options import TrainOptions
-from posetune.run import RunDir
+from posetune.run import SELECTION_DIR, RunDir
 from posetune.tracking import NullTracker, Tracker, open_trackers
 from posetune.training.checkpoint import CHECKPOINT, Interrupted, StopSignals, load_checkpoint, save_checkpoint
-from posetune.training.prepare import Prepared, prepare
+from posetune.training.prepare import Prepared, default_run_dir, discover_index, prepare, run_folder
+from posetune.training.refit import (
+    check_selection_folder,
+    final_options,
+    refit_record,
+    selection_choice,
+    selection_done,
+    selection_options,
+)
 
 
 @dataclass
@@ -33,6 +41,8 @@ class TrainResult:
     train_seconds: float = 0.0
     calibration: dict = field(default_factory=dict)  # model.json's: the temperature, ECE/NLL before and after
     budget: dict | None = None  # train --time-budget: the decision model.json records, and how it went
+    best_epoch: int = 0  # the epoch whose weights were kept
+    refit: dict | None = None  # train --refit: what the selection run chose (model.json's ``refit``)
 
 
 @dataclass
@@ -83,7 +93,7 @@ def _resume(run: Path, reporter: Reporter, config, data, options: dict, tracker:
     if not saved.is_file():
         raise UsageError(f"{run} has no config.yaml to resume from; it is not a posetune run folder")
     opts = TrainOptions.from_sources(saved, out=str(run))
-    if not (run / CHECKPOINT).is_file():
+    if not (run / CHECKPOINT).is_file() and not (run / SELECTION_DIR / CHECKPOINT).is_file():
         reporter.info(f"{run} has no checkpoint yet (it was stopped before its first epoch ended): training it "
                       "from the first epoch with its saved options")
     return _train(opts, reporter, resume=True, tracker=tracker)
@@ -105,19 +115,65 @@ def _train(opts: TrainOptions, reporter: Reporter, resume: bool = False, overwri
     from posetune.devices import training_backend
     from posetune.distributed import init_from_env, shutdown
 
+    if opts.refit and budget is not None and budget.decision is not None:  # e.g. refit: true in --config
+        raise UsageError("--time-budget plans one training run; drop refit (--refit, or refit: true in --config)")
     dist = init_from_env(training_backend(opts.device))
+    reporter = reporter if dist.is_main else Reporter()
     try:
-        return _train_ranked(opts, reporter if dist.is_main else Reporter(), resume, overwrite, dist, tracker,
-                             budget or _Budget())
+        if opts.refit:
+            return _train_with_refit(opts, reporter, resume, overwrite, dist, tracker)
+        return _train_ranked(opts, reporter, resume, overwrite, dist, tracker, budget or _Budget())
     finally:
         shutdown()
 
 
+def _train_with_refit(opts: TrainOptions, reporter: Reporter, resume: bool, overwrite: bool, dist,
+                      tracker: Tracker | None) -> TrainResult:
+    """`train --refit`: the selection run in RUN/selection (val fits the temperature, may stop it early and
+    picks model or EMA weights; test is not scored), then the final run in RUN on train + val for the epochs the
+    selection ran (:mod:`.refit`)."""
+    if not resume:  # at the door: nothing is written or cleared when either check fails
+        discover_index(opts).require_val("--refit", "chooses the epochs and the temperature on")
+        check_selection_folder(RunDir(opts.out or default_run_dir(opts)), overwrite)
+    run = run_folder(opts, dist, write_config=True, overwrite=overwrite, resume=resume).path  # refit: true, for --resume
+    first = None
+    if resume and selection_done(run):
+        reporter.info(f"resuming {run}: its selection run ({run / SELECTION_DIR}) is complete; continuing the final run")
+    else:
+        reporter.info(f"refit, step 1 of 2: the selection run ({run / SELECTION_DIR}): val chooses the epochs and the "
+                      "temperature")
+        first = _train_ranked(selection_options(opts, run), reporter, resume and RunDir(run / SELECTION_DIR).is_run(),
+                              overwrite, dist, tracker, _Budget(), score=("val",))
+    dist.barrier()
+    if dist.is_main or first is None:
+        chosen = selection_choice(run)
+    else:  # another rank (maybe on another machine): what its own loop saw is all the final run needs
+        chosen = {"best_epoch": first.best_epoch, "epochs_run": len(first.history),
+                  "weights": first.history[first.best_epoch - 1].get("weights", "model")}
+    record = refit_record(chosen)
+    val = (f" (val accuracy {chosen['val']['accuracy']:.3f})" if chosen.get("val") else "")
+    reporter.info(f"refit, step 2 of 2: the selection ran {chosen['epochs_run']} epochs (best {chosen['best_epoch']}{val}); "
+                  f"training again on train + val for {record['epochs']} epochs, keeping the last, with the temperature "
+                  f"{record['temperature']:.3g}" + (" and the EMA weights" if record["weights"] == "ema" else ""))
+    result = _train_ranked(final_options(opts, record), reporter, resume, overwrite, dist, tracker, _Budget(),
+                           refit=record)
+    result.train_seconds += record["selection_train_seconds"]  # what the user waited for (model.json: the final's)
+    return result
+
+
 def _train_ranked(opts: TrainOptions, reporter: Reporter, resume: bool, overwrite: bool, dist,
-                  tracker: Tracker | None, budget: _Budget) -> TrainResult:
-    """The training run as one rank of ``dist`` sees it (rank 0 alone writes the run folder and logs)."""
-    p = prepare(opts, reporter, write_config=dist.is_main, dist=dist, overwrite=overwrite, resume=resume)
-    p.settings = dataclasses.replace(p.settings, deadline=budget.deadline, target=budget.target,
+                  tracker: Tracker | None, budget: _Budget, refit: dict | None = None,
+                  score: tuple[str, ...] = ("val", "test")) -> TrainResult:
+    """The training run as one rank of ``dist`` sees it (rank 0 alone writes the run folder and logs).
+    ``refit``: this is `--refit`'s final run (val trains too; the folder and its config.yaml exist already);
+    ``score``: the splits scored at the end."""
+    final_of_refit = refit is not None
+    p = prepare(opts, reporter, write_config=dist.is_main and not final_of_refit, dist=dist, overwrite=overwrite,
+                resume=resume, create=not final_of_refit, val_in_train=final_of_refit)
+    p.refit = None if refit is None else {**refit, "n_train": len(p.train_ds)}  # train + val, as decoded
+    p.score = score
+    p.settings = dataclasses.replace(p.settings, keep_ema=bool(refit) and refit.get("weights") == "ema",
+                                     deadline=budget.deadline, target=budget.target,
                                      stretch_to=budget.stretch_to, final_eval_s=budget.final_eval_s,
                                      final_images=len(p.val_ds) + len(p.test_ds), val_images=len(p.val_ds))
     p.budget = budget.decision
@@ -163,14 +219,17 @@ def _run_phases(p: Prepared, reporter: Reporter, resume: bool, dist, tracker: Tr
                       "have run past the budget (the estimate was off); the best epoch so far is kept")
     train_seconds = time.perf_counter() - t0
     if not dist.is_main:
-        return TrainResult(run=p.out.path, history=history, train_seconds=train_seconds)
-    scores = score_splits(p)
+        return TrainResult(run=p.out.path, history=history, train_seconds=train_seconds, best_epoch=best_epoch)
+    given = (p.refit["temperature"], f"the selection run's ({SELECTION_DIR}/), before val joined the training: "
+             f"{p.refit['temperature_note']}") if p.refit else None
+    scores = score_splits(p, p.score, given)
     budget = None if p.budget is None else {**p.budget, "epochs_run": len(history), "stretched_to": stretched_to,
                                             "stopped_by_deadline": stopped_by_deadline}
     write_run(p, history, best_epoch, scores, train_seconds, images_seen, budget)
     tracker.log_results(p.out.path, scores.metrics)
     return TrainResult(run=p.out.path, metrics=scores.metrics, history=history, skipped=p.index.skipped,
-                       train_seconds=train_seconds, calibration=scores.calibration, budget=budget)
+                       train_seconds=train_seconds, calibration=scores.calibration, budget=budget,
+                       best_epoch=best_epoch, refit=p.refit)
 
 
 def head_phase(p: Prepared, phase, reporter: Reporter, tracker: Tracker = NullTracker(), prefix: str = ""):
@@ -319,9 +378,11 @@ def _saver(p: Prepared, reporter: Reporter):
     return save
 
 
-def score_splits(p: Prepared) -> Scores:
-    """The metrics of the kept weights on val and test; the temperature fitted on val's logits, with ECE and NLL
-    before and after it on each split; the most confidently wrong images of test (else val)."""
+def score_splits(p: Prepared, splits: tuple[str, ...] = ("val", "test"),
+                 given: tuple[float, str] | None = None) -> Scores:
+    """The metrics of the kept weights on ``splits``; the temperature fitted on val's logits (or ``given``, with
+    how it was chosen: `--refit`'s, from its selection run), with ECE and NLL before and after it on each split;
+    the most confidently wrong images of test (else val)."""
     from posetune.calibration import calibration_summary, fit_temperature
     from posetune.evaluation import compute_metrics
     from posetune.inference import inference_copy
@@ -331,12 +392,14 @@ def score_splits(p: Prepared) -> Scores:
     # the BN-folded copy that predict runs: its scores, ~1.5-2x faster than the training graph on a CPU
     net = inference_copy(p.model, p.spec.kind, p.preprocess.size)[0]
     for split, ds in (("val", p.val_ds), ("test", p.test_ds)):
-        if len(ds):
+        if len(ds) and split in splits:
             logits, labels = predict_logits(net, p.loader(ds), p.device, p.preprocess)
             scored[split] = (logits.double().numpy(), labels.numpy())
             metrics[split] = compute_metrics(labels.tolist(), logits.argmax(1).tolist(), p.index.classes)
             metrics[split]["split"] = split
-    if "val" in scored:
+    if given is not None:
+        temperature, note = given
+    elif "val" in scored:
         temperature, note = fit_temperature(*scored["val"])
     else:
         temperature, note = 1.0, "not fitted: the run has no val split; temperature 1.0"
@@ -369,7 +432,7 @@ def write_run(p: Prepared, history: list[dict], best_epoch: int, scores: Scores,
         train_images_per_s=round(images_seen / max(train_seconds, 1e-9), 2),
         data=str(p.opts.data), layout=p.index.layout, device=str(p.device),
         metrics=RunMeta.summarize(scores.metrics), temperature=scores.temperature, calibration=scores.calibration,
-        budget=budget, kind=p.spec.kind, pose_dim=getattr(p.model, "pose_dim", 0), no_person=p.no_person)
+        budget=budget, refit=p.refit, kind=p.spec.kind, pose_dim=getattr(p.model, "pose_dim", 0), no_person=p.no_person)
     p.model.to("cpu")
     p.out.save_model(p.model, meta)
     p.out.write_results(meta, history, scores.metrics, p.index.skipped, p.plan.table(p.stages), errors=scores.errors)

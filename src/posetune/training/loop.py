@@ -53,6 +53,7 @@ class Settings:
     final_images: int = 0
     val_images: int = 0
     precision: str = "auto"  # --precision (posetune.devices.amp_dtype)
+    keep_ema: bool = False  # with no val score to compare them on, keep the EMA (`--refit`: as its selection did)
 
 
 @dataclass
@@ -406,7 +407,10 @@ class Trainer:
 
     def snapshot(self, row: dict) -> dict:
         """A CPU copy of the better of the weights and their EMA on this epoch's val score."""
-        use_ema = self.ema is not None and row.get("ema_val_accuracy", -1) > row.get("val_accuracy", 0)
+        if "val_accuracy" in row:
+            use_ema = self.ema is not None and row.get("ema_val_accuracy", -1) > row["val_accuracy"]
+        else:
+            use_ema = self.ema is not None and self.settings.keep_ema
         row["weights"] = "ema" if use_ema else "model"
         source = self.ema.module if use_ema else self.model
         return {k: v.detach().to("cpu", copy=True) for k, v in source.state_dict().items()}

@@ -52,6 +52,8 @@ class Prepared:
     config_sha256: str | None = None  # of the run's config.yaml: the checkpoints carry it
     budget: dict | None = None  # train --time-budget's decision, recorded in model.json
     no_person: dict | None = None  # pose / NAME+pose: {split: {class: images with no person found}}
+    refit: dict | None = None  # train --refit's final run: what its selection run chose, recorded in model.json
+    score: tuple[str, ...] = ("val", "test")  # the splits scored after training (a selection run: val only)
 
     @property
     def epochs(self) -> int:
@@ -95,10 +97,11 @@ def default_run_dir(opts: TrainOptions) -> Path:
 
 
 def prepare(opts: TrainOptions, reporter: Reporter, write_config: bool = True, dist: Dist | None = None,
-            overwrite: bool = False, resume: bool = False, create: bool = True) -> Prepared:
+            overwrite: bool = False, resume: bool = False, create: bool = True, val_in_train: bool = False) -> Prepared:
     """DATA -> checked samples -> backbone with its plan -> decoded datasets, reporting each choice.
 
-    ``create``: make the run folder (refusing an existing one unless ``overwrite`` or ``resume``)."""
+    ``create``: make the run folder (refusing an existing one unless ``overwrite`` or ``resume``);
+    ``val_in_train``: the val split trains too (`train --refit`'s final run)."""
     from posetune import backbones, strategies
     from posetune.data.pipeline import Preprocess
     from posetune.devices import amp_dtype, place
@@ -118,16 +121,16 @@ def prepare(opts: TrainOptions, reporter: Reporter, write_config: bool = True, d
     device = _device(opts.device, dist)
     amp_dtype(device, opts.precision)  # a precision this device cannot run stops here, before any file is written
     seed_everything(opts.seed)
-    index = load_index(opts, reporter)
+    index = load_index(opts, reporter, val_in_train)
     model, stages, plan = build_model(opts, spec, len(index.classes), reporter, strategy.name)
     epochs = opts.epochs if opts.epochs is not None else strategy.epochs
     preprocess = Preprocess.from_config(backbones.data_config(model, opts.image_size, opts.crop_pct))
-    out = _run_folder(opts, dist, write_config and create, overwrite, resume, create)
+    out = run_folder(opts, dist, write_config and create, overwrite, resume, create)
     reporter.info(f"backbone {spec.name} ({spec.arch}, weights: {spec.weight_source}), strategy {opts.strategy}, "
                   f"{epochs} epochs, image size {preprocess.size}, batch {opts.batch_size}, device {device}, "
                   f"head lr {plan.lrs['head']:.1e} -> {out.path}")
     reporter.table("stages", plan.table(stages))
-    if not index.split("val"):
+    if not index.split("val") and not val_in_train:
         reporter.info(f"no val split (DATA has none and --val-fraction {opts.val_fraction:g} held none out): every "
                       "epoch runs, the last one's weights are kept and no temperature is fitted")
     train_ds, val_ds, test_ds = decode_datasets(opts, index, preprocess, reporter)
@@ -166,12 +169,20 @@ def _device(name: str, dist: Dist):
     return torch.device("cuda", dist.local_rank) if dist.enabled and device.type == "cuda" else device
 
 
-def load_index(opts: TrainOptions, reporter: Reporter) -> DataIndex:
-    """The samples of DATA, with the fast part of `posetune data check` (cross-split copies) and the counts."""
-    from posetune.data.check import exact_duplicates
+def discover_index(opts: TrainOptions) -> DataIndex:
+    """DATA's samples and splits as these options see them (the val split held out with --seed)."""
     from posetune.data.layouts import discover
 
-    index = discover(opts.data, val_fraction=opts.val_fraction, seed=opts.seed, label_level=opts.label_level)
+    return discover(opts.data, val_fraction=opts.val_fraction, seed=opts.seed, label_level=opts.label_level)
+
+
+def load_index(opts: TrainOptions, reporter: Reporter, val_in_train: bool = False) -> DataIndex:
+    """The samples of DATA, with the fast part of `posetune data check` (cross-split copies) and the counts."""
+    from posetune.data.check import exact_duplicates
+
+    index = discover_index(opts)
+    if val_in_train:
+        index = index.with_val_in_train()
     for w in index.warnings:
         reporter.warn(w)
     for group in exact_duplicates(index):
@@ -202,8 +213,9 @@ def build_model(opts: TrainOptions, spec: BackboneSpec, n_classes: int, reporter
     return model, stages, plan
 
 
-def _run_folder(opts: TrainOptions, dist: Dist, write_config: bool, overwrite: bool, resume: bool,
-                create: bool) -> RunDir:
+def run_folder(opts: TrainOptions, dist: Dist, write_config: bool, overwrite: bool, resume: bool,
+               create: bool = True) -> RunDir:
+    """The run's folder (--out, else a new one under runs/), made by rank 0 with config.yaml first."""
     from posetune.run import RunDir
 
     out = RunDir(opts.out or default_run_dir(opts))
