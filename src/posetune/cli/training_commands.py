@@ -136,8 +136,8 @@ def _print_result(reporter, result, json_out: bool) -> None:
                          if s in cal)
         reporter.info(f"temperature {cal['temperature']:.3g} ({cal['note']})" + (f"; {eces}" if eces else ""))
     if result.refit:
-        reporter.info(f"refit: trained on train + val for {result.refit['epochs']} epochs (val's choice in "
-                      f"{result.run / result.refit['selection_run']}); training {result.refit['selection_train_seconds']:.0f} s "
+        reporter.info(f"refit: trained on train + val for {result.refit['epochs']} epochs, as many as the selection run "
+                      f"({result.run / result.refit['selection_run']}); training {result.refit['selection_train_seconds']:.0f} s "
                       f"+ {result.train_seconds - result.refit['selection_train_seconds']:.0f} s")
     reporter.info(f"run folder: {result.run}  (report: {result.run / 'report.md'})")
     if json_out and os.environ.get("RANK", "0") == "0":

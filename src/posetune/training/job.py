@@ -140,8 +140,8 @@ def _train_with_refit(opts: TrainOptions, reporter: Reporter, resume: bool, over
     if resume and selection_done(run):
         reporter.info(f"resuming {run}: its selection run ({run / SELECTION_DIR}) is complete; continuing the final run")
     else:
-        reporter.info(f"refit, step 1 of 2: the selection run ({run / SELECTION_DIR}): val chooses the epochs and the "
-                      "temperature")
+        reporter.info(f"refit, step 1 of 2: the selection run ({run / SELECTION_DIR}): val fits the temperature and "
+                      "may stop it early")
         first = _train_ranked(selection_options(opts, run), reporter, resume and RunDir(run / SELECTION_DIR).is_run(),
                               overwrite, dist, tracker, _Budget(), score=("val",))
     dist.barrier()
@@ -151,8 +151,8 @@ def _train_with_refit(opts: TrainOptions, reporter: Reporter, resume: bool, over
         chosen = {"best_epoch": first.best_epoch, "epochs_run": len(first.history),
                   "weights": first.history[first.best_epoch - 1].get("weights", "model")}
     record = refit_record(chosen)
-    val = (f" (val accuracy {chosen['val']['accuracy']:.3f})" if chosen.get("val") else "")
-    reporter.info(f"refit, step 2 of 2: the selection ran {chosen['epochs_run']} epochs (best {chosen['best_epoch']}{val}); "
+    val = (f", val accuracy {chosen['val']['accuracy']:.3f}" if chosen.get("val") else "")
+    reporter.info(f"refit, step 2 of 2: the selection ran {chosen['epochs_run']} epochs (best: epoch {chosen['best_epoch']}{val}); "
                   f"training again on train + val for {record['epochs']} epochs, keeping the last, with the temperature "
                   f"{record['temperature']:.3g}" + (" and the EMA weights" if record["weights"] == "ema" else ""))
     result = _train_ranked(final_options(opts, record), reporter, resume, overwrite, dist, tracker, _Budget(),
