@@ -88,7 +88,7 @@ LEVERS = {
     "base-lr-0.3+val-0+size-224": {"base_lr_ratio": 0.3, "val_fraction": 0.0, "image_size": 224},
     "base-lr-0.3+val-0": {"base_lr_ratio": 0.3, "val_fraction": 0.0},  # the same at the set's own size
     "base-lr-0.3+val-0+epochs-20+size-224": {"base_lr_ratio": 0.3, "val_fraction": 0.0, "epochs": 20, "image_size": 224},
-    # --refit: val chooses the epochs and the temperature, then train + val trains again (about 2x the training)
+    # --refit: the run fits its temperature on val, then train + val trains again for as many epochs (about 2x)
     "base-lr-0.3+refit+size-224": {"base_lr_ratio": 0.3, "refit": True, "image_size": 224},
     "base-lr-0.3+refit": {"base_lr_ratio": 0.3, "refit": True},
     "tta": None,  # scored on the baseline runs

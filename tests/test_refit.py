@@ -34,7 +34,7 @@ def test_refit_trains_again_on_train_and_val_for_the_selections_epochs(options, 
     assert set(selection["metrics"]) == {"val"}  # the selection run does not score test: the final model does
     assert set(final["metrics"]) == {"test"} and result.metrics["test"]["n"] == 12
     assert result.train_seconds == pytest.approx(final["train_seconds"] + refit["selection_train_seconds"], abs=0.02)
-    if "ema" in options:  # no val in the final run: it keeps what the selection kept at its best epoch
+    if "ema" in options:  # no val in the final run: the EMA when it scored better on the selection's last epoch
         assert {row["weights"] for row in result.history} == {refit["weights"]}
     assert "refit: trained on train + val" in (run / "report.md").read_text()
     assert "refit: true" in (run / "config.yaml").read_text()
@@ -43,8 +43,26 @@ def test_refit_trains_again_on_train_and_val_for_the_selections_epochs(options, 
     assert posetune.load(run / "selection").classes == clf.classes
 
 
+def test_the_final_run_keeps_the_selections_temperature_stop_and_ema(shapes_kaggle, tmp_path, monkeypatch):
+    """What the selection's val decided reaches the final run: a temperature (fitted: here made up, as 6 val
+    images are too few to fit one), an early stop (--patience 1 at a high LR stops it after 2 of 6 epochs) and
+    the EMA (here said to be better on its last epoch)."""
+    from posetune import calibration
+    from posetune.training import refit as refit_module
+
+    monkeypatch.setattr(calibration, "fit_temperature", lambda logits, labels: (0.5, "made up for the test"))
+    monkeypatch.setattr(refit_module, "better_weights", lambda last: "ema")
+    run = tmp_path / "run"
+    result = posetune.train(shapes_kaggle, epochs=6, patience=1, lr=0.3, ema=0.5, refit=True, out=str(run), **TINY)
+    selection, final = _meta(run / "selection"), _meta(run)
+    assert selection["temperature"] == final["temperature"] == 0.5
+    assert "selection/" in final["calibration"]["note"] and "made up for the test" in final["calibration"]["note"]
+    assert selection["epochs_run"] == 2 < 6 and final["epochs_run"] == result.refit["epochs"] == 2
+    assert result.refit["weights"] == "ema" and {row["weights"] for row in result.history} == {"ema"}
+
+
 def test_refit_needs_a_val_split_and_refuses_other_jobs(shapes_kaggle, tmp_path):
-    with pytest.raises(UsageError, match="--refit chooses the epochs and the temperature on a val split"):
+    with pytest.raises(UsageError, match="--refit fits the temperature"):
         posetune.train(shapes_kaggle, refit=True, val_fraction=0.0, out=str(tmp_path / "run"), **TINY)
     assert not (tmp_path / "run").exists()
     config = tmp_path / "refit.yaml"
@@ -53,7 +71,12 @@ def test_refit_needs_a_val_split_and_refuses_other_jobs(shapes_kaggle, tmp_path)
         posetune.train(shapes_kaggle, time_budget="1m", config=str(config), out=str(tmp_path / "budget"))
     with pytest.raises(UsageError, match="drop refit"):
         posetune.lr_find(shapes_kaggle, refit=True, out=str(tmp_path / "lr"), **TINY)
-    assert not (tmp_path / "budget").exists() and not (tmp_path / "lr").exists()
+    from posetune.tracking import NullTracker
+    from posetune.training import train
+
+    with pytest.raises(UsageError, match="drop tracker="):  # compare's cells log to a tracker of theirs
+        train(shapes_kaggle, refit=True, tracker=NullTracker(), out=str(tmp_path / "tracked"), **TINY)
+    assert not any((tmp_path / name).exists() for name in ("budget", "lr", "tracked"))
 
 
 def test_refit_resumes_where_it_stopped_and_overwrite_keeps_the_users_files(shapes_kaggle, tmp_path):

@@ -84,7 +84,7 @@ class TrainOptions(Options):
     crop_scale: float = option(0.5, Float(0.05, 1.0))
     augment: str = option("light", Choice("light", "trivial"))  # data.pipeline.TrainAugment.POLICIES
     val_fraction: float = option(0.15, VAL_FRACTION)
-    # after the run chose its epoch count and temperature on val, train again on train + val (training.refit)
+    # once the run has fitted its temperature on val, train again on train + val for as many epochs (training.refit)
     refit: bool = option(False, Bool())
     patience: int = option(5, Int(0, 10_000))
     weight_decay: float = option(0.05, Float(0.0, 1.0))

@@ -31,7 +31,7 @@ RUN_FILES = ("model.safetensors", "model.json", "config.yaml", "metrics.csv", "m
              "report.md", "training.png", "confusion_test.png", "top_losses_test.png", "top_losses_val.png", "cell.json", "model.onnx", "model.onnx.json",
              "model.torchscript.pt", "model.torchscript.pt.json")
 CHECKPOINT_DIR = "checkpoint"
-SELECTION_DIR = "selection"  # `train --refit`: the run whose val split chose the final run's epochs and temperature
+SELECTION_DIR = "selection"  # `train --refit`: the run whose val fitted the temperature; the final run takes its epochs
 TENSORBOARD_DIR = "tensorboard"  # `--log tensorboard`: the run's event files (posetune.tracking)
 
 

@@ -23,6 +23,7 @@ from posetune.tracking import NullTracker, Tracker, open_trackers
 from posetune.training.checkpoint import CHECKPOINT, Interrupted, StopSignals, load_checkpoint, save_checkpoint
 from posetune.training.prepare import Prepared, default_run_dir, discover_index, prepare, run_folder
 from posetune.training.refit import (
+    better_weights,
     check_selection_folder,
     final_options,
     refit_record,
@@ -117,6 +118,8 @@ def _train(opts: TrainOptions, reporter: Reporter, resume: bool = False, overwri
 
     if opts.refit and budget is not None and budget.decision is not None:  # e.g. refit: true in --config
         raise UsageError("--time-budget plans one training run; drop refit (--refit, or refit: true in --config)")
+    if opts.refit and tracker is not None:  # the two runs would log over each other in one tracker run
+        raise UsageError("--refit logs its two runs with --log, each to its own tracker run; drop tracker= (or refit)")
     dist = init_from_env(training_backend(opts.device))
     reporter = reporter if dist.is_main else Reporter()
     try:
@@ -133,7 +136,7 @@ def _train_with_refit(opts: TrainOptions, reporter: Reporter, resume: bool, over
     picks model or EMA weights; test is not scored), then the final run in RUN on train + val for the epochs the
     selection ran (:mod:`.refit`)."""
     if not resume:  # at the door: nothing is written or cleared when either check fails
-        discover_index(opts).require_val("--refit", "chooses the epochs and the temperature on")
+        discover_index(opts).require_val("--refit", "fits the temperature (and stops early) on")
         check_selection_folder(RunDir(opts.out or default_run_dir(opts)), overwrite)
     run = run_folder(opts, dist, write_config=True, overwrite=overwrite, resume=resume).path  # refit: true, for --resume
     first = None
@@ -147,9 +150,9 @@ def _train_with_refit(opts: TrainOptions, reporter: Reporter, resume: bool, over
     dist.barrier()
     if dist.is_main or first is None:
         chosen = selection_choice(run)
-    else:  # another rank (maybe on another machine): what its own loop saw is all the final run needs
+    else:  # another rank, which may not see rank 0's files: what its own loop saw is all the final run needs
         chosen = {"best_epoch": first.best_epoch, "epochs_run": len(first.history),
-                  "weights": first.history[first.best_epoch - 1].get("weights", "model")}
+                  "weights": better_weights(first.history[-1])}
     record = refit_record(chosen)
     val = (f", val accuracy {chosen['val']['accuracy']:.3f}" if chosen.get("val") else "")
     reporter.info(f"refit, step 2 of 2: the selection ran {chosen['epochs_run']} epochs (best: epoch {chosen['best_epoch']}{val}); "

@@ -406,7 +406,8 @@ class Trainer:
         return row
 
     def snapshot(self, row: dict) -> dict:
-        """A CPU copy of the better of the weights and their EMA on this epoch's val score."""
+        """A CPU copy of the better of the weights and their EMA on this epoch's val score (without val: the EMA
+        when ``Settings.keep_ema``)."""
         if "val_accuracy" in row:
             use_ema = self.ema is not None and row.get("ema_val_accuracy", -1) > row["val_accuracy"]
         else:

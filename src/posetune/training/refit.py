@@ -2,10 +2,11 @@
 AutoGluon's ``refit_full``).
 
 The selection run is an ordinary run folder in RUN/selection: its val split fits the temperature, gives the
-val score, stops the run early (--patience) and, with ``--ema``, picks the EMA or the model's own weights (its
-test split is not scored: the final model is what test measures). The final run in RUN starts again from the
-same weights and seed and trains on train + val for as many epochs as the selection ran: the same schedule,
-whose last epoch it keeps (there is no val left to choose on). It keeps the selection's temperature, and
+val score, may stop the run early (--patience) and, with ``--ema``, compares the EMA with the model's own
+weights (its test split is not scored: the final model is what test measures). The final run in RUN starts
+again from the same weights and seed and trains on train + val for as many epochs as the selection ran (its
+cosine fitted to them), and keeps its last epoch (there is no val left to choose on): the EMA when the EMA
+scored better on the selection's last epoch. It keeps the selection's temperature, and
 model.json's ``refit`` records what the selection chose. Why: the 15% held out costs more test accuracy than
 its epoch choice wins (Fashion-MNIST-1k, benchmarks/README.md), but without it there is no temperature (the
 calibrated "unsure") and no val score; a refit keeps both for about twice the training.
@@ -16,7 +17,7 @@ MNIST-1k: 8, 8, 9 of 10), and a cosine schedule cut to it ends at a higher LR; a
 
 >>> result = train("DATASET", refit=True, out="runs/yoga")   # doctest: +SKIP
 >>> result.refit["epochs"], result.refit["temperature"]      # doctest: +SKIP
-(9, 0.71)
+(10, 0.7)
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from posetune.errors import UsageError
 from posetune.options import TrainOptions
 from posetune.run import SELECTION_DIR, RunDir
 
-__all__ = ["SELECTION_DIR", "check_selection_folder", "final_options", "refit_record", "selection_choice",
+__all__ = ["SELECTION_DIR", "better_weights", "check_selection_folder", "final_options", "refit_record", "selection_choice",
            "selection_done", "selection_options"]
 
 
@@ -47,12 +48,14 @@ def check_selection_folder(run: RunDir, overwrite: bool) -> None:
 
 
 def selection_options(opts: TrainOptions, run: Path) -> TrainOptions:
-    """The selection run's options: the user's, into RUN/selection, logging to the final run's MLflow store
-    (its default store is beside the run, which would be RUN/mlflow.db for the selection)."""
+    """The selection run's options: the user's, into RUN/selection, logging to the final run's MLflow store (its
+    default store is beside the run, which would be RUN/mlflow.db for the selection) and, with --log-dir, to
+    LOG_DIR/<RUN's name>/selection (not every refit's LOG_DIR/selection)."""
     from posetune.tracking import default_mlflow_uri
 
     uri = opts.mlflow_uri or (default_mlflow_uri(run) if "mlflow" in (opts.log or []) else None)
-    return dataclasses.replace(opts, refit=False, out=str(run / SELECTION_DIR), mlflow_uri=uri)
+    log_dir = str(Path(opts.log_dir) / run.name) if opts.log_dir else None
+    return dataclasses.replace(opts, refit=False, out=str(run / SELECTION_DIR), mlflow_uri=uri, log_dir=log_dir)
 
 
 def selection_done(run: Path) -> bool:
@@ -62,20 +65,29 @@ def selection_done(run: Path) -> bool:
 
 
 def selection_choice(run: Path) -> dict:
-    """What the finished selection run chose, from its folder: best epoch, the weights kept then (model or EMA),
-    temperature and how it was chosen, val scores, training seconds."""
+    """What the finished selection run chose, from its folder: epochs run and the best one, the better weights on
+    its last epoch (model or EMA: the final run keeps its last), temperature and how it was chosen, val scores,
+    training seconds."""
     selection = RunDir(run / SELECTION_DIR)
     meta = selection.meta()
     with open(selection / "metrics.csv", newline="") as fh:
-        best = next((r for r in csv.DictReader(fh) if r.get("epoch") == str(meta.best_epoch)), {})
-    return {"best_epoch": meta.best_epoch, "epochs_run": meta.epochs_run, "weights": best.get("weights") or "model",
+        rows = list(csv.DictReader(fh))
+    return {"best_epoch": meta.best_epoch, "epochs_run": meta.epochs_run, "weights": better_weights(rows[-1] if rows else {}),
             "temperature": meta.temperature, "temperature_note": meta.calibration.get("note", ""),
             "val": meta.metrics.get("val"), "train_seconds": meta.train_seconds}
 
 
+def better_weights(last: dict) -> str:
+    """"ema" when the selection's last epoch scored its EMA above the model's own weights on val, else "model"."""
+    try:
+        return "ema" if float(last.get("ema_val_accuracy") or -1) > float(last.get("val_accuracy") or 0) else "model"
+    except (TypeError, ValueError):
+        return "model"
+
+
 def refit_record(chosen: dict) -> dict:
     """model.json's ``refit``: the selection run's folder, the epochs it ran (the final run's), its best epoch,
-    the weights it kept then, its temperature and val scores."""
+    the weights the final run keeps, its temperature and val scores."""
     val = chosen.get("val") or {}
     return {"selection_run": SELECTION_DIR, "epochs": max(1, int(chosen["epochs_run"])),
             "selection_best_epoch": chosen["best_epoch"], "weights": chosen.get("weights", "model"),
