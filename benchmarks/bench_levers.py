@@ -91,6 +91,9 @@ LEVERS = {
     # --refit: the run fits its temperature on val, then train + val trains again for as many epochs (about 2x)
     "base-lr-0.3+refit+size-224": {"base_lr_ratio": 0.3, "refit": True, "image_size": 224},
     "base-lr-0.3+refit": {"base_lr_ratio": 0.3, "refit": True},
+    # the 0.883 recipe (val-0 + 20 epochs) with a temperature: the selection runs all 20 epochs (no early stop)
+    "base-lr-0.3+refit+epochs-20+patience-0+size-224": {"base_lr_ratio": 0.3, "refit": True, "epochs": 20,
+                                                        "patience": 0, "image_size": 224},
     "tta": None,  # scored on the baseline runs
 }
 
