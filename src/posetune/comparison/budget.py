@@ -217,11 +217,11 @@ def measure(opts, backbones: list[str], probe_budget_s: float, t0: float,
             reporter: Reporter) -> tuple[list[Candidate], dict, float]:
     """(candidates best probe first, the counts of DATA's splits, decode seconds per image): compare's stage 1
     on a sample of train and val, one backbone after another, until ``probe_budget_s`` is spent."""
-    from posetune.data.layouts import discover
     from posetune.devices import resolve_device
     from posetune.options import CompareOptions
+    from posetune.training.prepare import discover_index
 
-    index = discover(opts.data, val_fraction=opts.val_fraction, seed=opts.seed, label_level=opts.label_level)
+    index = discover_index(opts)  # the splits the chosen run will train and validate on
     index.require_val("--time-budget", "ranks backbones on")
     counts = {f"n_{s}": len(index.split(s)) for s in ("train", "val", "test")}
     sample = dataclasses.replace(index, samples=_sample(index), skipped=[], warnings=[])

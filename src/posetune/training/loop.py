@@ -409,12 +409,18 @@ class Trainer:
         """A CPU copy of the better of the weights and their EMA on this epoch's val score (without val: the EMA
         when ``Settings.keep_ema``)."""
         if "val_accuracy" in row:
-            use_ema = self.ema is not None and row.get("ema_val_accuracy", -1) > row["val_accuracy"]
+            use_ema = self.ema is not None and ema_scored_better(row)
         else:
             use_ema = self.ema is not None and self.settings.keep_ema
         row["weights"] = "ema" if use_ema else "model"
         source = self.ema.module if use_ema else self.model
         return {k: v.detach().to("cpu", copy=True) for k, v in source.state_dict().items()}
+
+
+def ema_scored_better(row: dict) -> bool:
+    """Whether an epoch's row (as the loop keeps it, or read back from metrics.csv) scored the EMA above the
+    model's own weights on val; False without an EMA score."""
+    return float(row.get("ema_val_accuracy") or -1) > float(row.get("val_accuracy") or 0)
 
 
 def fit(trainer: Trainer, train_loader, val_loader, batch_color=None, resume: dict | None = None,

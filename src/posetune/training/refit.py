@@ -79,20 +79,21 @@ def selection_choice(run: Path) -> dict:
 
 def better_weights(last: dict) -> str:
     """"ema" when the selection's last epoch scored its EMA above the model's own weights on val, else "model"."""
+    from posetune.training.loop import ema_scored_better
+
     try:
-        return "ema" if float(last.get("ema_val_accuracy") or -1) > float(last.get("val_accuracy") or 0) else "model"
-    except (TypeError, ValueError):
+        return "ema" if ema_scored_better(last) else "model"
+    except (TypeError, ValueError):  # a metrics.csv cell that is not a number
         return "model"
 
 
 def refit_record(chosen: dict) -> dict:
     """model.json's ``refit``: the selection run's folder, the epochs it ran (the final run's), its best epoch,
-    the weights the final run keeps, its temperature and val scores."""
-    val = chosen.get("val") or {}
+    the weights the final run keeps, its temperature and val scores (model.json's summary of them)."""
     return {"selection_run": SELECTION_DIR, "epochs": max(1, int(chosen["epochs_run"])),
             "selection_best_epoch": chosen["best_epoch"], "weights": chosen.get("weights", "model"),
             "temperature": float(chosen.get("temperature", 1.0)), "temperature_note": chosen.get("temperature_note", ""),
-            "selection_val": {k: val.get(k) for k in ("accuracy", "balanced_accuracy", "macro_f1", "n")} if val else None,
+            "selection_val": chosen.get("val"),
             "selection_train_seconds": chosen.get("train_seconds", 0.0)}
 
 
