@@ -52,6 +52,8 @@ def test_options_train_and_save(options, shapes_kaggle, tmp_path):
     saved = (tmp_path / "run" / "config.yaml").read_text()
     for key, value in options.items():
         assert f"{key}: {value}" in saved
+    # the autocast the run trained in: the asked one, else fp32 (--precision auto is exact fp32 on a CPU)
+    assert json.loads((tmp_path / "run" / "model.json").read_text())["precision"] == options.get("precision", "fp32")
     if "ema" in options:
         assert "ema_val_accuracy" in result.history[0]
     if "crop_pct" in options:  # travels with the run folder, so predict / export / serve use it too
@@ -97,3 +99,22 @@ def test_tta_is_reported_beside_the_plain_score(tiny_run, shapes_kaggle):
     preds = posetune.load(tiny_run).predict(sorted(str(p) for p in (shapes_kaggle / "TEST").rglob("*.jpg"))[:3],
                                             tta=True)
     assert all(abs(sum(p for _, p in x.top_k) - 1) < 1e-3 for x in preds if len(x.top_k) == 3)
+
+
+@pytest.mark.parametrize("native, asked, expected, warns", [
+    (True, "auto", "fp32", False),  # auto stays exact fp32 on a CPU, native bf16 or not
+    (True, "bf16", "bf16", False),
+    (False, "bf16", "bf16", True),  # emulated bf16: said before training, still run as asked
+    (False, "fp32", "fp32", False),
+    (None, "bf16", "bf16", False),  # no /proc/cpuinfo (macOS, Windows): unknown, no warning
+])
+def test_training_precision_on_the_cpu(native, asked, expected, warns, monkeypatch):
+    import torch
+
+    from posetune import devices
+
+    monkeypatch.setattr(devices, "cpu_has_native_bf16", lambda: native)
+    precision, warning = devices.training_precision(torch.device("cpu"), asked)
+    assert precision == expected and (warning is not None) == warns
+    if warns:
+        assert "--precision auto" in warning

@@ -51,7 +51,7 @@ def lr_find(data: str | Path, reporter: Reporter | None = None, **options) -> di
             for g, r in zip(optimizer.param_groups, ratios):
                 g["lr"] = lr * r
             x, y = prepare_batch(x), y.to(device)
-            with autocast(device, opts.precision):
+            with autocast(device, p.settings.precision):
                 loss = nnf.cross_entropy(model(x).float(), y, label_smoothing=p.settings.label_smoothing)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

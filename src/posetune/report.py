@@ -237,7 +237,8 @@ def write_run_report(run_path: str | Path, meta: dict, plan_rows: list[dict], hi
     lines = [f"# posetune run: {meta['backbone']} / {meta['strategy']}", "",
              f"- data: `{meta.get('data')}` ({meta.get('layout')}), classes: {', '.join(meta['classes'])}",
              f"- weights: {meta.get('weight_source')}; image size {meta['preprocessing']['input_size'][-1]} px",
-             f"- best epoch {meta.get('best_epoch')} of {len(history)}; train time {meta.get('train_seconds', 0):.1f} s",
+             f"- best epoch {meta.get('best_epoch')} of {len(history)}; train time {meta.get('train_seconds', 0):.1f} s"
+             + (f" on {meta['device']}, {meta['precision']}" if meta.get("device") and meta.get("precision") else ""),
              *_refit_lines(meta.get("refit")),
              "", "## Stages", "", "| stage | params | trainable | lr | bn |", "|---|---:|---|---:|---|"]
     lines += [f"| {r['stage']} | {r['params']:,} | {'yes' if r['trainable'] else 'frozen'} | {r['lr']:.2e} | {r['bn']} |"

@@ -54,6 +54,7 @@ class RunMeta:
     data: str = ""
     layout: str = ""
     device: str = ""
+    precision: str = ""  # the training's autocast (fp32, bf16, fp16): --precision auto resolved on this device
     metrics: dict[str, dict] = field(default_factory=dict)  # split -> METRIC_KEYS
     temperature: float = 1.0  # predictions are softmax(logits / temperature); fitted on val (older runs: 1.0)
     calibration: dict = field(default_factory=dict)  # how the temperature was chosen; ECE and NLL before/after

@@ -40,7 +40,7 @@ def train(
     out: Optional[str] = typer.Option(None, help="Run folder to write (default runs/<data>-<backbone>-<strategy>)."),
     seed: Optional[int] = typer.Option(None, help="Default 0."),
     device: Optional[str] = typer.Option(None, help="auto | cpu | cuda | mps (default auto)."),
-    precision: Optional[str] = typer.Option(None, help="auto (default: bf16 autocast on CUDA, fp16 on GPUs without bf16, fp32 elsewhere) | bf16 | fp16 (CUDA, with loss scaling) | fp32."),
+    precision: Optional[str] = typer.Option(None, help="auto (default: bf16 autocast on CUDA, fp16 on GPUs without bf16, fp32 elsewhere) | bf16 (also on a CPU: faster at >= 192 px where it has native bf16) | fp16 (CUDA, with loss scaling) | fp32."),
     weights: Optional[str] = typer.Option(None, help="Local .safetensors/.pth/.bin state dict of the timm model."),
     no_pretrained: bool = typer.Option(False, "--no-pretrained", help="Start from random init."),
     label_level: Optional[int] = typer.Option(None, help="Yoga-82 only: 6, 20 or 82 classes."),

@@ -101,7 +101,7 @@ def _card_training(meta: RunMeta) -> list[str]:
     if meta.stage_lrs:
         lines.append("- Learning rates: " + ", ".join(f"{s} {lr:.1e}" for s, lr in meta.stage_lrs.items()) + ".")
     lines.append(f"- {meta.epochs_run} epochs (best: {meta.best_epoch}), {meta.train_seconds:.0f} s on "
-                 f"{meta.device or 'unknown'}, input {meta.preprocessing['input_size'][-1]} px; trained {meta.created}.")
+                 f"{meta.device or 'unknown'}{f' ({meta.precision})' if meta.precision else ''}, input {meta.preprocessing['input_size'][-1]} px; trained {meta.created}.")
     return lines
 
 

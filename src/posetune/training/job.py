@@ -433,7 +433,7 @@ def write_run(p: Prepared, history: list[dict], best_epoch: int, scores: Scores,
         frozen_stages=p.plan.frozen_at(max(1, len(history))), stage_lrs=p.plan.lrs, best_epoch=best_epoch,
         epochs_run=len(history), train_seconds=round(train_seconds, 2),
         train_images_per_s=round(images_seen / max(train_seconds, 1e-9), 2),
-        data=str(p.opts.data), layout=p.index.layout, device=str(p.device),
+        data=str(p.opts.data), layout=p.index.layout, device=str(p.device), precision=p.settings.precision,
         metrics=RunMeta.summarize(scores.metrics), temperature=scores.temperature, calibration=scores.calibration,
         budget=budget, refit=p.refit, kind=p.spec.kind, pose_dim=getattr(p.model, "pose_dim", 0), no_person=p.no_person)
     p.model.to("cpu")

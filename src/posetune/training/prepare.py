@@ -104,7 +104,7 @@ def prepare(opts: TrainOptions, reporter: Reporter, write_config: bool = True, d
     ``val_in_train``: the val split trains too (`train --refit`'s final run)."""
     from posetune import backbones, strategies
     from posetune.data.pipeline import Preprocess
-    from posetune.devices import amp_dtype, place
+    from posetune.devices import place, training_precision
     from posetune.distributed import Dist
     from posetune.runtime import tune_allocator
     from posetune.training.loop import Settings
@@ -119,7 +119,10 @@ def prepare(opts: TrainOptions, reporter: Reporter, write_config: bool = True, d
         reporter.info(f"backbone pose is all head: --strategy {opts.strategy} trains it in the epoch loop (as full)")
         strategy = strategies.get_strategy("full")
     device = _device(opts.device, dist)
-    amp_dtype(device, opts.precision)  # a precision this device cannot run stops here, before any file is written
+    # a precision this device cannot run stops here, before any file is written
+    precision, slow = training_precision(device, opts.precision)
+    if slow:
+        reporter.warn(slow)
     seed_everything(opts.seed)
     index = load_index(opts, reporter, val_in_train)
     model, stages, plan = build_model(opts, spec, len(index.classes), reporter, strategy.name)
@@ -127,7 +130,7 @@ def prepare(opts: TrainOptions, reporter: Reporter, write_config: bool = True, d
     preprocess = Preprocess.from_config(backbones.data_config(model, opts.image_size, opts.crop_pct))
     out = run_folder(opts, dist, write_config and create, overwrite, resume, create)
     reporter.info(f"backbone {spec.name} ({spec.arch}, weights: {spec.weight_source}), strategy {opts.strategy}, "
-                  f"{epochs} epochs, image size {preprocess.size}, batch {opts.batch_size}, device {device}, "
+                  f"{epochs} epochs, image size {preprocess.size}, batch {opts.batch_size}, device {device} ({precision}), "
                   f"head lr {plan.lrs['head']:.1e} -> {out.path}")
     reporter.table("stages", plan.table(stages))
     if not index.split("val") and not val_in_train:
@@ -144,7 +147,7 @@ def prepare(opts: TrainOptions, reporter: Reporter, write_config: bool = True, d
     settings = Settings(epochs=epochs, batch_size=opts.batch_size, patience=opts.patience,
                         weight_decay=opts.weight_decay, label_smoothing=opts.label_smoothing, seed=opts.seed,
                         ema_decay=opts.ema, mixup=opts.mixup, cutmix=opts.cutmix,
-                        precision=opts.precision)
+                        precision=precision)
     class_weights, sampler = balancing(opts.balance, train_ds.labels, len(index.classes), opts.seed)
     if dist.enabled:
         import torch
