@@ -42,8 +42,9 @@ import bench_fmnist  # noqa: E402  (the Fashion-MNIST-1k folders)
 
 SIZES = {"fmnist": 112, "yoga": 128}  # each set's training size unless a lever sets one
 YOGA_DATA = {"per_class": 100, "test_per_class": 30, "size": 160, "seed": 0}  # the demo's render
-# posetune's defaults until this sweep (now 0.3: strategies.BASE_LR_RATIO); the crop pinned at its default 0.5
-BASELINE = {"base_lr_ratio": 0.1, "crop_scale": 0.5}
+# posetune's defaults until this sweep (now 0.3: strategies.BASE_LR_RATIO); the crop pinned at its default 0.5;
+# exact fp32 (--precision auto on a CPU) unless a lever asks for bf16
+BASELINE = {"base_lr_ratio": 0.1, "crop_scale": 0.5, "precision": "fp32"}
 LEVERS = {
     "baseline": {},
     "full": {"strategy": "full"},
@@ -94,6 +95,8 @@ LEVERS = {
     # the 0.883 recipe (val-0 + 20 epochs) with a temperature: the selection runs all 20 epochs (no early stop)
     "base-lr-0.3+refit+epochs-20+patience-0+size-224": {"base_lr_ratio": 0.3, "refit": True, "epochs": 20,
                                                         "patience": 0, "image_size": 224},
+    # `--precision bf16` (autocast) on a CPU with native bf16 (AVX512-BF16 / AMX), against the fp32 rows
+    "base-lr-0.3+size-224+bf16": {"base_lr_ratio": 0.3, "image_size": 224, "precision": "bf16"},
     "tta": None,  # scored on the baseline runs
 }
 
