@@ -14,7 +14,7 @@ from posetune.run import RunDir, RunMeta
 # What `posetune train` writes into model.json. A change here is a format change: old readers must cope.
 MODEL_JSON_KEYS = {
     "format_version", "backbone", "arch", "weight_source", "classes", "preprocessing", "strategy", "frozen_stages",
-    "stage_lrs", "best_epoch", "epochs_run", "train_seconds", "train_images_per_s", "data", "layout", "device",
+    "stage_lrs", "best_epoch", "epochs_run", "train_seconds", "train_images_per_s", "data", "layout", "device", "precision",
     "metrics", "temperature", "calibration", "created", "kind", "pose_dim",
 }
 
