@@ -95,6 +95,10 @@ LEVERS = {
     # the 0.883 recipe (val-0 + 20 epochs) with a temperature: the selection runs all 20 epochs (no early stop)
     "base-lr-0.3+refit+epochs-20+patience-0+size-224": {"base_lr_ratio": 0.3, "refit": True, "epochs": 20,
                                                         "patience": 0, "image_size": 224},
+    # the head LR (2e-3 / 5e-4; pretrained stages at 0.3x) and the batch (16: twice the steps), never swept before, at 224 px
+    "base-lr-0.3+lr-2e-3+size-224": {"base_lr_ratio": 0.3, "lr": 2e-3, "image_size": 224},
+    "base-lr-0.3+lr-5e-4+size-224": {"base_lr_ratio": 0.3, "lr": 5e-4, "image_size": 224},
+    "base-lr-0.3+batch-16+size-224": {"base_lr_ratio": 0.3, "batch_size": 16, "image_size": 224},
     # `--precision bf16` (autocast) on a CPU with native bf16 (AVX512-BF16 / AMX), against the fp32 rows
     "base-lr-0.3+size-224+bf16": {"base_lr_ratio": 0.3, "image_size": 224, "precision": "bf16"},
     "tta": None,  # scored on the baseline runs
