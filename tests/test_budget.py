@@ -4,13 +4,26 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 import time
 
 import pytest
 from helpers import TINY, run_cli
 
 from posetune.checks import Duration
-from posetune.comparison.budget import GOOD_EPOCHS, MIN_EPOCHS, MORE_EPOCHS, Candidate, plan_budget, scaled_size
+from posetune.comparison import budget as budget_module
+from posetune.comparison.budget import (
+    GOOD_EPOCHS,
+    MIN_EPOCHS,
+    MORE_EPOCHS,
+    Candidate,
+    at_size,
+    plan_budget,
+    refit_runs,
+    scaled_size,
+    selection_share,
+    selection_times,
+)
 from posetune.errors import InvalidOption
 
 COUNTS = {"n_train": 1000, "n_val": 150, "n_test": 500}
@@ -24,12 +37,85 @@ def plan(seconds: float):
 
 
 def test_plenty_of_time_trains_the_best_probe_at_its_size_for_more_than_the_default_epochs():
-    choice = plan(3600)
-    assert (choice.backbone, choice.strategy, choice.image_size, choice.epochs) == ("efficientnet_lite2", "partial",
-                                                                                    260, 10 * MORE_EPOCHS)
-    assert choice.estimated_seconds <= 3600
+    # lite2 alone (the others' refits would fit): 20 epochs once (~1596 s), not 10 twice
+    choice = plan_budget(MEASURED[:1], COUNTS, 1600, default_epochs=10)
+    assert (choice.backbone, choice.strategy, choice.image_size, choice.epochs, choice.refit) == (
+        "efficientnet_lite2", "partial", 260, 10 * MORE_EPOCHS, False)
+    assert choice.estimated_seconds <= 1600
     assert [r for r in choice.rows if r["chosen"]] == [r for r in choice.rows if r["backbone"] == "efficientnet_lite2"
                                                        and r["image size"] == 260 and r["strategy"] == "partial"]
+
+
+def test_time_for_two_runs_of_the_default_epochs_plans_a_refit_at_the_largest_size():
+    choice = plan(3600)  # lite2: (3 x 1000 + 150) / 40 + 3 x 1150 / 40 = 165 s per epoch of both runs
+    assert (choice.backbone, choice.image_size, choice.epochs, choice.refit) == ("efficientnet_lite2", 260,
+                                                                                 10 * MORE_EPOCHS, True)
+    assert choice.estimated_seconds <= 3600 and "train + val" in choice.reason
+    single = [r for r in choice.rows if r["backbone"] == "efficientnet_lite2" and r["image size"] == 260
+              and not r["refit"] and r["strategy"] == "partial"][0]
+    assert single["fits"] and single["estimated s"] < choice.estimated_seconds / 1.8  # the refit: about twice
+    # a refit of a faster backbone comes before one run of the best-probing one at the same (largest) share of its
+    # size: on Fashion-MNIST-1k lite0's refit scored 0.877, one run of lite1 at 240 px 0.872
+    middle = plan(800)
+    assert (middle.backbone, middle.image_size, middle.refit) == ("efficientnet_lite0", 224, True)
+    assert middle.epochs >= 10 and middle.estimated_seconds <= 800
+    assert any(r["backbone"] == "efficientnet_lite2" and r["image size"] == 260 and r["fits"] and not r["refit"]
+               for r in middle.rows)
+    # refit rows are listed only when both runs fit the default epochs; a smaller size's refit does not come before
+    # one run at a larger size
+    tight = plan(450)
+    assert not [r for r in tight.rows if r["refit"] and r["image size"] in (260, 240, 224)] and not tight.refit
+    for rows in (tight.rows, middle.rows):
+        refits = [r for r in rows if r["refit"]]
+        assert refits and all(r["epochs"] >= 10 and r["fits"] for r in refits)
+
+
+def test_a_refit_splits_its_epoch_time_between_the_selection_and_the_train_plus_val_run():
+    share = selection_share(COUNTS, {"images_per_s": 100.0})
+    # selection: 3 x 1000 + 150 forwards per epoch; final run: 3 x 1150
+    assert share == pytest.approx(3150 / (3150 + 3450))
+    assert [sum(n.values()) for n in refit_runs(COUNTS)] == [1150, 1650]
+    # with a timed training step (50 train images/s): 1000 / 50 + 150 / 100 s against 1150 / 50 s
+    assert selection_share(COUNTS, {"images_per_s": 100.0, "train_images_per_s": 50.0}) == pytest.approx(
+        21.5 / (21.5 + 23))
+
+
+def test_a_timed_training_step_replaces_the_three_forwards_guess():
+    guessed = Candidate("efficientnet_lite0", 0.85, 100.0, 224)
+    timed = dataclasses.replace(guessed, train_images_per_s=60.0)  # faster than 100 / 3 forwards
+    slow, fast = (plan_budget([c], COUNTS, 300, default_epochs=10) for c in (guessed, timed))
+    assert fast.epochs > slow.epochs and fast.estimated_seconds <= 300
+    # per epoch: 1000 train images at 60/s and 150 val images at 100/s (at 224 px, the measured size)
+    row = [r for r in fast.rows if r["image size"] == 224 and not r["refit"] and r["strategy"] == "partial"][0]
+    fixed = (150 + 500) / 100 + budget_module.RESERVE_S
+    assert row["estimated s"] == pytest.approx(fixed + row["epochs"] * (1000 / 60 + 150 / 100), abs=0.1)
+    assert at_size(timed, 112, train=True) == pytest.approx(240.0) and at_size(guessed, 112, train=True) is None
+
+
+def test_the_selection_gets_its_share_of_the_epochs_time_after_both_decodes_and_its_val_scoring():
+    deadline, target, val_s = selection_times(now=100.0, deadline=1100.0, target=1000.0, decode_s=20.0, val_s=3.0,
+                                              share=0.5)
+    fixed = 2 * 20.0 + 3.0 + budget_module.RESERVE_S  # both decodes, the selection's val pass and folder
+    assert (deadline, target, val_s) == pytest.approx((120.0 + (1000.0 - fixed) / 2, 120.0 + (900.0 - fixed) / 2, 3.0))
+    # what is left after the selection's target: its val and folder, the final run's decode and its epochs
+    assert target + 3.0 + budget_module.RESERVE_S + 20.0 + (900.0 - fixed) / 2 == pytest.approx(1000.0)
+
+
+def test_a_timed_training_step_leaves_the_global_rng_alone_and_skips_landmark_kinds():
+    import torch
+
+    from posetune.comparison.budget import _train_rate
+    from posetune.comparison.costs import train_images_per_s
+    from posetune.options import TrainOptions
+
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    assert train_images_per_s("test_efficientnet", 3, 64, 4, torch.device("cpu"), steps=1) > 0
+    assert torch.equal(torch.rand(3), expected)
+    opts = TrainOptions(batch_size=4)
+    assert _train_rate("pose", {"image_size": 224}, 3, opts, torch.device("cpu")) is None
+    assert _train_rate("test_efficientnet@random", {"image_size": 64}, 3, opts, torch.device("cpu")) > 0
 
 
 def test_a_tighter_budget_keeps_the_size_and_takes_a_faster_backbone_then_a_smaller_size():
@@ -236,6 +322,7 @@ def test_trainer_stretch_agrees_over_ranks_and_continues_the_schedule_planned_th
 
 def test_cli_time_budget_prints_its_choice_trains_and_records_the_decision(shapes_kaggle, tmp_path, monkeypatch,
                                                                             capsys):
+    monkeypatch.setattr(budget_module, "REFIT_MIN_EPOCHS_SHARE", 1000)  # one run (the next test plans a refit)
     out = tmp_path / "run"
     code, stdout, _ = run_cli(monkeypatch, capsys, [
         "train", shapes_kaggle, "--backbone", TINY["backbone"], "--no-pretrained", "--batch-size", "16",
@@ -262,6 +349,45 @@ def test_cli_time_budget_prints_its_choice_trains_and_records_the_decision(shape
     assert code == 0 and "its decision is kept" in stdout
     resumed = json.loads((out / "model.json").read_text())["budget"]
     assert {k: resumed[k] for k in ("chosen", "plans", "time_budget_s")} == {k: budget[k] for k in ("chosen", "plans", "time_budget_s")}
+
+
+def test_cli_time_budget_with_time_for_two_runs_refits_and_resumes_with_its_decision(shapes_kaggle, tmp_path,
+                                                                                      monkeypatch, capsys):
+    """A refit plan (plan_budget's choice of it is tested above; here it is made a refit of 3 epochs, which the
+    tiny run fits in a short budget): the selection run stretches into its share of the budget, the final run trains
+    train + val for the epochs the selection ran; both record the decision."""
+    plan = budget_module.plan_budget
+    monkeypatch.setattr(budget_module, "plan_budget", lambda *a, **k: dataclasses.replace(
+        plan(*a, **k), strategy="partial", refit=True, epochs=3))
+    out = tmp_path / "run"
+    code, stdout, err = run_cli(monkeypatch, capsys, [
+        "train", shapes_kaggle, "--backbone", TINY["backbone"], "--no-pretrained", "--batch-size", "16",
+        "--time-budget", "30s", "--out", out, "--json"])
+    assert code == 0, err
+    printed = json.loads(stdout)
+    meta = json.loads((out / "model.json").read_text())
+    budget, refit = meta["budget"], meta["refit"]
+    assert budget["chosen"]["refit"] is True and printed["budget"]["chosen"] == budget["chosen"]
+    assert sum(p["chosen"] for p in budget["plans"]) == 1
+    selection = json.loads((out / "selection" / "model.json").read_text())
+    assert selection["budget"]["chosen"] == budget["chosen"]
+    # the final run repeats the selection's epochs (stretched or stopped early, as it went), unless the budget's
+    # guard ended it sooner (a loaded machine)
+    assert refit["epochs"] == selection["epochs_run"] == budget["selection"]["epochs_run"]
+    assert meta["epochs_run"] == refit["epochs"] or (budget["stopped_by_deadline"] and meta["epochs_run"] < refit["epochs"])
+    assert budget["selection"]["stretched_to"] == selection["budget"]["stretched_to"]
+    assert budget["stretched_to"] is None  # the final run does not stretch
+    assert refit["n_train"] == 30 + refit["selection_val"]["n"]  # shapes_kaggle's 36 TRAIN images, 6 of them val
+    assert set(meta["metrics"]) == {"test"} and set(selection["metrics"]) == {"val"}
+    # resumed after the selection finished (the final run's folder files lost): the decision is the selection's
+    for name in ("model.json", "model.safetensors", "metrics.json", "report.md"):
+        (out / name).unlink()
+    shutil.rmtree(out / "checkpoint", ignore_errors=True)
+    code, stdout, err = run_cli(monkeypatch, capsys, ["train", "--resume", out])
+    assert code == 0, err
+    resumed = json.loads((out / "model.json").read_text())["budget"]
+    assert {k: resumed[k] for k in ("chosen", "plans", "time_budget_s", "selection")} == \
+        {k: budget[k] for k in ("chosen", "plans", "time_budget_s", "selection")}
 
 
 def test_cli_budget_too_small_names_the_smallest_that_works(shapes_kaggle, tmp_path, monkeypatch, capsys):

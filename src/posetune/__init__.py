@@ -25,8 +25,9 @@ __all__ = ["train", "evaluate", "load", "predict_paths", "predict_video", "list_
 
 def train(data=None, time_budget=None, **options):
     """Fine-tune a backbone on DATA; see `posetune train --help` for every option. ``time_budget="10m"``
-    (also ``"90s"``, ``"1h"``): measure this machine and DATA, choose the backbone, image size, strategy and
-    epochs that fit, and train within the budget + 10% (the decision is in RUN/model.json)."""
+    (also ``"90s"``, ``"1h"``): measure this machine and DATA, choose the backbone, image size, strategy,
+    epochs and whether to refit on train + val that fit, and train within the budget + 10% (the decision is in
+    RUN/model.json)."""
     if time_budget is not None:
         from posetune.comparison.budget import train_within_budget
 

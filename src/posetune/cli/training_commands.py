@@ -14,7 +14,7 @@ from posetune.console import print_metrics
 
 
 @app.command(epilog="Example: `posetune train DATASET --strategy partial --freeze-stages 3 --epochs 10 --out runs/yoga`; "
-             "`posetune train DATASET --time-budget 10m` chooses the backbone, size, strategy and epochs for you; "
+             "`posetune train DATASET --time-budget 10m` chooses the backbone, size, strategy, epochs and whether to refit for you; "
              "`posetune train DATASET --refit` trains again on train + val once val has fitted the temperature")
 def train(
     data: Optional[str] = typer.Argument(None, help="Folder of class folders, split folders (TRAIN/TEST), or a CSV manifest."),
@@ -64,9 +64,10 @@ def train(
     mlflow_uri: Optional[str] = typer.Option(None, help="With --log mlflow: the tracking store, e.g. http://127.0.0.1:5000 "
                                              "(default $MLFLOW_TRACKING_URI, else sqlite:///<run's parent>/mlflow.db)."),
     time_budget: Optional[str] = typer.Option(None, help="e.g. 90s, 10m, 1h: measure this machine and DATA, choose "
-                                              "backbone, image size, strategy and epochs (printed before training) "
-                                              "and finish within the budget + 10%. Not with --strategy, --epochs, "
-                                              "--image-size, --freeze-stages."),
+                                              "backbone, image size, strategy, epochs and whether to refit on "
+                                              "train + val (printed before training) and finish within the budget + "
+                                              "10%. Not with --strategy, --epochs, --image-size, --freeze-stages, "
+                                              "--refit."),
     nproc: int = typer.Option(1, min=1, help="Processes to train with on this machine (runs torchrun; DDP, one per GPU)."),
     config: Optional[Path] = typer.Option(None, help="YAML file with the same options; flags override it."),
     json_out: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),

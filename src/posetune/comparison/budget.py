@@ -7,14 +7,17 @@ turns those into a choice with :func:`.finetune.estimate_cell_seconds`, the esti
 --budget-minutes` uses: enough epochs first (:data:`GOOD_EPOCHS`), then the largest image size, then the
 best-probing backbone that fits at it, ``partial`` with as many epochs as fit (at least :data:`MIN_EPOCHS`,
 up to :data:`MORE_EPOCHS` x the strategy's default); when no fine-tuning fits, the head alone on cached
-features (``linear``). The choice is printed as a table before training, and recorded in model.json
-(``budget``); the epoch loop's guard ends training at an epoch boundary if the estimate was off, so the run
+features (``linear``). When two runs of the strategy's default epochs fit at that size, the plan is a refit
+(`train --refit`: a selection run whose val fits the temperature, then train + val again for as many epochs),
+which beat both more epochs and a larger backbone on Fashion-MNIST-1k (:data:`REFIT_MIN_EPOCHS_SHARE`). Training
+costs a timed training step per image (:func:`.costs.train_images_per_s`). The choice is printed as a table before
+training, and recorded in model.json (``budget``); the epoch loop's guard ends training at an epoch boundary if the estimate was off, so the run
 ends within the budget + 10%.
 
 >>> probes = [Candidate("efficientnet_lite0", 0.8, 200.0, 224)]
 >>> choice = plan_budget(probes, {"n_train": 500, "n_val": 100, "n_test": 100}, 120.0, default_epochs=10)
->>> (choice.strategy, choice.image_size, choice.epochs)
-('partial', 224, 14)
+>>> (choice.strategy, choice.image_size, choice.epochs, choice.refit)
+('partial', 224, 14, False)
 """
 
 from __future__ import annotations
@@ -50,6 +53,11 @@ OVERRUN = 1.1  # the guard lets a run end within the budget + 10%
 # (the plan's, or the stretch cap when larger) are flat, unless --patience is given.
 BUDGET_PATIENCE_SHARE = 0.5
 PLANNED = ("strategy", "epochs", "image_size", "freeze_stages")  # options the plan chooses
+# A refit (selection run, then train + val for as many epochs) is planned when both runs fit at least this share of
+# the strategy's default epochs. Fashion-MNIST-1k, lite0 partial 224 px, 3 seeds (benchmarks/README.md, levers):
+# a refit of 10 + 10 epochs 0.877 +- 0.002, one run of 20 epochs 0.874 +- 0.002 (as long), lite1 at 240 px
+# 0.872 (--time-budget 10m); a refit of 20 + 20 0.884. A shorter refit was not measured, so none is planned.
+REFIT_MIN_EPOCHS_SHARE = 1.0
 # No ensemble or TTA in the plan: on Fashion-MNIST-1k 3 default runs averaged score 0.878 against one run's
 # 0.872 +- 0.002 for 3x the training and 3x slower predictions, flip TTA 0.873 (benchmarks/bench_ensemble.py)
 
@@ -62,6 +70,7 @@ class Candidate:
     probe_val_accuracy: float
     images_per_s: float  # forward images/s at ``image_size`` (inference copy, batch 32)
     image_size: int  # the backbone's pretrained input size
+    train_images_per_s: float | None = None  # a timed partial training step at ``image_size`` (None: not timed)
 
 
 @dataclass
@@ -74,6 +83,7 @@ class BudgetChoice:
     reason: str
     rows: list[dict] = field(default_factory=list)  # every plan considered, as the printed table shows it
     smallest_budget_s: float = 0.0  # the quickest plan's seconds (a budget below it fits nothing)
+    refit: bool = False  # the selection run, then train + val for as many epochs (train --refit)
 
 
 def plan_budget(candidates: list[Candidate], counts: dict, seconds_left: float, default_epochs: int,
@@ -83,29 +93,40 @@ def plan_budget(candidates: list[Candidate], counts: dict, seconds_left: float, 
     rows, fits = [], []
     decode_s = decode_s_per_image * sum(counts.values())
     enough, most = min(GOOD_EPOCHS, default_epochs), default_epochs * MORE_EPOCHS
+    refit_least = max(MIN_EPOCHS, math.ceil(default_epochs * REFIT_MIN_EPOCHS_SHARE))
     for rank, c in enumerate(candidates):
         for step in SIZE_STEPS:
             size = scaled_size(c.image_size, step)
-            ips = at_size(c, size)
-            per_epoch = estimate_cell_seconds({"images_per_s": ips, **counts}, 1) - \
-                estimate_cell_seconds({"images_per_s": ips, **counts}, 0)
-            fixed = estimate_cell_seconds({"images_per_s": ips, **counts}, 0) + decode_s + RESERVE_S
-            epochs = min(most, int((seconds_left - fixed) // per_epoch)) if per_epoch > 0 else 0
-            est = fixed + max(epochs, MIN_EPOCHS) * per_epoch
-            rows.append(_row(c, "partial", size, max(epochs, 0), est, epochs >= MIN_EPOCHS))
-            if epochs >= MIN_EPOCHS:  # enough epochs first, then the largest size, then the best probe
-                fits.append((-min(epochs, enough), SIZE_STEPS.index(step), rank, rows[-1]))
+            rates = {"images_per_s": at_size(c, size), "train_images_per_s": at_size(c, size, train=True)}
+            for refit in (False, True):
+                runs = refit_runs(counts) if refit else [counts]
+                per_epoch = sum(estimate_cell_seconds({**rates, **n}, 1) - estimate_cell_seconds({**rates, **n}, 0)
+                                for n in runs)
+                fixed = sum(estimate_cell_seconds({**rates, **n}, 0) + decode_s + RESERVE_S for n in runs)
+                epochs = min(most, int((seconds_left - fixed) // per_epoch)) if per_epoch > 0 else 0
+                least = refit_least if refit else MIN_EPOCHS
+                if refit and epochs < least:
+                    continue  # listed only when it fits: the table stays the plans a user would weigh
+                est = fixed + max(epochs, least) * per_epoch
+                rows.append(_row(c, "partial", size, max(epochs, 0), est, epochs >= least, refit))
+                # enough epochs first, then the largest size, then a refit, then the best probe
+                if epochs >= least:
+                    fits.append((-min(epochs, enough), SIZE_STEPS.index(step), not refit, rank, rows[-1]))
         # linear: one forward pass over train and val for the features, the final val + test pass, the head fit
         ips = c.images_per_s
         est = (counts["n_train"] + 2 * counts["n_val"] + counts["n_test"]) / ips + decode_s + RESERVE_S
         rows.append(_row(c, "linear", c.image_size, default_epochs, est, est <= seconds_left))
     smallest = min(r["estimated s"] for r in rows) if rows else 0.0
     if fits:
-        best = min(fits, key=lambda f: f[:3])[-1]
+        best = min(fits, key=lambda f: f[:4])[-1]
         reason = (f"the largest image size at which {enough}+ epochs of partial fit, with the best-probing "
                   f"backbone that fits at it ({best['epochs']} epochs)" if best["epochs"] >= enough else
                   f"no plan fits {enough}+ epochs: the most epochs that fit ({best['epochs']} of partial), at the "
                   f"largest size that gives them")
+        if best["refit"]:
+            reason = (f"{best['epochs']} epochs fit twice at the largest size: a selection run (val fits the "
+                      f"temperature), then train + val again for as many epochs (--refit; it beat more epochs and "
+                      f"a larger backbone on Fashion-MNIST-1k)")
     else:
         linear = [r for r in rows if r["strategy"] == "linear" and r["fits"]]
         if not linear:
@@ -114,13 +135,38 @@ def plan_budget(candidates: list[Candidate], counts: dict, seconds_left: float, 
         reason = f"no fine-tuning fits {seconds_left:.0f} s with {MIN_EPOCHS}+ epochs: the head on cached features"
     best["chosen"] = True
     return BudgetChoice(best["backbone"], best["strategy"], best["image size"], best["epochs"], best["estimated s"],
-                        reason, rows, smallest)
+                        reason, rows, smallest, best["refit"])
 
 
-def at_size(c: Candidate, size: int) -> float:
-    """Forward images/s of ``c`` at ``size`` px: conv cost grows with the pixel count (the probe measured it at
-    the pretrained size; the training run and its final evaluation run at the planned one)."""
-    return c.images_per_s * (c.image_size / size) ** 2
+def refit_runs(counts: dict) -> list[dict]:
+    """The two runs of a refit as split counts: the selection (train, scored on val; test is not scored), then the
+    final run (train + val, scored on test)."""
+    return [{"n_train": counts["n_train"], "n_val": counts["n_val"], "n_test": 0},
+            {"n_train": counts["n_train"] + counts["n_val"], "n_val": 0, "n_test": counts["n_test"]}]
+
+
+def selection_share(counts: dict, rates: dict) -> float:
+    """The share of a refit's epoch time that the selection run takes (the rest is the final run's); ``rates``:
+    images_per_s and train_images_per_s at the planned size."""
+    sel, final = (estimate_cell_seconds({**rates, **n}, 1) - estimate_cell_seconds({**rates, **n}, 0)
+                  for n in refit_runs(counts))
+    return sel / (sel + final)
+
+
+def selection_times(now: float, deadline: float, target: float, decode_s: float, val_s: float,
+                    share: float) -> tuple[float, float, float]:
+    """A refit's selection run: (deadline, target, its val scoring seconds). Between ``now`` and the whole plan's
+    ``deadline`` / ``target`` come both runs' decoding (``decode_s`` each), the selection's val scoring and writing
+    (``val_s`` + RESERVE_S) and both runs' epochs; the selection's epochs get ``share`` of the epochs' time."""
+    fixed = 2 * decode_s + val_s + RESERVE_S
+    return (now + decode_s + (deadline - now - fixed) * share, now + decode_s + (target - now - fixed) * share, val_s)
+
+
+def at_size(c: Candidate, size: int, train: bool = False) -> float | None:
+    """Forward (``train``: training step) images/s of ``c`` at ``size`` px: conv cost grows with the pixel count
+    (measured at the pretrained size; the training run and its final evaluation run at the planned one)."""
+    rate = c.train_images_per_s if train else c.images_per_s
+    return None if rate is None else rate * (c.image_size / size) ** 2
 
 
 def scaled_size(size: int, step: float) -> int:
@@ -128,9 +174,10 @@ def scaled_size(size: int, step: float) -> int:
     return size if step == 1.0 else max(32, int(round(size * step / 16)) * 16)
 
 
-def _row(c: Candidate, strategy: str, size: int, epochs: int, est: float, fits: bool) -> dict:
+def _row(c: Candidate, strategy: str, size: int, epochs: int, est: float, fits: bool, refit: bool = False) -> dict:
     return {"backbone": c.backbone, "probe val acc": round(c.probe_val_accuracy, 4), "strategy": strategy,
-            "image size": size, "epochs": epochs, "estimated s": round(est, 1), "fits": fits, "chosen": False}
+            "image size": size, "epochs": epochs, "refit": refit, "estimated s": round(est, 1), "fits": fits,
+            "chosen": False}
 
 
 def train_within_budget(data, time_budget: str, reporter: Reporter | None = None, config=None,
@@ -151,7 +198,8 @@ def train_within_budget(data, time_budget: str, reporter: Reporter | None = None
     options = {k: v for k, v in options.items() if v is not None}
     opts = TrainOptions.from_sources(config, data=str(data) if data is not None else None, **options)
     if opts.refit:  # from --refit or from --config
-        raise UsageError("--time-budget plans one training run; drop refit (--refit, or refit: true in --config)")
+        raise UsageError("--time-budget chooses whether to refit (when two runs fit); drop refit (--refit, or "
+                         "refit: true in --config)")
     if opts.out:
         RunDir(opts.out).check_free(overwrite)
     backbones = [opts.backbone] if "backbone" in options else list(DEFAULT_BACKBONES)
@@ -168,29 +216,41 @@ def train_within_budget(data, time_budget: str, reporter: Reporter | None = None
         raise UsageError(f"--time-budget {time_budget} is too small for {opts.data}: measuring took {spent:.0f} s and "
                          f"the quickest plan (the head alone) needs ~{quickest:.0f} s more; give at least "
                          f"--time-budget {_round_up(spent + quickest)}")
-    reporter.info(f"chosen: {choice.backbone}, {choice.strategy}, {choice.image_size} px, {choice.epochs} epochs, "
+    reporter.info(f"chosen: {choice.backbone}, {choice.strategy}{' + refit' if choice.refit else ''}, "
+                  f"{choice.image_size} px, {choice.epochs} epochs{' in each run' if choice.refit else ''}, "
                   f"~{choice.estimated_seconds:.0f} s ({choice.reason})")
     chosen = next(c for c in candidates if c.backbone == choice.backbone)
-    scoring_s = (counts["n_val"] + counts["n_test"]) / at_size(chosen, choice.image_size)  # the loop re-checks it
+    ips = at_size(chosen, choice.image_size)
+    rates = {"images_per_s": ips, "train_images_per_s": at_size(chosen, choice.image_size, train=True)}
+    # a refit's final run scores test only (val trained), its selection val only
+    scoring_s = (counts["n_test"] if choice.refit else counts["n_val"] + counts["n_test"]) / ips  # the loop re-checks it
     final_eval_s = scoring_s + RESERVE_S
     deadline = t0 + budget_s * OVERRUN - final_eval_s
     most = get_strategy("partial").epochs * MORE_EPOCHS  # the cap plan_budget gives epochs
+    selection = None
+    if choice.refit:  # the selection stretches into its share of the epochs' time; the final run repeats its epochs
+        selection = selection_times(time.perf_counter(), deadline, t0 + budget_s - final_eval_s,
+                                    decode_s * sum(counts.values()), counts["n_val"] / ips,
+                                    selection_share(counts, rates))
     if "patience" not in options and opts.patience == TrainOptions().patience:
         options["patience"] = max(opts.patience, math.ceil(BUDGET_PATIENCE_SHARE * max(most, choice.epochs)))
         reporter.info(f"patience {options['patience']} epochs (half the epochs the run may stretch to; "
                       f"--patience sets it)")
     decision = {"time_budget": time_budget, "time_budget_s": budget_s, "measuring_seconds": round(spent, 2),
                 "chosen": {k: getattr(choice, k) for k in ("backbone", "strategy", "image_size", "epochs",
-                                                           "estimated_seconds")},
+                                                           "estimated_seconds", "refit")},
                 "reason": choice.reason, "plans": choice.rows, "patience": options.get("patience", opts.patience),
                 "measured": [dataclasses.asdict(c) for c in candidates], "probe_images_per_class": PROBE_IMAGES_PER_CLASS}
     from posetune.training import train
 
     options.update(backbone=choice.backbone, strategy=choice.strategy,
                    image_size=choice.image_size, epochs=choice.epochs)
+    if choice.refit:
+        options["refit"] = True
     result = train(opts.data, reporter=reporter, config=config, overwrite=overwrite, deadline=deadline,
                    budget=decision, stretch=(t0 + budget_s - final_eval_s, max(most, choice.epochs)),
-                   final_eval_s=scoring_s, **{k: v for k, v in options.items() if k != "data"})
+                   final_eval_s=scoring_s, selection_budget=selection,
+                   **{k: v for k, v in options.items() if k != "data"})
     wall = time.perf_counter() - t0
     result.budget = {**(result.budget or {}), "wall_seconds": round(wall, 2)}
     reporter.info(f"time budget {time_budget}: {wall:.0f} s used of {budget_s:.0f} s ({wall / budget_s:.0%})")
@@ -219,14 +279,17 @@ def measure(opts, backbones: list[str], probe_budget_s: float, t0: float,
     on a sample of train and val, one backbone after another, until ``probe_budget_s`` is spent."""
     from posetune.devices import resolve_device
     from posetune.options import CompareOptions
+    from posetune.runtime import tune_allocator
     from posetune.training.prepare import discover_index
 
+    tune_allocator()  # as the run will train: without it a training step measured ~1.3x slower on a CPU
     index = discover_index(opts)  # the splits the chosen run will train and validate on
     index.require_val("--time-budget", "ranks backbones on")
     counts = {f"n_{s}": len(index.split(s)) for s in ("train", "val", "test")}
     sample = dataclasses.replace(index, samples=_sample(index), skipped=[], warnings=[])
     device = resolve_device(opts.device)
     probes: dict[str, dict] = {}
+    train_rates: dict[str, float | None] = {}
     decode_s = 0.0
     quiet = CellReporter(reporter, "measuring")
     with tempfile.TemporaryDirectory(prefix="posetune-budget-") as tmp:  # the probe cells: not the user's run
@@ -242,6 +305,8 @@ def measure(opts, backbones: list[str], probe_budget_s: float, t0: float,
             specs = copts.backbone_specs()
             probes.update(run_stage1(copts, specs, sample, device, Path(tmp), {}, quiet, seconds))
             decode_s = max(decode_s, seconds.get("decode", 0.0) / max(1, len(sample.samples)))
+            if probes.get(spec, {}).get("status") == "ok" and time.perf_counter() - t0 <= probe_budget_s:
+                train_rates[spec] = _train_rate(spec, probes[spec], len(index.classes), opts, device)
     ranked = top_backbones(probes, len(probes))
     if not ranked:
         errors = "; ".join(p.get("error", "") for p in probes.values())
@@ -251,8 +316,27 @@ def measure(opts, backbones: list[str], probe_budget_s: float, t0: float,
     # first, most not yet cached (the sample saw a few): BlazePose's measured time joins the per-image decode
     landmark_s = max((probes[b].get("landmark_ms") or 0.0) / 1000 for b in ranked)
     return [Candidate(named[b], probes[b]["val_accuracy"] or 0.0,
-                      probes[b].get("forward_images_per_s") or probes[b]["images_per_s"], probes[b]["image_size"])
+                      probes[b].get("forward_images_per_s") or probes[b]["images_per_s"], probes[b]["image_size"],
+                      train_rates.get(b))
             for b in ranked], counts, decode_s + landmark_s
+
+
+def _train_rate(spec: str, probe: dict, num_classes: int, opts, device) -> float | None:
+    """A partial training step's images/s of an image backbone at its probed size, at the run's batch size and
+    precision; None for the landmark kinds and where the step fails (e.g. out of GPU memory): the estimate is then
+    ~3 forwards per image, and the run itself reports the failure."""
+    from posetune.backbones import parse_spec
+    from posetune.comparison.costs import train_images_per_s
+
+    parsed = parse_spec(spec)
+    if parsed.kind != "image":
+        return None
+    try:
+        rate = train_images_per_s(parsed.arch, num_classes, probe["image_size"], opts.batch_size, device,
+                                  precision=opts.precision)
+    except (RuntimeError, ValueError):  # torch's errors (OOM included) are RuntimeErrors
+        return None
+    return round(rate, 2)
 
 
 def _probe_spec(backbone: str, opts) -> str:

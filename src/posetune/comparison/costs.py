@@ -17,6 +17,7 @@ from typing import Callable, Sequence
 LATENCY_RUNS = 8  # timed calls at most, after one warm-up
 LATENCY_SECONDS = 0.3  # stop early once this much was timed (and at least 3 runs)
 LANDMARK_TIMING_IMAGES = 5  # images BlazePose is timed on, after one warm-up image
+TRAIN_TIMING_STEPS = 2  # timed training steps, after one untimed step
 
 
 def measure_costs(model, arch: str, num_classes: int, size: int, device, kind: str = "image", pose_dim: int = 0,
@@ -72,6 +73,60 @@ def batch1_latency(model: Callable, size: int, device, kind: str = "image", pose
             if sum(times) > LATENCY_SECONDS and len(times) >= 3:
                 break
     return _median(times)
+
+
+def train_images_per_s(arch: str, num_classes: int, size: int, batch: int, device, strategy: str = "partial",
+                       steps: int = TRAIN_TIMING_STEPS, precision: str = "auto") -> float:
+    """Images/s of one training step as `train` runs it (forward, backward and AdamW with ``strategy``'s frozen
+    stages, channels_last, autocast at ``precision``) on a random batch, after one untimed step: what an epoch
+    pays per train image. Random weights (the cost is the architecture's); the global RNGs are left as they were.
+    `--time-budget` plans with it: 3 forward passes of the probe (TRAIN_COST_PER_FORWARD) guessed 1.6-2x too
+    long on a 2-core CPU, which planned smaller images and fewer epochs than fit."""
+    import torch
+
+    cuda = [device.index or 0] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda):  # dropout and the init draw from them; the run's seed stays the user's
+        torch.manual_seed(0)
+        return _timed_train_steps(arch, num_classes, size, batch, device, strategy, steps, precision)
+
+
+def _timed_train_steps(arch: str, num_classes: int, size: int, batch: int, device, strategy: str, steps: int,
+                       precision: str) -> float:
+    import torch
+    import torch.nn.functional as nnf
+
+    from posetune.backbones import build_model, model_stages
+    from posetune.devices import autocast
+    from posetune.strategies import apply_freeze, make_plan, set_train_mode
+    from posetune.training.loop import make_optimizer
+
+    model = build_model(arch, num_classes)
+    stages = model_stages(model)
+    plan = make_plan(strategy, stages)
+    apply_freeze(model, stages, plan.frozen)
+    set_train_mode(model, stages, plan.frozen, plan.bn)
+    model = model.to(device=device, memory_format=torch.channels_last)
+    optimizer = make_optimizer([{"params": [p for p in model.parameters() if p.requires_grad], "lr": 1e-4,
+                                 "weight_decay": 0.05}], device)
+    x = torch.randn(batch, 3, size, size, device=device).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, num_classes, (batch,), device=device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+
+    def step() -> None:
+        with autocast(device, precision):
+            loss = nnf.cross_entropy(model(x).float(), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    with torch.enable_grad():
+        step()  # builds the kernels and the optimizer's state
+        sync()
+        t = time.perf_counter()
+        for _ in range(steps):
+            step()
+        sync()
+    return batch * steps / max(time.perf_counter() - t, 1e-9)
 
 
 def landmark_ms(paths: Sequence[str]) -> float:

@@ -23,13 +23,15 @@ TRAIN_COST_PER_FORWARD = 3.0  # forward + backward ~ 3 forwards per image (refin
 
 
 def estimate_cell_seconds(probe: dict, epochs: int, correction: float = 1.0) -> float:
-    """Forward seconds per image from stage 1; training ~3 forwards per train image per epoch, plus a
-    val pass per epoch and the final val + test pass; ``correction`` = measured / estimated so far."""
+    """Forward seconds per image from stage 1; training per train image per epoch: a timed training step's
+    (``train_images_per_s``, when measured), else ~3 forwards; plus a val pass per epoch and the final val + test
+    pass; ``correction`` = measured / estimated so far."""
     # the model's own throughput (pose kinds: on cached landmarks, as training reads them), else predict's
     per_image = 1.0 / max(probe.get("forward_images_per_s") or probe.get("images_per_s") or 1e-9, 1e-9)
     n_train, n_val, n_test = probe.get("n_train", 0), probe.get("n_val", 0), probe.get("n_test", 0)
-    forwards = TRAIN_COST_PER_FORWARD * n_train * epochs + n_val * (epochs + 1) + n_test
-    return forwards * per_image * correction
+    per_train_image = (1.0 / probe["train_images_per_s"] if probe.get("train_images_per_s")
+                       else TRAIN_COST_PER_FORWARD * per_image)
+    return (per_train_image * n_train * epochs + (n_val * (epochs + 1) + n_test) * per_image) * correction
 
 
 def stage2_cells(out: Path, backbones: Sequence[str], strategies: Sequence[str], seeds: int) -> list[Cell]:

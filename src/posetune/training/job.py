@@ -60,7 +60,8 @@ class Scores:
 def train(data: str | Path | None = None, reporter: Reporter | None = None, config: str | Path | None = None,
           verbose: bool = False, resume: str | Path | None = None, overwrite: bool = False,
           tracker: Tracker | None = None, deadline: float | None = None, budget: dict | None = None,
-          stretch: tuple[float, int] | None = None, final_eval_s: float = 0.0, **options) -> TrainResult:
+          stretch: tuple[float, int] | None = None, final_eval_s: float = 0.0,
+          selection_budget: tuple[float, float, float] | None = None, **options) -> TrainResult:
     """Fine-tune a backbone on DATA and write a self-contained run folder. Options as `posetune train`.
 
     ``resume=RUN`` continues RUN from its last checkpoint with the options saved in RUN/config.yaml (a run
@@ -71,7 +72,9 @@ def train(data: str | Path | None = None, reporter: Reporter | None = None, conf
     ``train --time-budget``, whose decision ``budget`` is recorded in model.json). ``stretch=(target, most)``:
     after epoch 1, the schedule stretches to the epochs that fit before ``target`` (also a perf_counter
     value), at most ``most``. ``final_eval_s``: the seconds both leave for the final evaluation; when the
-    epochs' own validation says it will take longer, training ends that much sooner.
+    epochs' own validation says it will take longer, training ends that much sooner. ``selection_budget=(deadline,
+    target, final_eval_s)``: a budgeted refit's selection run stops and stretches by these (the final run repeats
+    its epochs within ``deadline``).
     """
     from posetune.console import RichReporter
 
@@ -82,7 +85,8 @@ def train(data: str | Path | None = None, reporter: Reporter | None = None, conf
     opts = TrainOptions.from_sources(config, data=str(data) if data is not None else None, **options)
     if opts.out:
         RunDir(opts.out).check_free(overwrite)  # before the slow part: nothing is replaced without --overwrite
-    return _train(opts, reporter, overwrite=overwrite, tracker=tracker, budget=_Budget(deadline, budget, *(stretch or (None, None)), final_eval_s))
+    return _train(opts, reporter, overwrite=overwrite, tracker=tracker,
+                  budget=_Budget(deadline, budget, *(stretch or (None, None)), final_eval_s, selection_budget))
 
 
 def _resume(run: Path, reporter: Reporter, config, data, options: dict, tracker: Tracker | None = None) -> TrainResult:
@@ -109,6 +113,20 @@ class _Budget:
     target: float | None = None  # when the planned epochs should end (Settings.target)
     stretch_to: int | None = None  # the most epochs the schedule may stretch to after epoch 1
     final_eval_s: float = 0.0  # what deadline and target leave for the final evaluation (Settings.final_eval_s)
+    selection: tuple[float, float, float] | None = None  # a planned refit: the selection's deadline, target, eval s
+
+    def for_selection(self) -> _Budget:
+        """A refit's selection run: its own share of the time, stretching as a single run would."""
+        if self.selection is None:
+            return _Budget(decision=self.decision)
+        deadline, target, final_eval_s = self.selection
+        return _Budget(deadline, self.decision, target, self.stretch_to, final_eval_s)
+
+    def for_final(self, selection: dict | None) -> _Budget:
+        """A refit's final run: the selection's epochs within the whole budget's deadline (no stretching); the
+        decision gains how the selection went (its epochs, stretch and guard)."""
+        decision = None if self.decision is None else {**self.decision, "selection": selection}
+        return _Budget(self.deadline, decision, None, None, self.final_eval_s)
 
 
 def _train(opts: TrainOptions, reporter: Reporter, resume: bool = False, overwrite: bool = False,
@@ -116,25 +134,27 @@ def _train(opts: TrainOptions, reporter: Reporter, resume: bool = False, overwri
     from posetune.devices import training_backend
     from posetune.distributed import init_from_env, shutdown
 
-    if opts.refit and budget is not None and budget.decision is not None:  # e.g. refit: true in --config
-        raise UsageError("--time-budget plans one training run; drop refit (--refit, or refit: true in --config)")
+    if opts.refit and budget is not None and budget.decision is not None and budget.selection is None:
+        raise UsageError("--time-budget chooses whether to refit (when two runs fit); drop refit (--refit, or "
+                         "refit: true in --config)")
     if opts.refit and tracker is not None:  # the two runs would log over each other in one tracker run
         raise UsageError("--refit logs its two runs with --log, each to its own tracker run; drop tracker= (or refit)")
     dist = init_from_env(training_backend(opts.device))
     reporter = reporter if dist.is_main else Reporter()
     try:
         if opts.refit:
-            return _train_with_refit(opts, reporter, resume, overwrite, dist, tracker)
+            return _train_with_refit(opts, reporter, resume, overwrite, dist, tracker, budget or _Budget())
         return _train_ranked(opts, reporter, resume, overwrite, dist, tracker, budget or _Budget())
     finally:
         shutdown()
 
 
 def _train_with_refit(opts: TrainOptions, reporter: Reporter, resume: bool, overwrite: bool, dist,
-                      tracker: Tracker | None) -> TrainResult:
+                      tracker: Tracker | None, budget: _Budget) -> TrainResult:
     """`train --refit`: the selection run in RUN/selection (val fits the temperature, may stop it early and
     picks model or EMA weights; test is not scored), then the final run in RUN on train + val for the epochs the
-    selection ran (:mod:`.refit`)."""
+    selection ran (:mod:`.refit`). ``budget``: a `--time-budget` plan's (the selection's share of the time, then the
+    whole budget's deadline)."""
     if not resume:  # at the door: nothing is written or cleared when either check fails
         discover_index(opts).require_val("--refit", "fits the temperature (and stops early) on")
         check_selection_folder(RunDir(opts.out or default_run_dir(opts)), overwrite)
@@ -146,7 +166,7 @@ def _train_with_refit(opts: TrainOptions, reporter: Reporter, resume: bool, over
         reporter.info(f"refit, step 1 of 2: the selection run ({run / SELECTION_DIR}): val fits the temperature and "
                       "may stop it early")
         first = _train_ranked(selection_options(opts, run), reporter, resume and RunDir(run / SELECTION_DIR).is_run(),
-                              overwrite, dist, tracker, _Budget(), score=("val",))
+                              overwrite, dist, tracker, budget.for_selection(), score=("val",))
     dist.barrier()
     if dist.is_main or first is None:
         chosen = selection_choice(run)
@@ -158,10 +178,20 @@ def _train_with_refit(opts: TrainOptions, reporter: Reporter, resume: bool, over
     reporter.info(f"refit, step 2 of 2: the selection ran {chosen['epochs_run']} epochs (best: epoch {chosen['best_epoch']}{val}); "
                   f"training again on train + val for {record['epochs']} epochs, keeping the last, with the temperature "
                   f"{record['temperature']:.3g}" + (" and the EMA weights" if record["weights"] == "ema" else ""))
-    result = _train_ranked(final_options(opts, record), reporter, resume, overwrite, dist, tracker, _Budget(),
+    # a budgeted refit resumed after its selection: the decision is the one the selection recorded
+    spent = chosen.get("budget") or {}
+    if budget.decision is None and spent:
+        budget = _Budget(decision={k: v for k, v in spent.items() if k not in _HOW_IT_WENT})
+        reporter.info(f"resuming a --time-budget {spent.get('time_budget')} refit: its decision is kept; the budget's "
+                      "clock ended with the first session, so the final run's epochs run without a deadline")
+    final_budget = budget.for_final({k: spent.get(k) for k in _HOW_IT_WENT} if spent else None)
+    result = _train_ranked(final_options(opts, record), reporter, resume, overwrite, dist, tracker, final_budget,
                            refit=record)
     result.train_seconds += record["selection_train_seconds"]  # what the user waited for (model.json: the final's)
     return result
+
+
+_HOW_IT_WENT = ("epochs_run", "stretched_to", "stopped_by_deadline")  # a budgeted run's record, past its decision
 
 
 def _train_ranked(opts: TrainOptions, reporter: Reporter, resume: bool, overwrite: bool, dist,
@@ -178,7 +208,8 @@ def _train_ranked(opts: TrainOptions, reporter: Reporter, resume: bool, overwrit
     p.settings = dataclasses.replace(p.settings, keep_ema=bool(refit) and refit.get("weights") == "ema",
                                      deadline=budget.deadline, target=budget.target,
                                      stretch_to=budget.stretch_to, final_eval_s=budget.final_eval_s,
-                                     final_images=len(p.val_ds) + len(p.test_ds), val_images=len(p.val_ds))
+                                     final_images=(len(p.val_ds) if "val" in score else 0) +
+                                     (len(p.test_ds) if "test" in score else 0), val_images=len(p.val_ds))
     p.budget = budget.decision
     if tracker is not None or not dist.is_main:  # the caller's tracker (a compare cell's); none off rank 0
         return _run_phases(p, reporter, resume, dist, tracker if dist.is_main else NullTracker())
@@ -218,8 +249,10 @@ def _run_phases(p: Prepared, reporter: Reporter, resume: bool, dist, tracker: Tr
         stopped_by_deadline = stopped_by_deadline or result.stopped_by_deadline
         stretched_to = getattr(result, "stretched_to", None) or stretched_to
     if stopped_by_deadline:
+        limit = "its share of the budget (a refit's selection run)" if p.score == ("val",) else "the budget"
+        kept = "the last epoch is kept (a refit's final run)" if p.refit else "the best epoch so far is kept"
         reporter.warn(f"time budget: training ended after epoch {len(history)} of {stretched_to or p.epochs}, as one more would "
-                      "have run past the budget (the estimate was off); the best epoch so far is kept")
+                      f"have run past {limit} (the estimate was off); {kept}")
     train_seconds = time.perf_counter() - t0
     if not dist.is_main:
         return TrainResult(run=p.out.path, history=history, train_seconds=train_seconds, best_epoch=best_epoch)

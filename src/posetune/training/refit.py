@@ -74,7 +74,7 @@ def selection_choice(run: Path) -> dict:
         rows = list(csv.DictReader(fh))
     return {"best_epoch": meta.best_epoch, "epochs_run": meta.epochs_run, "weights": better_weights(rows[-1] if rows else {}),
             "temperature": meta.temperature, "temperature_note": meta.calibration.get("note", ""),
-            "val": meta.metrics.get("val"), "train_seconds": meta.train_seconds}
+            "val": meta.metrics.get("val"), "train_seconds": meta.train_seconds, "budget": meta.budget}
 
 
 def better_weights(last: dict) -> str:
