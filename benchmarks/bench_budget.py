@@ -6,7 +6,9 @@ and each ``--budgets`` entry, `posetune.train(DATA, time_budget=B)` from nothing
 time of the call against B, the recipe it chose (model.json's ``budget``) and the test accuracy it reports.
 With ``--plain-loop`` (Fashion-MNIST only), the torchvision-tutorial loop's `full` strategy runs first in the
 same benchmark run (bench_fmnist.py's peer: 10 epochs, 112 px, batch 64), and posetune gets that loop's own
-measured training time as its budget: the issue's "same time, which is more accurate".
+measured training time as its budget: the issue's "same time, which is more accurate". ``--plans refit,one-run``
+runs each budget twice in a row, the second time with refit plans off (the planner as it was before it could plan
+a refit: one run), so the two plans compare in one benchmark run; ``--plans one-run`` only the latter.
 
 Run: PYTHONPATH=src python benchmarks/bench_budget.py [--sets yoga,fmnist] [--budgets 2m,5m,10m] [--plain-loop]
 Writes benchmarks/results/budget.json (rows of sets and budgets not rerun are kept). Wall times depend on the
@@ -38,12 +40,18 @@ def seconds_of(budget: str) -> float:
     return float(Duration()(budget, "--budgets"))
 
 
-def budget_row(data: Path, name: str, budget: str, work: Path) -> dict:
+def budget_row(data: Path, name: str, budget: str, work: Path, one_run: bool = False) -> dict:
     import posetune
+    from posetune.comparison import budget as planner
 
-    out = work / f"{name}-{budget}"
+    out = work / f"{name}-{budget}{'-one-run' if one_run else ''}"
+    least = planner.REFIT_MIN_EPOCHS_SHARE
+    planner.REFIT_MIN_EPOCHS_SHARE = 1000 if one_run else least  # no refit fits: one run
     t0 = time.perf_counter()
-    result = posetune.train(str(data), time_budget=budget, out=str(out), seed=0)
+    try:
+        result = posetune.train(str(data), time_budget=budget, out=str(out), seed=0)
+    finally:
+        planner.REFIT_MIN_EPOCHS_SHARE = least
     wall = time.perf_counter() - t0
     meta = json.loads((out / "model.json").read_text())
     chosen = meta.get("budget") or {}
@@ -52,6 +60,7 @@ def budget_row(data: Path, name: str, budget: str, work: Path) -> dict:
            "test_accuracy": (result.metrics.get("test") or {}).get("accuracy"),
            "backbone": meta.get("backbone"), "strategy": meta.get("strategy"),
            "image_size": meta["preprocessing"]["input_size"][-1], "epochs_run": len(result.history),
+           "plans": "one run" if one_run else "refit allowed", "refit": meta.get("refit"),
            "budget_record": chosen, "load_average_1min": round(os.getloadavg()[0], 2)}
     print(json.dumps(row), flush=True)
     return row
@@ -64,8 +73,11 @@ def _previous(path: str) -> dict:
 def kept_rows(path: str, rows: list[dict], new_peer: bool) -> list[dict]:
     """The rows of ``path`` this run did not measure again (another set or budget): a run of one set or budget
     does not erase the others. The plain-loop row goes when the peer ran again (its budget is the new time)."""
-    redone = {(r["set"], r["budget"]) for r in rows}
-    return [r for r in _previous(path).get("rows", []) if (r["set"], r["budget"]) not in redone
+    def key(r: dict) -> tuple:  # rows from before refit plans existed planned one run
+        return r["set"], r["budget"], r.get("plans", "one run")
+
+    redone = {key(r) for r in rows}
+    return [r for r in _previous(path).get("rows", []) if key(r) not in redone
             and not (new_peer and "vs" in r)]
 
 
@@ -74,9 +86,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sets", default="yoga,fmnist")
     ap.add_argument("--budgets", default="2m,5m,10m")
     ap.add_argument("--plain-loop", action="store_true")
+    ap.add_argument("--plans", default="refit", help="refit (refit plans allowed, the default), one-run (refit plans "
+                    "off) or both, comma-separated: each budget runs once per entry, in this order")
     ap.add_argument("--work", default=str(Path(os.environ.get("TMPDIR", "/tmp")) / "posetune-budget"))
     ap.add_argument("--out", default=str(HERE / "results" / "budget.json"))
     args = ap.parse_args(argv)
+    if set(args.plans.split(",")) - {"refit", "one-run"}:
+        ap.error(f"--plans takes refit and/or one-run, not {args.plans}")
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     rows, peer = [], None
@@ -99,7 +115,8 @@ def main(argv: list[str] | None = None) -> int:
                              vs="the plain loop's full-strategy training time, measured above"))
         for name, root in data.items():
             for budget in budgets:
-                rows.append(budget_row(root, name, budget, tmp))
+                for plans in args.plans.split(","):
+                    rows.append(budget_row(root, name, budget, tmp, one_run=plans.strip() == "one-run"))
     result = {"rows": kept_rows(args.out, rows, peer is not None) + rows, "cpus": os.cpu_count(),
               "plain_loop_full": peer or _previous(args.out).get("plain_loop_full")}
     save_and_print(args.out, result)

@@ -236,13 +236,16 @@ def budget_table() -> list[str]:
     if not b:
         return []
     lines = ["", "## `train --time-budget` (`bench_budget.py`; wall time includes the measuring and the final test "
-             "evaluation)", "", "| set | budget | wall s | wall / budget | chose | epochs run | test accuracy |",
-             "|---|---|---|---|---|---|---|"]
+             "evaluation; plans: 'one run' rows come from the planner before it could plan a refit, or from "
+             "`--plans one-run`, which turns refit plans off; a refit's epochs run are each run's. The 25m rows: "
+             "2026-12-07 on a 2-core AVX2 EPYC ~1.75x slower than the earlier rows' machine)", "",
+             "| set | budget | plans | wall s | wall / budget | chose | epochs run | test accuracy |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in b["rows"]:
-        chose = f"{r['backbone']} {r['strategy']}, {r['image_size']} px"
+        chose = f"{r['backbone']} {r['strategy']}{' + refit' if r.get('refit') else ''}, {r['image_size']} px"
         vs = f" ({r['vs']})" if r.get("vs") else ""
-        lines.append(f"| {r['set']} | {r['budget']}{vs} | {r['wall_seconds']:.0f} | {r['wall_over_budget']:.2f} | "
-                     f"{chose} | {r['epochs_run']} | {_fmt(r['test_accuracy'])} |")
+        lines.append(f"| {r['set']} | {r['budget']}{vs} | {r.get('plans', 'one run')} | {r['wall_seconds']:.0f} | "
+                     f"{r['wall_over_budget']:.2f} | {chose} | {r['epochs_run']} | {_fmt(r['test_accuracy'])} |")
     peer = b.get("plain_loop_full")
     if peer:
         lines += ["", f"The plain loop's `full` run that set the budget: test accuracy {_fmt(peer['test_accuracy'])} "
