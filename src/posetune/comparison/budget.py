@@ -11,8 +11,8 @@ features (``linear``). When two runs of the strategy's default epochs fit at tha
 (`train --refit`: a selection run whose val fits the temperature, then train + val again for as many epochs),
 which beat both more epochs and a larger backbone on Fashion-MNIST-1k (:data:`REFIT_MIN_EPOCHS_SHARE`). Training
 costs a timed training step per image (:func:`.costs.train_images_per_s`). The choice is printed as a table before
-training, and recorded in model.json (``budget``); the epoch loop's guard ends training at an epoch boundary if the estimate was off, so the run
-ends within the budget + 10%.
+training, and recorded in model.json (``budget``); the epoch loop's guard ends training at an epoch boundary if
+the estimate was off, so the run ends within the budget + 10%.
 
 >>> probes = [Candidate("efficientnet_lite0", 0.8, 200.0, 224)]
 >>> choice = plan_budget(probes, {"n_train": 500, "n_val": 100, "n_test": 100}, 120.0, default_epochs=10)
@@ -97,11 +97,10 @@ def plan_budget(candidates: list[Candidate], counts: dict, seconds_left: float, 
     for rank, c in enumerate(candidates):
         for step in SIZE_STEPS:
             size = scaled_size(c.image_size, step)
-            rates = {"images_per_s": at_size(c, size), "train_images_per_s": at_size(c, size, train=True)}
+            rates = _rates(c, size)
             for refit in (False, True):
                 runs = refit_runs(counts) if refit else [counts]
-                per_epoch = sum(estimate_cell_seconds({**rates, **n}, 1) - estimate_cell_seconds({**rates, **n}, 0)
-                                for n in runs)
+                per_epoch = sum(_epoch_seconds(rates, n) for n in runs)
                 fixed = sum(estimate_cell_seconds({**rates, **n}, 0) + decode_s + RESERVE_S for n in runs)
                 epochs = min(most, int((seconds_left - fixed) // per_epoch)) if per_epoch > 0 else 0
                 least = refit_least if refit else MIN_EPOCHS
@@ -148,9 +147,18 @@ def refit_runs(counts: dict) -> list[dict]:
 def selection_share(counts: dict, rates: dict) -> float:
     """The share of a refit's epoch time that the selection run takes (the rest is the final run's); ``rates``:
     images_per_s and train_images_per_s at the planned size."""
-    sel, final = (estimate_cell_seconds({**rates, **n}, 1) - estimate_cell_seconds({**rates, **n}, 0)
-                  for n in refit_runs(counts))
+    sel, final = (_epoch_seconds(rates, n) for n in refit_runs(counts))
     return sel / (sel + final)
+
+
+def _epoch_seconds(rates: dict, counts: dict) -> float:
+    """One more epoch's estimated seconds (training and its val pass) of a run over ``counts``."""
+    return estimate_cell_seconds({**rates, **counts}, 1) - estimate_cell_seconds({**rates, **counts}, 0)
+
+
+def _rates(c: Candidate, size: int) -> dict:
+    """``c``'s forward and training-step images/s at ``size``, as :func:`estimate_cell_seconds` reads them."""
+    return {"images_per_s": at_size(c, size), "train_images_per_s": at_size(c, size, train=True)}
 
 
 def selection_times(now: float, deadline: float, target: float, decode_s: float, val_s: float,
@@ -220,8 +228,8 @@ def train_within_budget(data, time_budget: str, reporter: Reporter | None = None
                   f"{choice.image_size} px, {choice.epochs} epochs{' in each run' if choice.refit else ''}, "
                   f"~{choice.estimated_seconds:.0f} s ({choice.reason})")
     chosen = next(c for c in candidates if c.backbone == choice.backbone)
-    ips = at_size(chosen, choice.image_size)
-    rates = {"images_per_s": ips, "train_images_per_s": at_size(chosen, choice.image_size, train=True)}
+    rates = _rates(chosen, choice.image_size)
+    ips = rates["images_per_s"]
     # a refit's final run scores test only (val trained), its selection val only
     scoring_s = (counts["n_test"] if choice.refit else counts["n_val"] + counts["n_test"]) / ips  # the loop re-checks it
     final_eval_s = scoring_s + RESERVE_S
