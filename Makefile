@@ -2,6 +2,8 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# pytest-xdist workers for `make test` (auto: one per core, at most 4; each runs torch on one thread)
+TEST_WORKERS ?= auto
 
 .PHONY: install test demo bench bench-quick lint clean
 
@@ -14,7 +16,7 @@ install: $(STAMP)
 
 test: install
 	bash scripts/ensure-chromium.sh || echo "chromium unavailable: the browser test will be skipped"
-	$(PY) -m pytest
+	$(PY) -m pytest -n $(TEST_WORKERS) --maxprocesses 4
 
 demo: install
 	$(VENV)/bin/posetune demo --out demo

@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 from helpers import LANDMARK_BACKBONES, POSE_RUN_POSES, POSE_RUN_SIZE, TINY, write_shapes
+
+# pytest -n N (xdist, as make test runs it): each worker, and what it spawns, gets its share of the cores for torch's
+# ops, so N workers do not oversubscribe them (set before torch is imported; a user's own setting stays)
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    os.environ.setdefault("OMP_NUM_THREADS",
+                          str(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))))
 
 
 @pytest.fixture(scope="session")
