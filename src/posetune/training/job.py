@@ -359,7 +359,9 @@ class EpochProgress:
     def epoch(self, row: dict) -> None:
         self.reporter.epoch(row)
         if row.get("stretched_to"):
-            fit = "the most it may stretch to" if row["stretched_to"] == self.most else "the epochs that fit"
+            fit = ("the most it may stretch to" if row["stretched_to"] == self.most else "the epochs that fit"
+                   if row["stretched_to"] > self.epochs else "the epochs that fit before the deadline: the cosine "
+                   "ends there, not cut short")
             self.reporter.info(f"time budget: epoch 1 took {row['seconds']:.0f} s, so the schedule now ends at epoch "
                                f"{row['stretched_to']} ({fit}; planned {self.epochs})")
             self.epochs = row["stretched_to"]
