@@ -12,7 +12,7 @@ from helpers import LANDMARK_BACKBONES, POSE_RUN_POSES, POSE_RUN_SIZE, TINY, wri
 # ops, so N workers do not oversubscribe them (set before torch is imported; a user's own setting stays)
 if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
     os.environ.setdefault("OMP_NUM_THREADS",
-                          str(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))))
+                          str(max(1, len(os.sched_getaffinity(0)) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))))
 
 
 @pytest.fixture(scope="session")

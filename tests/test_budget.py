@@ -417,12 +417,13 @@ def test_cli_time_budget_with_time_for_two_runs_refits_and_resumes_with_its_deci
     assert sum(p["chosen"] for p in budget["plans"]) == 1
     selection = json.loads((out / "selection" / "model.json").read_text())
     assert selection["budget"]["chosen"] == budget["chosen"]
-    # the final run repeats the selection's epochs (stretched or stopped early, as it went), unless the budget's
-    # guard ended it sooner (a loaded machine)
+    # the final run repeats the selection's epochs (stretched or stopped early, as it went), unless they do not fit
+    # before the deadline (a loaded machine): then its epoch 1 shortens the schedule, or the guard ends it sooner
     assert refit["epochs"] == selection["epochs_run"] == budget["selection"]["epochs_run"]
-    assert meta["epochs_run"] == refit["epochs"] or (budget["stopped_by_deadline"] and meta["epochs_run"] < refit["epochs"])
+    assert budget["stretched_to"] is None or budget["stretched_to"] < refit["epochs"]  # never stretched, maybe shortened
+    assert meta["epochs_run"] == (budget["stretched_to"] or refit["epochs"]) or (
+        budget["stopped_by_deadline"] and meta["epochs_run"] < (budget["stretched_to"] or refit["epochs"]))
     assert budget["selection"]["stretched_to"] == selection["budget"]["stretched_to"]
-    assert budget["stretched_to"] is None  # the final run does not stretch
     assert refit["n_train"] == 30 + refit["selection_val"]["n"]  # shapes_kaggle's 36 TRAIN images, 6 of them val
     assert set(meta["metrics"]) == {"test"} and set(selection["metrics"]) == {"val"}
     # resumed after the selection finished (the final run's folder files lost): the decision is the selection's

@@ -51,13 +51,17 @@ def test_producer_error_reaches_the_consumer_and_the_thread_ends():
 @pytest.mark.parametrize("exc", [KeyboardInterrupt, RuntimeError])
 def test_consumer_stopping_mid_stream_joins_the_thread(exc):
     threads_before = torch.get_num_threads()
-    with pytest.raises(exc):
-        with BatchProducer(iter(range(10_000)), lambda i: torch.ones(4) * i) as batches:
-            for value in batches:
-                if value[0] == 5:
-                    raise exc()
-    assert producer_threads() == []
-    assert torch.get_num_threads() == threads_before  # the thread's single-core setting is put back
+    torch.set_num_threads(2)  # not 1, which the thread sets (make test's workers run torch on one thread each)
+    try:
+        with pytest.raises(exc):
+            with BatchProducer(iter(range(10_000)), lambda i: torch.ones(4) * i) as batches:
+                for value in batches:
+                    if value[0] == 5:
+                        raise exc()
+        assert producer_threads() == []
+        assert torch.get_num_threads() == 2  # the thread's single-core setting is put back
+    finally:
+        torch.set_num_threads(threads_before)
 
 
 def tiny_trainer(tmp_path, shapes_kaggle):

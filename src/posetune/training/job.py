@@ -123,8 +123,8 @@ class _Budget:
         return _Budget(deadline, self.decision, target, self.stretch_to, final_eval_s)
 
     def for_final(self, selection: dict | None) -> _Budget:
-        """A refit's final run: the selection's epochs within the whole budget's deadline (no stretching); the
-        decision gains how the selection went (its epochs, stretch and guard)."""
+        """A refit's final run: the selection's epochs within the whole budget's deadline (never stretched; shortened
+        after its epoch 1 when they do not fit); the decision gains how the selection went (epochs, stretch, guard)."""
         decision = None if self.decision is None else {**self.decision, "selection": selection}
         return _Budget(self.deadline, decision, None, None, self.final_eval_s)
 
