@@ -217,7 +217,7 @@ def test_validation_slower_than_the_plan_said_leaves_the_final_evaluation_its_ti
 @pytest.mark.parametrize("seconds_left, epoch_seconds, expected", [
     (100.0, 10.0, 8),  # 1 run + 9 more fit: capped at 8
     (35.0, 10.0, 4),  # 1 run + 3 more fit
-    (5.0, 10.0, 3),  # fewer fit before the target: the plan stays (the deadline is 10% later)
+    (5.0, 10.0, 3),  # fewer fit than planned: the plan stays (the deadline guard ends it early if it must)
 ])
 def test_the_first_epoch_sets_how_many_epochs_fit_before_the_target(seconds_left, epoch_seconds, expected):
     from posetune.training.loop import Settings, stretched_epochs
@@ -225,49 +225,6 @@ def test_the_first_epoch_sets_how_many_epochs_fit_before_the_target(seconds_left
     settings = Settings(epochs=3, target=time.perf_counter() + seconds_left, stretch_to=8)
     assert stretched_epochs(settings, epoch_seconds, 3) == expected
     assert stretched_epochs(Settings(epochs=3), epoch_seconds, 3) == 3  # no budget: as planned
-
-
-@pytest.mark.parametrize("seconds_left, shortfall, expected", [
-    (25.0, 0.0, 3),  # 1 run + 2 more fit before the deadline: the cosine ends at epoch 3 of the planned 6
-    (25.0, 10.0, 2),  # the final evaluation needs 10 s more than planned: one fewer
-    (5.0, 0.0, 1),  # none more fits: the run ends after its first epoch
-    (100.0, 0.0, 6),  # all fit: the plan stays (no target to stretch to)
-])
-def test_the_first_epoch_shortens_a_plan_that_does_not_fit_before_the_deadline(seconds_left, shortfall, expected):
-    from posetune.training.loop import Settings, stretched_epochs
-
-    settings = Settings(epochs=6, deadline=time.perf_counter() + seconds_left)
-    assert stretched_epochs(settings, 10.0, 6, shortfall) == expected
-    if expected < 6:  # with a target as well (a budgeted single run), the deadline decides when the plan does not fit
-        assert stretched_epochs(dataclasses.replace(settings, target=settings.deadline - 2, stretch_to=12), 10.0,
-                                6, shortfall) == expected
-
-
-def test_a_shortened_run_anneals_to_its_new_end_instead_of_the_guard_cutting_it(monkeypatch):
-    """On a clock where each epoch takes 10 s and 25 s are left after the first: the schedule ends at epoch 3,
-    all three run, the guard never fires, and the checkpoint and the result remember the new end."""
-    from types import SimpleNamespace
-
-    from posetune.training import loop
-
-    clock = [0.0]
-    monkeypatch.setattr(loop, "time", SimpleNamespace(perf_counter=lambda: clock[0]))
-
-    def train_epoch(epoch, state):
-        clock[0] += 10.0
-        return {"images": 1}
-
-    asked, saved = [], []
-    settings = loop.Settings(epochs=6, patience=0, deadline=35.0)
-    result = loop.drive_epochs(settings, train_epoch, lambda: {"val_accuracy": 0.5}, lambda row: {},
-                               checkpoint=lambda state, best: saved.append(state.epochs),
-                               stretch=lambda n: asked.append(n) or n)
-    assert asked == [3] and len(result.history) == 3 and result.stretched_to == 3 == result.history[0]["stretched_to"]
-    assert not result.stopped_by_deadline and saved == [3] * 3
-    # without the callback (the head on cached features) the guard alone ends the run, at the same epoch
-    clock[0] = 0.0
-    cut = loop.drive_epochs(settings, train_epoch, lambda: {"val_accuracy": 0.5}, lambda row: {})
-    assert len(cut.history) == 3 and cut.stopped_by_deadline and cut.stretched_to is None
 
 
 def test_a_stretched_run_trains_the_new_epochs_and_its_checkpoint_remembers_them():
@@ -359,11 +316,8 @@ def test_trainer_stretch_agrees_over_ranks_and_continues_the_schedule_planned_th
     assert lrs(stretched, 10 * agreed - 10) == pytest.approx(expected[10:])  # every step after the stretch
     if warmup == 10:  # epoch 1 is all warm-up: the whole curve is the longer plan's
         assert warm == pytest.approx(expected[:10])
-    # a plan that does not fit before the deadline: the cosine ends sooner, at the epochs the ranks agree on
-    shorter = 2 if other_rank is None else 3
-    assert Trainer.stretch(stretched, 2) == shorter
-    assert stretched.scheduler.lr_lambdas[0].total_steps == 10 * shorter
-    assert stretched.scheduler.get_last_lr() == [stretched.optimizer.param_groups[0]["lr"]]
+    assert Trainer.stretch(stretched, 2) == (2 if other_rank is None else 3)  # never shortens the schedule
+    assert stretched.scheduler.lr_lambdas[0].total_steps == 10 * agreed
 
 
 def test_cli_time_budget_prints_its_choice_trains_and_records_the_decision(shapes_kaggle, tmp_path, monkeypatch,
@@ -417,13 +371,12 @@ def test_cli_time_budget_with_time_for_two_runs_refits_and_resumes_with_its_deci
     assert sum(p["chosen"] for p in budget["plans"]) == 1
     selection = json.loads((out / "selection" / "model.json").read_text())
     assert selection["budget"]["chosen"] == budget["chosen"]
-    # the final run repeats the selection's epochs (stretched or stopped early, as it went), unless they do not fit
-    # before the deadline (a loaded machine): then its epoch 1 shortens the schedule, or the guard ends it sooner
+    # the final run repeats the selection's epochs (stretched or stopped early, as it went), unless the budget's
+    # guard ended it sooner (a loaded machine)
     assert refit["epochs"] == selection["epochs_run"] == budget["selection"]["epochs_run"]
-    assert budget["stretched_to"] is None or budget["stretched_to"] < refit["epochs"]  # never stretched, maybe shortened
-    assert meta["epochs_run"] == (budget["stretched_to"] or refit["epochs"]) or (
-        budget["stopped_by_deadline"] and meta["epochs_run"] < (budget["stretched_to"] or refit["epochs"]))
+    assert meta["epochs_run"] == refit["epochs"] or (budget["stopped_by_deadline"] and meta["epochs_run"] < refit["epochs"])
     assert budget["selection"]["stretched_to"] == selection["budget"]["stretched_to"]
+    assert budget["stretched_to"] is None  # the final run does not stretch
     assert refit["n_train"] == 30 + refit["selection_val"]["n"]  # shapes_kaggle's 36 TRAIN images, 6 of them val
     assert set(meta["metrics"]) == {"test"} and set(selection["metrics"]) == {"val"}
     # resumed after the selection finished (the final run's folder files lost): the decision is the selection's
@@ -485,9 +438,8 @@ def test_time_budget_with_the_pose_backbone_measures_landmarks_and_trains(tmp_pa
 @pytest.mark.parametrize("moved_to, says", [
     (9, "the epochs that fit; planned 6"),
     (12, "the most it may stretch to; planned 6"),
-    (3, "the epochs that fit before the deadline: the cosine ends there, not cut short; planned 6"),
 ])
-def test_the_epoch_bar_says_where_the_schedule_moved_and_why(moved_to, says):
+def test_the_epoch_bar_says_where_the_schedule_stretched_and_why(moved_to, says):
     from posetune.console import Reporter
     from posetune.training.job import EpochProgress
 

@@ -123,8 +123,8 @@ class _Budget:
         return _Budget(deadline, self.decision, target, self.stretch_to, final_eval_s)
 
     def for_final(self, selection: dict | None) -> _Budget:
-        """A refit's final run: the selection's epochs within the whole budget's deadline (never stretched; shortened
-        after its epoch 1 when they do not fit); the decision gains how the selection went (epochs, stretch, guard)."""
+        """A refit's final run: the selection's epochs within the whole budget's deadline (no stretching); the
+        decision gains how the selection went (its epochs, stretch and guard)."""
         decision = None if self.decision is None else {**self.decision, "selection": selection}
         return _Budget(self.deadline, decision, None, None, self.final_eval_s)
 
@@ -359,9 +359,7 @@ class EpochProgress:
     def epoch(self, row: dict) -> None:
         self.reporter.epoch(row)
         if row.get("stretched_to"):
-            fit = ("the most it may stretch to" if row["stretched_to"] == self.most else "the epochs that fit"
-                   if row["stretched_to"] > self.epochs else "the epochs that fit before the deadline: the cosine "
-                   "ends there, not cut short")
+            fit = "the most it may stretch to" if row["stretched_to"] == self.most else "the epochs that fit"
             self.reporter.info(f"time budget: epoch 1 took {row['seconds']:.0f} s, so the schedule now ends at epoch "
                                f"{row['stretched_to']} ({fit}; planned {self.epochs})")
             self.epochs = row["stretched_to"]

@@ -43,8 +43,7 @@ class Settings:
     cutmix: float = 0.0  # cutmix alpha; 0 = off
     deadline: float | None = None  # time.perf_counter() by which training ends (train --time-budget's guard)
     # train --time-budget: after epoch 1 (timed on the real run, not the probe) the schedule stretches to the
-    # epochs that fit before ``target`` (the budget less the final evaluation), up to ``stretch_to``, or ends
-    # sooner when the planned epochs do not fit before ``deadline``
+    # epochs that fit before ``target`` (the budget less the final evaluation), up to ``stretch_to``
     target: float | None = None
     stretch_to: int | None = None
     # the final evaluation after the last epoch: the seconds deadline and target leave for it (the planner's
@@ -70,7 +69,7 @@ class LoopState:
     images_seen: int = 0
     step_in_epoch: int = 0  # >0 only in a checkpoint written mid-epoch (after a stop signal)
     partial_stats: dict = field(default_factory=dict)
-    epochs: int = 0  # the run's epochs when stretched (or shortened) after epoch 1 (0: Settings.epochs)
+    epochs: int = 0  # the run's epochs when stretched after epoch 1 (0: Settings.epochs)
 
 
 @dataclass
@@ -82,7 +81,7 @@ class FitResult:
     images_seen: int = 0
     stopped_early_by_signal: bool = False
     stopped_by_deadline: bool = False  # an epoch more would have ended after Settings.deadline
-    stretched_to: int | None = None  # the epochs the schedule moved to after epoch 1, more or fewer (None: as planned)
+    stretched_to: int | None = None  # the epochs the schedule stretched to after epoch 1 (None: as planned)
 
 
 class StopRequested(Exception):
@@ -125,8 +124,8 @@ def drive_epochs(settings: Settings, train_epoch: Callable[[int, LoopState], dic
     """Run epochs from ``state`` on; keep the best by val accuracy (then lower val loss); stop after
     ``patience`` flat epochs; without val scores (no val split) each epoch is the best so far, so the last is
     kept. ``checkpoint(state, best_state)`` is called after every epoch, and at the step where a stop signal
-    arrived (then the result says so). ``stretch(epochs)``: after epoch 1 of a
-    budgeted run (:func:`stretched_epochs`), moves the schedule's end to that many epochs and returns them."""
+    arrived (then the result says so). ``stretch(epochs)``: after epoch 1 of a run
+    with a target (:func:`stretched_epochs`), moves the schedule's end to that many epochs and returns them."""
     state = state or LoopState()
     result = FitResult(best_state=best_state, stretched_to=state.epochs or None)
     start = time.perf_counter()
@@ -154,7 +153,7 @@ def drive_epochs(settings: Settings, train_epoch: Callable[[int, LoopState], dic
         row["seconds"] = round(time.perf_counter() - t0, 3)
         if epoch == 1 and stretch:  # every rank calls it (a collective), stretched or not
             agreed = stretch(stretched_epochs(settings, row["seconds"], total, final_eval_shortfall(settings, [row])))
-            if agreed != total:
+            if agreed > total:
                 total = state.epochs = result.stretched_to = row["stretched_to"] = agreed
         if "val_accuracy" in row or "ema_val_accuracy" in row:
             acc = max(row.get("val_accuracy", 0.0), row.get("ema_val_accuracy", -1.0))
@@ -202,23 +201,14 @@ def final_eval_shortfall(settings: Settings, history: list[dict]) -> float:
 
 
 def stretched_epochs(settings: Settings, epoch_seconds: float, epochs: int, shortfall: float = 0.0) -> int:
-    """The epochs a budgeted run's schedule ends at, set after its first epoch (``epoch_seconds``, the first one
-    run). More when they fit before ``settings.target`` (less ``shortfall``: final_eval_shortfall), up to
-    ``settings.stretch_to``: a plan rests on the probe's throughput, which a cold process measures low, so the real
-    first epoch sets the rest. Fewer when not all ``epochs`` fit before ``settings.deadline``, where the guard
-    (past_deadline, at the same epoch time) would stop the run anyway: a cosine that ends there anneals, where one
-    cut short stops at a high LR (Fashion-MNIST-1k, seed 0: stopped at epoch 8 of 10, 0.8685; 10 of 10, 0.8703).
-    The cosine is still at its peak after a one-epoch warm-up, so moving its end then changes no step taken."""
-    if epoch_seconds <= 0:
+    """The epochs that fit before ``settings.target`` (less ``shortfall``: final_eval_shortfall) at
+    ``epoch_seconds`` each, the first one run (at least ``epochs``, at most ``settings.stretch_to``): a
+    budgeted plan rests on the probe's throughput, which a cold process measures low, so the real first
+    epoch sets the rest. The cosine is still at its peak after a one-epoch warm-up, so moving its end then
+    changes no step already taken."""
+    if settings.target is None or settings.stretch_to is None or epoch_seconds <= 0:
         return epochs
-    now = time.perf_counter()
-    if settings.deadline is not None:
-        before_deadline = 1 + int((settings.deadline - shortfall - now) // epoch_seconds)
-        if before_deadline < epochs:
-            return max(1, before_deadline)
-    if settings.target is None or settings.stretch_to is None:
-        return epochs
-    fit = 1 + int((settings.target - shortfall - now) // epoch_seconds)
+    fit = 1 + int((settings.target - shortfall - time.perf_counter()) // epoch_seconds)
     return max(epochs, min(settings.stretch_to, fit))
 
 
@@ -386,11 +376,11 @@ class Trainer:
 
     def stretch(self, epochs: int) -> int:
         """The epochs every rank agrees on (the mean of their proposals: every rank must call this), and the
-        cosine ends there instead, later or sooner than planned (called after epoch 1, so never before a step
-        taken). The LR of the next step is recomputed: a warm-up shorter than the epoch set it from the old end."""
+        cosine ends there instead when that is later than planned. The LR of the next step is recomputed: a
+        warm-up shorter than the epoch would have set it from the old end."""
         epochs = int(self.dist.sum([float(epochs)])[0] // self.dist.world) if self.dist.enabled else epochs
         schedule = self.scheduler.lr_lambdas[0]  # one object for every group
-        if self.steps_per_epoch * epochs != schedule.total_steps:
+        if self.steps_per_epoch * epochs > schedule.total_steps:
             schedule.total_steps = self.steps_per_epoch * epochs
             factor = schedule(self.scheduler.last_epoch)
             for group, base in zip(self.optimizer.param_groups, self.scheduler.base_lrs):
