@@ -2,7 +2,9 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-# pytest-xdist workers for `make test` (auto: one per core, at most 4; each runs torch on one thread)
+# pytest-xdist workers for `make test` (auto: one per core, at most 4; each runs torch on its share of the cores).
+# tests/test_label_issues.py's CLI run has failed now and then on a loaded machine (stops 20s-37, cause unknown:
+# exit 1, empty stdout), so what fails beside other workers runs alone once more before make test fails.
 TEST_WORKERS ?= auto
 
 .PHONY: install test demo bench bench-quick lint clean
@@ -16,7 +18,9 @@ install: $(STAMP)
 
 test: install
 	bash scripts/ensure-chromium.sh || echo "chromium unavailable: the browser test will be skipped"
-	$(PY) -m pytest -n $(TEST_WORKERS) --maxprocesses 4
+	$(PY) -m pytest -n $(TEST_WORKERS) --maxprocesses 4 || { \
+	  echo "make test: tests failed beside other workers; running those alone once more (a failure there fails make test)"; \
+	  $(PY) -m pytest --last-failed --last-failed-no-failures none; }
 
 demo: install
 	$(VENV)/bin/posetune demo --out demo

@@ -61,6 +61,7 @@ def cli_run(planted, tmp_path_factory):
 def test_planted_issues_are_found_with_exit_1(cli_run, planted):
     proc, out, _ = cli_run
     assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert proc.stdout.strip(), f"exit 1 and no JSON; stderr: {proc.stderr[-3000:]}"  # a rare failure under load
     report = json.loads(proc.stdout)
     result = report["label_issues"]
     flagged = {Path(r["path"]).name: r for r in result["issues"]}
