@@ -3,8 +3,9 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 # pytest-xdist workers for `make test` (auto: one per core, at most 4; each runs torch on its share of the cores).
-# tests/test_label_issues.py's CLI run has failed now and then on a loaded machine (stops 20s-37, cause unknown:
-# exit 1, empty stdout), so what fails beside other workers runs alone once more before make test fails.
+# tests/test_label_issues.py's CLI run has failed three times so far on a loaded machine (twice in serial runs beside
+# other work, once under xdist; cause unknown: exit 1, empty stdout), so what fails beside other workers runs alone
+# once more before make test fails.
 TEST_WORKERS ?= auto
 
 .PHONY: install test demo bench bench-quick lint clean
