@@ -26,9 +26,42 @@ MOVED = [("circle_000.jpg", "circle", "square"), ("square_001.jpg", "square", "t
 OPTIONS = ["--label-issues", "--image-size", "64"]  # efficientnet_lite0 with its offline weights, at 64 px
 
 
-def run_check(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "posetune", "data", "check", *map(str, args)], capture_output=True,
+def run_check(*args, cwd=None, hold_warm_imports=False):
+    """`posetune data check ARGS` in a fresh interpreter. ``hold_warm_imports`` holds the background thread that
+    imports cleanlab at the start of cleanlab's own package import, until the main thread asks for cleanlab (at
+    most 3 s), as a loaded machine might: the main thread must wait for that thread, not import beside it. That
+    collision was `KeyError: 'cleanlab'`, exit 1 with no output, now and then under load; this hold reproduced it
+    every time before the join (runtime.warm_imports)."""
+    entry = ["-c", HOLD_WARM_IMPORTS_THEN_RUN] if hold_warm_imports else ["-m", "posetune"]
+    return subprocess.run([sys.executable, *entry, "data", "check", *map(str, args)], capture_output=True,
                           text=True, timeout=300, cwd=cwd)
+
+
+# the hold is in the loader, not the finder: finders run under the global import lock, which would stop the main
+# thread too
+HOLD_WARM_IMPORTS_THEN_RUN = """
+import importlib.machinery, sys, threading, time
+main_asked = threading.Event()
+class Hold:
+    def find_spec(self, name, path=None, target=None):
+        thread = threading.current_thread().name
+        if thread == "MainThread" and name.split(".")[0] == "cleanlab":
+            main_asked.set()
+        elif thread == "posetune-warm-imports" and name == "cleanlab.dataset":
+            spec = importlib.machinery.PathFinder.find_spec(name, path, target)
+            loader = spec.loader
+            class Held(importlib.machinery.SourceFileLoader):
+                def exec_module(self, module):
+                    if main_asked.wait(3):
+                        time.sleep(1)
+                    loader.exec_module(module)
+            spec.loader = Held(loader.name, loader.path)
+            return spec
+sys.meta_path.insert(0, Hold())
+sys.argv[0] = "posetune"
+from posetune.cli import console_entry
+console_entry()
+"""
 
 
 def snapshot(root: Path) -> dict[str, tuple]:
@@ -54,14 +87,14 @@ def planted(tmp_path_factory) -> Path:
 def cli_run(planted, tmp_path_factory):
     out = tmp_path_factory.mktemp("li-out")
     before = snapshot(planted)
-    proc = run_check(planted, *OPTIONS, "--json", "--fix-manifest", out / "fixed.csv", cwd=out)
+    proc = run_check(planted, *OPTIONS, "--json", "--fix-manifest", out / "fixed.csv", cwd=out, hold_warm_imports=True)
     return proc, out, before
 
 
 def test_planted_issues_are_found_with_exit_1(cli_run, planted):
     proc, out, _ = cli_run
     assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
-    assert proc.stdout.strip(), f"exit 1 and no JSON; stderr: {proc.stderr[-3000:]}"  # a rare failure under load
+    assert proc.stdout.strip(), f"exit 1 and no JSON; stderr: {proc.stderr[-3000:]}"
     report = json.loads(proc.stdout)
     result = report["label_issues"]
     flagged = {Path(r["path"]).name: r for r in result["issues"]}

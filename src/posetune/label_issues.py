@@ -50,6 +50,7 @@ from posetune.errors import UsageError
 from posetune.io import atomic_write_bytes, file_sha256, write_csv, write_json
 from posetune.pose import pose_dim_of, require_mediapipe
 from posetune.pose.audit import add_no_person
+from posetune.runtime import warm_imports
 from posetune.version import __version__
 
 if TYPE_CHECKING:  # torch-heavy; imported inside the functions that run
@@ -110,8 +111,11 @@ def find_label_issues(opts: CheckOptions, spec, index: DataIndex, reporter: Repo
     t0 = time.perf_counter()
     seconds: dict[str, float] = {}
     notes: list[str] = []
-    _warm_imports()
+    # scikit-learn and cleanlab (which brings pandas): ~2.5 s of imports on a 2-core CPU, done while the backbone
+    # is built and the images decode, and joined before this thread imports them itself (runtime.warm_imports)
+    warm = warm_imports(["cleanlab.filter", "cleanlab.outlier", "sklearn.linear_model", "sklearn.model_selection"])
     feats, images, info = extract(opts, spec, index, reporter, seconds, notes)
+    warm.join()
     samples = [s for s in index.samples if s.path in images]
     counts = np.bincount([s.label for s in samples], minlength=len(index.classes))
     judged_classes = [c for c in range(len(index.classes)) if counts[c] >= 2]
@@ -184,24 +188,6 @@ def _finish(opts: CheckOptions, index: DataIndex, result: dict, rows: list[dict]
         result["fix_manifest"] = opts.fix_manifest
     result["seconds"]["write"] = round(time.perf_counter() - t, 2)
     result["seconds"]["total"] = round(time.perf_counter() - t0, 2)
-
-
-def _warm_imports() -> None:
-    """Import scikit-learn and cleanlab (which brings pandas) in a background thread while the backbone is built
-    and the images decode: ~2-3 s on a 2-core CPU otherwise paid in line. Python's import lock makes the later
-    imports wait for these to finish."""
-    import threading
-
-    def work() -> None:
-        try:
-            import cleanlab.filter  # noqa: F401
-            import cleanlab.outlier  # noqa: F401
-            import sklearn.linear_model  # noqa: F401
-            import sklearn.model_selection  # noqa: F401
-        except Exception:  # noqa: BLE001, S110 - only a head start: the real imports report any problem
-            pass
-
-    threading.Thread(target=work, name="posetune-warm-imports", daemon=True).start()
 
 
 def extract(opts: CheckOptions, spec, index: DataIndex, reporter: Reporter, seconds: dict,

@@ -1,4 +1,5 @@
-"""The allocator: process-level tuning applied once at start-up of heavy work, and the trim that undoes it on demand.
+"""Process-level tuning: the allocator, applied once at start-up of heavy work, and the trim that undoes it on
+demand; imports warmed in a background thread.
 
 glibc returns large freed buffers (activations) to the OS and faults them back in on the next
 step: on a 2-core CPU that page-fault churn cost about a third of training time. Keeping them
@@ -12,9 +13,11 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import functools
+import importlib
 import os
 import sys
-from typing import Callable
+import threading
+from typing import Callable, Sequence
 
 M_TRIM_THRESHOLD = -1
 M_MMAP_MAX = -4
@@ -65,3 +68,26 @@ def release_freed_memory() -> bool:
     """
     trim = _malloc_trim()
     return bool(trim and trim(0))
+
+
+def warm_imports(modules: Sequence[str], then: Callable[[], object] | None = None) -> threading.Thread:
+    """Import ``modules`` (then run ``then``) in a daemon thread while the caller does other work, and return the
+    thread. Errors are swallowed: the caller's own imports report them.
+
+    The caller must ``join()`` the thread before it imports any of these packages itself. CPython does not make
+    an import of ``pkg.sub`` wait for a ``pkg`` that another thread is still initialising: the two collide, the
+    background import fails and takes ``pkg`` out of ``sys.modules``, and the caller's import dies with
+    ``KeyError: 'pkg'`` (cleanlab did so in `data check --label-issues`, now and then under load).
+    """
+    def work() -> None:
+        try:
+            for name in modules:
+                importlib.import_module(name)
+            if then is not None:
+                then()
+        except Exception:  # noqa: BLE001, S110 - only a head start: the real imports report any problem
+            pass
+
+    thread = threading.Thread(target=work, name="posetune-warm-imports", daemon=True)
+    thread.start()
+    return thread

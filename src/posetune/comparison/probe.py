@@ -27,6 +27,7 @@ from posetune.console import Reporter
 from posetune.errors import UsageError
 from posetune.options import CompareOptions
 from posetune.pose import pose_dim_of
+from posetune.runtime import warm_imports
 from posetune.tracking import NullTracker, Tracker
 
 if TYPE_CHECKING:  # torch-heavy; imported inside the functions that run
@@ -66,8 +67,11 @@ def run_stage1(opts: CompareOptions, specs: list, index, device, out: Path, key:
         seconds.update(stage1=0.0, profile=0.0, decode=0.0)
         return probes
 
-    _warm_imports()
+    # scikit-learn (probe, k-NN, metrics) and matplotlib (the cells' plots): ~3 s of imports on a 2-core CPU, done
+    # while the images decode, and joined before this thread can import them itself (runtime.warm_imports)
+    warm = warm_imports(["sklearn.linear_model", "sklearn.metrics", "sklearn.neighbors"], then=_pyplot)
     decoded = _decode_once(todo, index, reporter, seconds)
+    warm.join()
     if any(spec.uses_pose for _, spec, _ in todo):
         _landmarks_once(decoded, index, reporter, seconds)
     profile_s = 0.0
@@ -171,25 +175,10 @@ def _landmarks_once(decoded: DecodedImages, index, reporter: Reporter, seconds: 
     seconds["landmarks"] = round(time.perf_counter() - t, 2)
 
 
-def _warm_imports() -> None:
-    """Import scikit-learn (probe, k-NN, metrics) and matplotlib (the probe cells' plots) in a background
-    thread while images decode and the first backbone runs: ~1 s of imports on a 2-core CPU, otherwise paid
-    in line by the first probe. Python's import lock makes the later imports wait for these to finish."""
-    import threading
+def _pyplot() -> None:
+    from posetune.report import pyplot
 
-    def work() -> None:
-        try:
-            import sklearn.linear_model  # noqa: F401
-            import sklearn.metrics  # noqa: F401
-            import sklearn.neighbors  # noqa: F401
-
-            from posetune.report import pyplot
-
-            pyplot()
-        except Exception:  # noqa: BLE001, S110 - only a head start: the real imports report any problem
-            pass
-
-    threading.Thread(target=work, name="posetune-warm-imports", daemon=True).start()
+    pyplot()
 
 
 def probe_backbone(cell: Cell, spec, preprocess: Preprocess, decoded: DecodedImages, index, device,
