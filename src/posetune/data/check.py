@@ -158,6 +158,11 @@ def audit(opts: CheckOptions) -> tuple[dict, DataIndex]:
     """The audit of validated options: (the report, the index of DATA without the unreadable files)."""
     data, near_duplicates, max_bits = opts.data, opts.near_duplicates, opts.max_bits
     index = discover(data, val_fraction=0.0, label_level=opts.label_level, strict=False)
+    # imported here, once, rather than first by 8 threads at once (imagehash.phash imports scipy.fftpack on its
+    # first call): concurrent first imports of one package can collide (runtime.warm_imports says how)
+    import imagehash  # noqa: F401
+    import scipy.fftpack  # noqa: F401
+
     with ThreadPoolExecutor(8) as pool:
         infos = list(pool.map(_inspect, [s.path for s in index.samples]))
     by_path = {i["path"]: i for i in infos}
