@@ -118,6 +118,12 @@ def calibrated_run(tiny_run, tmp_path_factory) -> Path:
     return _calibrated_export(out)
 
 
+def pytest_collection_modifyitems(items) -> None:
+    """Tests marked slow run first: pytest-xdist hands tests out in collection order, so a 50 s test collected
+    near the end kept one worker busy while the other had nothing left (longest first balances the two)."""
+    items.sort(key=lambda item: "slow" not in item.keywords)  # stable: each group keeps its order
+
+
 def pytest_terminal_summary(terminalreporter) -> None:
     """Name the tests marked slow and how long each took, so a slow suite says where its time went."""
     slow = [r for r in terminalreporter.stats.get("passed", []) + terminalreporter.stats.get("failed", [])

@@ -351,6 +351,7 @@ def test_cli_time_budget_prints_its_choice_trains_and_records_the_decision(shape
     assert {k: resumed[k] for k in ("chosen", "plans", "time_budget_s")} == {k: budget[k] for k in ("chosen", "plans", "time_budget_s")}
 
 
+@pytest.mark.slow
 def test_cli_time_budget_with_time_for_two_runs_refits_and_resumes_with_its_decision(shapes_kaggle, tmp_path,
                                                                                       monkeypatch, capsys):
     """A refit plan (plan_budget's choice of it is tested above; here it is made a refit of 3 epochs, which the

@@ -20,6 +20,7 @@ def train(data, out, *extra):
     return proc
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("strategy", ["partial", "linear"])
 def test_two_processes_train_one_run_folder(strategy, shapes_kaggle, tmp_path):
     single, double = tmp_path / "one", tmp_path / "two"
@@ -39,6 +40,7 @@ def test_two_processes_train_one_run_folder(strategy, shapes_kaggle, tmp_path):
         assert abs(a - b) <= 0.34  # comparable: same data and schedule, a different batch composition
 
 
+@pytest.mark.slow
 def test_two_processes_refit(shapes_kaggle, tmp_path):
     """--refit under torchrun: both runs on both ranks, rank 0 alone writes RUN and RUN/selection."""
     run = tmp_path / "run"

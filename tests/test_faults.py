@@ -39,6 +39,7 @@ def run_ok(*args) -> subprocess.CompletedProcess:
     return proc
 
 
+@pytest.mark.slow
 def test_kill_before_the_first_checkpoint_then_resume_trains_the_run(shapes_kaggle, tmp_path):
     out = tmp_path / "run"
     proc = start("train", shapes_kaggle, "--out", out, *TINY_ARGS, "--epochs", "2")
@@ -48,6 +49,7 @@ def test_kill_before_the_first_checkpoint_then_resume_trains_the_run(shapes_kagg
     assert posetune.load(out).predict([str(next((shapes_kaggle / "TEST").rglob("*.jpg")))])[0].label
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("moment", [0.3, 1.5])
 def test_kill_during_export_never_leaves_a_model_that_auto_would_take_unchecked(tiny_run, tmp_path, moment):
     run = tmp_path / "run"
@@ -65,6 +67,7 @@ def test_kill_during_export_never_leaves_a_model_that_auto_would_take_unchecked(
     assert choose_engine(run)[0] == "onnx"
 
 
+@pytest.mark.slow
 def test_kill_during_compare_then_the_same_command_finishes(shapes_kaggle, tmp_path):
     out = tmp_path / "cmp"
     args = ["compare", shapes_kaggle, "--backbones", "test_efficientnet@random", "--strategies",

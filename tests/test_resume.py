@@ -39,6 +39,7 @@ def wait_for_epoch(proc, checkpoint, epoch: int, timeout: float = 240) -> None:
     raise AssertionError("no checkpoint in time")
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_equals_uninterrupted(shapes_kaggle, tmp_path):
     full, killed = tmp_path / "full", tmp_path / "killed"
     subprocess.run(train_cmd(shapes_kaggle, full), check=True, capture_output=True, timeout=300)

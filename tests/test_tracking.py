@@ -209,6 +209,7 @@ def test_compare_logs_a_child_per_cell(shapes_kaggle, tmp_path):
     assert {"leaderboard.csv", "leaderboard.md", "compare.json"} <= {f.path for f in client.list_artifacts(parents[0].info.run_id)}
 
 
+@pytest.mark.slow
 def test_two_processes_log_once(shapes_kaggle, tmp_path):
     """Under torchrun rank 0 alone logs: one MLflow run, one event file, rank 0's steps."""
     run = tmp_path / "runs" / "ddp"
