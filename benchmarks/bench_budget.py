@@ -11,6 +11,7 @@ runs each budget twice in a row, the second time with refit plans off (the plann
 a refit: one run), so the two plans compare in one benchmark run; ``--plans one-run`` only the latter.
 
 Run: PYTHONPATH=src python benchmarks/bench_budget.py [--sets yoga,fmnist] [--budgets 2m,5m,10m] [--plain-loop]
+     (`--sets fmnist --budgets "" --plain-loop`: only the plain loop and the budget it sets)
 Writes benchmarks/results/budget.json (rows of sets and budgets not rerun are kept). Wall times depend on the
 machine's load (load_average is kept per row).
 """
@@ -107,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
             data["yoga"] = tmp / "yoga"
         if "fmnist" in sets:
             data["fmnist"] = bench_fmnist.write_folders(bench_fmnist.ensure_dataset(), work / "fmnist1k")
-        budgets = args.budgets.split(",")
+        budgets = [b for b in args.budgets.split(",") if b]  # --budgets "" with --plain-loop: only that row
         if args.plain_loop and "fmnist" in data:
             peer = bench_fmnist.run_peer("plain-loop", data["fmnist"], "full", 0, tmp)
             print(json.dumps(peer), flush=True)
