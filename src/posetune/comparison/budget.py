@@ -38,9 +38,11 @@ from posetune.errors import UsageError
 PROBE_IMAGES_PER_CLASS = 20  # train (and val) images per class the probes see: enough to rank, quick to run
 PROBE_SHARE = 0.25  # no further backbone is probed once this share of the budget is spent
 MIN_EPOCHS = 3  # fewer fine-tuning epochs than this lose to the head alone at a larger size
-# a smaller image size with this many epochs beats a larger one with fewer (Fashion-MNIST-1k: 176 px x 5
-# epochs 0.845 > 240 px x 3 epochs 0.832; benchmarks/bench_levers.py has the epochs curve)
-GOOD_EPOCHS = 6
+# a smaller image size with this many epochs (capped at the strategy's default) beats a larger one with fewer
+# (Fashion-MNIST-1k: 176 px x 5 epochs 0.845 > 240 px x 3 epochs 0.832; at the plain loop's 488 s on a 2-core AVX2
+# EPYC, lite1 176 px x 6 epochs 0.843, where lite0 160 px x 13 epochs had scored 0.869 in 300 s on a faster
+# machine; benchmarks/bench_levers.py has the epochs curve: 5 epochs -0.013 against 10 at 112 px)
+GOOD_EPOCHS = 10
 # time left at the largest size goes to more epochs, up to this many times the strategy's default
 # (Fashion-MNIST-1k, lite0 partial 112 px: 20 epochs 0.865 against 10 epochs 0.847)
 MORE_EPOCHS = 2
