@@ -164,11 +164,13 @@ def test_background_reliance_column_on_masked_synthetic_data(masked_yoga, tmp_pa
     for row in rows.values():
         clf = Classifier(RunDir(row["run"]), device="cpu", optimize=False)
         again = cam.figure_reliance(clf, masked_yoga, paths)
-        assert again["background_reliance_n"] == 6
-        assert row["background_reliance"] == pytest.approx(again["background_reliance"], abs=1e-6)
-        assert 0.0 <= row["background_reliance"] <= 1.0
         saved = json.loads(Path(row["run"], "cell.json").read_text())["background"]
         assert saved["setting"] == {"split": "test", "images": 6, "requested": 6}
+        # An all-zero map (Grad-CAM's ReLU over a random-init model's gradients can give one; it depends on the
+        # thread count's rounding) is left out of the mean, the same way in both measurements.
+        assert again["background_reliance_n"] == saved["background_reliance_n"] >= 4
+        assert row["background_reliance"] == pytest.approx(again["background_reliance"], abs=1e-6)
+        assert 0.0 <= row["background_reliance"] <= 1.0
     md = (out / "leaderboard.md").read_text()
     assert "| bg reliance |" in md and "on 6 test images with figure masks" in md
     assert f"{rows['partial']['background_reliance']:.3f}" in md
@@ -193,8 +195,9 @@ def test_background_reliance_column_on_masked_synthetic_data(masked_yoga, tmp_pa
     assert code == 0, err
     fewer = json.loads(stdout)
     assert fewer["background"]["images"] == 3
-    assert all(json.loads(Path(r["run"], "cell.json").read_text())["background"]["background_reliance_n"] == 3
-               for r in fewer["rows"])
+    for r in fewer["rows"]:  # measured again on 3 (an all-zero map, as above, may leave 2)
+        again = json.loads(Path(r["run"], "cell.json").read_text())["background"]
+        assert again["setting"]["images"] == 3 and 2 <= again["background_reliance_n"] <= 3
     code, stdout, err = run_cli(monkeypatch, capsys, *sweep_args(0), "--json")
     assert code == 0, err
     off = json.loads(stdout)
