@@ -44,6 +44,7 @@ def seconds_of(budget: str) -> float:
 def budget_row(data: Path, name: str, budget: str, work: Path, one_run: bool = False) -> dict:
     import posetune
     from posetune.comparison import budget as planner
+    from posetune.errors import UsageError
 
     out = work / f"{name}-{budget}{'-one-run' if one_run else ''}"
     least = planner.REFIT_MIN_EPOCHS_SHARE
@@ -51,6 +52,13 @@ def budget_row(data: Path, name: str, budget: str, work: Path, one_run: bool = F
     t0 = time.perf_counter()
     try:
         result = posetune.train(str(data), time_budget=budget, out=str(out), seed=0)
+    except UsageError as exc:  # a budget too small for this set on this machine: the refusal is the row
+        row = {"set": name, "budget": budget, "budget_seconds": seconds_of(budget),
+               "wall_seconds": round(time.perf_counter() - t0, 1), "refused": str(exc),
+               "measured": time.strftime("%Y-%m-%d %H:%M"),
+               "plans": "one run" if one_run else "refit allowed", "load_average_1min": round(os.getloadavg()[0], 2)}
+        print(json.dumps(row), flush=True)
+        return row
     finally:
         planner.REFIT_MIN_EPOCHS_SHARE = least
     wall = time.perf_counter() - t0
@@ -62,7 +70,8 @@ def budget_row(data: Path, name: str, budget: str, work: Path, one_run: bool = F
            "backbone": meta.get("backbone"), "strategy": meta.get("strategy"),
            "image_size": meta["preprocessing"]["input_size"][-1], "epochs_run": len(result.history),
            "plans": "one run" if one_run else "refit allowed", "refit": meta.get("refit"),
-           "budget_record": chosen, "load_average_1min": round(os.getloadavg()[0], 2)}
+           "budget_record": chosen, "load_average_1min": round(os.getloadavg()[0], 2),
+           "measured": time.strftime("%Y-%m-%d %H:%M")}
     print(json.dumps(row), flush=True)
     return row
 
