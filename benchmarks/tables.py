@@ -237,11 +237,11 @@ def budget_table() -> list[str]:
         return []
     lines = ["", "## `train --time-budget` (`bench_budget.py`; wall time includes the measuring and the final test "
              "evaluation; plans: 'one run' rows come from the planner before it could plan a refit, or from "
-             "`--plans one-run`, which turns refit plans off; a refit's epochs run are each run's. The 25m rows: "
-             "2026-12-07 on a 2-core AVX2 EPYC ~1.75x slower than the earlier rows' machine)", "",
+             "`--plans one-run`, which turns refit plans off; a refit's epochs run are each run's. Every row: "
+             "2026-12-07 on a 2-core AVX2 EPYC, seed 0, one run each; results/budget.json has the times)", "",
              "| set | budget | plans | wall s | wall / budget | chose | epochs run | test accuracy |",
              "|---|---|---|---|---|---|---|---|"]
-    for r in b["rows"]:
+    for r in sorted(b["rows"], key=lambda r: (r["set"] != "yoga", r["budget_seconds"], r.get("plans", "one run"))):
         vs = f" ({r['vs']})" if r.get("vs") else ""
         if r.get("refused"):  # the budget was too small for the set on that machine: what posetune said
             lines.append(f"| {r['set']} | {r['budget']}{vs} | {r.get('plans', 'one run')} | {r['wall_seconds']:.0f} | "

@@ -19,6 +19,7 @@ from posetune.comparison.budget import (
     Candidate,
     at_size,
     plan_budget,
+    plan_with_timed_steps,
     refit_runs,
     scaled_size,
     selection_share,
@@ -94,6 +95,33 @@ def test_a_timed_training_step_replaces_the_three_forwards_guess():
     fixed = (150 + 500) / 100 + budget_module.RESERVE_S
     assert row["estimated s"] == pytest.approx(fixed + row["epochs"] * (1000 / 60 + 150 / 100), abs=0.1)
     assert at_size(timed, 112, train=True) == pytest.approx(240.0) and at_size(guessed, 112, train=True) is None
+
+
+def test_the_training_step_is_timed_again_at_the_size_the_plan_chose_and_the_plan_made_again():
+    # Fashion-MNIST-1k --time-budget 5m on a 2-core CPU: lite0's step at 224 px 23.5 img/s; at 112 px it ran at 67,
+    # not the 94 the pixels say
+    counts = {"n_train": 850, "n_val": 150, "n_test": 10_000}
+    lite0 = Candidate("efficientnet_lite0", 0.81, 60.0, 224, train_images_per_s=23.5)
+    timed = []
+
+    def time_step(c: Candidate, size: int) -> float:
+        timed.append((c.backbone, size))
+        return 0.71 * at_size(c, size, train=True)
+
+    scaled = plan_budget([dataclasses.replace(lite0)], counts, 245, default_epochs=10)
+    choice = plan_with_timed_steps([lite0], counts, lambda: 245, 10, 0.0, time_step)
+    assert (scaled.image_size, choice.image_size) == (112, 112) and timed == [("efficientnet_lite0", 112)]
+    assert lite0.train_rates == {112: pytest.approx(0.71 * 94.0)}
+    assert GOOD_EPOCHS <= choice.epochs < scaled.epochs and choice.estimated_seconds <= 245
+    # the timed rate prices the 112 px rows; the 160 px rows still scale from 224 px, the nearer timed size
+    assert at_size(lite0, 112, train=True) == pytest.approx(0.71 * 94.0)
+    assert at_size(lite0, 160, train=True) == pytest.approx(23.5 * (224 / 160) ** 2)
+    # a plan at the size already timed, or a step that cannot be timed (None), ends the rounds
+    assert plan_with_timed_steps([lite0], counts, lambda: 245, 10, 0.0, time_step) == choice and len(timed) == 1
+    untimed = Candidate("efficientnet_lite0", 0.81, 60.0, 224, train_images_per_s=23.5)
+    assert plan_with_timed_steps([untimed], counts, lambda: 245, 10, 0.0, lambda c, s: None).epochs == scaled.epochs
+    assert plan_with_timed_steps([untimed], counts, lambda: 2000, 10, 0.0, time_step).image_size == 224
+    assert len(timed) == 1  # the pretrained size was timed by the probes
 
 
 def test_the_selection_gets_its_share_of_the_epochs_time_after_both_decodes_and_its_val_scoring():

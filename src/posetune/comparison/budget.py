@@ -10,7 +10,8 @@ up to :data:`MORE_EPOCHS` x the strategy's default); when no fine-tuning fits, t
 features (``linear``). When two runs of the strategy's default epochs fit at that size, the plan is a refit
 (`train --refit`: a selection run whose val fits the temperature, then train + val again for as many epochs),
 which beat both more epochs and a larger backbone on Fashion-MNIST-1k (:data:`REFIT_MIN_EPOCHS_SHARE`). Training
-costs a timed training step per image (:func:`.costs.train_images_per_s`). The choice is printed as a table before
+costs a timed training step per image (:func:`.costs.train_images_per_s`), timed at the pretrained size and again at
+the size a plan chooses (:func:`plan_with_timed_steps`). The choice is printed as a table before
 training, and recorded in model.json (``budget``); the epoch loop's guard ends training at an epoch boundary if
 the estimate was off, so the run ends within the budget + 10%.
 
@@ -28,6 +29,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 from posetune.checks import Duration
 from posetune.comparison.finetune import CellReporter, estimate_cell_seconds
@@ -48,6 +50,7 @@ GOOD_EPOCHS = 10
 MORE_EPOCHS = 2
 SIZE_STEPS = (1.0, 0.75, 0.5)  # image sizes tried, as a share of the backbone's pretrained size
 RESERVE_S = 5.0  # scoring and writing the run folder (report, plots) after the last epoch
+TIMING_ROUNDS = 3  # plans made again after timing the training step at the size the last one chose
 OVERRUN = 1.1  # the guard lets a run end within the budget + 10%
 # Under a budget the time is the user's to spend: --patience's default (5 flat epochs) would stop on a flat
 # 150-image val while the cosine still has its low-LR epochs to come (Fashion-MNIST-1k 10m: stopped at 11 of
@@ -73,6 +76,7 @@ class Candidate:
     images_per_s: float  # forward images/s at ``image_size`` (inference copy, batch 32)
     image_size: int  # the backbone's pretrained input size
     train_images_per_s: float | None = None  # a timed partial training step at ``image_size`` (None: not timed)
+    train_rates: dict[int, float] = field(default_factory=dict)  # the step timed again at sizes a plan chose
 
 
 @dataclass
@@ -139,6 +143,29 @@ def plan_budget(candidates: list[Candidate], counts: dict, seconds_left: float, 
                         reason, rows, smallest, best["refit"])
 
 
+def plan_with_timed_steps(candidates: list[Candidate], counts: dict, seconds_left: Callable[[], float],
+                          default_epochs: int, decode_s_per_image: float,
+                          time_step: Callable[[Candidate, int], float | None]) -> BudgetChoice | None:
+    """:func:`plan_budget`; then, while the chosen fine-tuning plan is at a size its backbone's training step was
+    not timed at, ``time_step(candidate, size)`` times it there (into ``train_rates``) and the plan is made again
+    with the seconds left then (at most :data:`TIMING_ROUNDS` times). On Fashion-MNIST-1k `--time-budget 5m`
+    planned 17 epochs of lite0 at 112 px from the 224 px rate and the guard stopped it after 10."""
+    choice = plan_budget(candidates, counts, seconds_left(), default_epochs, decode_s_per_image)
+    for _ in range(TIMING_ROUNDS):
+        if choice is None or choice.strategy == "linear":
+            break
+        chosen = next(c for c in candidates if c.backbone == choice.backbone)
+        size = choice.image_size
+        if chosen.train_images_per_s is None or size == chosen.image_size or size in chosen.train_rates:
+            break
+        rate = time_step(chosen, size)
+        if rate is None:
+            break
+        chosen.train_rates[size] = rate
+        choice = plan_budget(candidates, counts, seconds_left(), default_epochs, decode_s_per_image)
+    return choice
+
+
 def refit_runs(counts: dict) -> list[dict]:
     """The two runs of a refit as split counts: the selection (train, scored on val; test is not scored), then the
     final run (train + val, scored on test)."""
@@ -173,10 +200,17 @@ def selection_times(now: float, deadline: float, target: float, decode_s: float,
 
 
 def at_size(c: Candidate, size: int, train: bool = False) -> float | None:
-    """Forward (``train``: training step) images/s of ``c`` at ``size`` px: conv cost grows with the pixel count
-    (measured at the pretrained size; the training run and its final evaluation run at the planned one)."""
-    rate = c.train_images_per_s if train else c.images_per_s
-    return None if rate is None else rate * (c.image_size / size) ** 2
+    """Forward (``train``: training step) images/s of ``c`` at ``size`` px: conv cost grows with the pixel count,
+    from the nearest size it was measured at (the pretrained one; for the training step also the sizes timed
+    again, :func:`plan_with_timed_steps`). Only roughly: lite0's step at 112 px ran at 0.71x of what its 224 px
+    rate scaled by the pixels says (67 against 94 img/s; 160 px: 1.01x), so a plan's own size is timed."""
+    if not train:
+        return c.images_per_s * (c.image_size / size) ** 2
+    if c.train_images_per_s is None:
+        return None
+    timed = {c.image_size: c.train_images_per_s, **c.train_rates}
+    nearest = min(timed, key=lambda s: abs(math.log(s / size)))
+    return timed[nearest] * (nearest / size) ** 2
 
 
 def scaled_size(size: int, step: float) -> int:
@@ -213,11 +247,19 @@ def train_within_budget(data, time_budget: str, reporter: Reporter | None = None
     if opts.out:
         RunDir(opts.out).check_free(overwrite)
     backbones = [opts.backbone] if "backbone" in options else list(DEFAULT_BACKBONES)
-    candidates, counts, decode_s = measure(opts, backbones, budget_s * PROBE_SHARE, t0, reporter)
+    candidates, counts, decode_s, time_step = measure(opts, backbones, budget_s * PROBE_SHARE, t0, reporter)
     from posetune.strategies import get_strategy
 
+    def timed_step(c: Candidate, size: int) -> float | None:
+        guess, rate = at_size(c, size, train=True), time_step(c, size)
+        if rate and guess:
+            reporter.info(f"time budget: {c.backbone}'s training step at {size} px: {rate:.1f} images/s "
+                          f"(scaled from the sizes timed before: {guess:.1f}); planning again")
+        return rate
+
+    choice = plan_with_timed_steps(candidates, counts, lambda: budget_s - (time.perf_counter() - t0),
+                                   get_strategy("partial").epochs, decode_s, timed_step)
     spent = time.perf_counter() - t0
-    choice = plan_budget(candidates, counts, budget_s - spent, get_strategy("partial").epochs, decode_s)
     if choice is not None:
         reporter.table(f"time budget {time_budget}: plans that fit the {budget_s - spent:.0f} s left after "
                        f"{spent:.0f} s of measuring", choice.rows)
@@ -284,9 +326,10 @@ def _round_up(seconds: float) -> str:
 
 
 def measure(opts, backbones: list[str], probe_budget_s: float, t0: float,
-            reporter: Reporter) -> tuple[list[Candidate], dict, float]:
-    """(candidates best probe first, the counts of DATA's splits, decode seconds per image): compare's stage 1
-    on a sample of train and val, one backbone after another, until ``probe_budget_s`` is spent."""
+            reporter: Reporter) -> tuple[list[Candidate], dict, float, Callable[[Candidate, int], float | None]]:
+    """(candidates best probe first, the counts of DATA's splits, decode seconds per image, a timer of a
+    candidate's training step at a size): compare's stage 1 on a sample of train and val, one backbone after
+    another, until ``probe_budget_s`` is spent."""
     from posetune.devices import resolve_device
     from posetune.options import CompareOptions
     from posetune.runtime import tune_allocator
@@ -325,10 +368,15 @@ def measure(opts, backbones: list[str], probe_budget_s: float, t0: float,
     # pose kinds: training reads cached landmarks (the model's own throughput), but finds them once per image
     # first, most not yet cached (the sample saw a few): BlazePose's measured time joins the per-image decode
     landmark_s = max((probes[b].get("landmark_ms") or 0.0) / 1000 for b in ranked)
-    return [Candidate(named[b], probes[b]["val_accuracy"] or 0.0,
-                      probes[b].get("forward_images_per_s") or probes[b]["images_per_s"], probes[b]["image_size"],
-                      train_rates.get(b))
-            for b in ranked], counts, decode_s + landmark_s
+    candidates = [Candidate(named[b], probes[b]["val_accuracy"] or 0.0,
+                            probes[b].get("forward_images_per_s") or probes[b]["images_per_s"],
+                            probes[b]["image_size"], train_rates.get(b))
+                  for b in ranked]
+
+    def time_step(c: Candidate, size: int) -> float | None:
+        return _train_rate(_probe_spec(c.backbone, opts), {"image_size": size}, len(index.classes), opts, device)
+
+    return candidates, counts, decode_s + landmark_s, time_step
 
 
 def _train_rate(spec: str, probe: dict, num_classes: int, opts, device) -> float | None:
