@@ -24,6 +24,7 @@ summary.json holds the headline keys; benchmarks/README.md gets the tables.
   help_seconds, predict_one_seconds, peak_rss_mb_train, peak_rss_mb_predict
 
 Run: python benchmarks/suite.py --quick | --full [--only train_efficiency,onnx,...] [--skip-fmnist]
+     (--full --only train_efficiency --cases efficientnet_lite0:full:224,...: some cases of the ~2 h section)
 (--full also runs bench_fmnist.py, bench_label_issues.py (the label-issue finder against flipped labels),
 bench_reliance.py (background reliance per strategy), bench_calibration.py (ECE before/after temperature) and
 bench_live.py (the page's Live mode in headless Chromium with a fake camera; skipped without Chromium),
@@ -86,10 +87,19 @@ def main(argv: list[str] | None = None) -> int:
     mode.add_argument("--full", action="store_true", help="every case, and the Fashion-MNIST-1k benchmark (long)")
     ap.add_argument("--only", default="", help=f"comma-separated sections: {', '.join(SECTIONS)}")
     ap.add_argument("--skip-fmnist", action="store_true")
+    ap.add_argument("--cases", default="", help="train_efficiency: only these BACKBONE:STRATEGY:SIZE cases, comma-"
+                    "separated (e.g. efficientnet_lite0:full:224), with --full's settings; the other cases' rows of "
+                    "results/bench_train_efficiency.json are kept (each row says when it was measured)")
     ap.add_argument("--work", default=str(Path(os.environ.get("TMPDIR", "/tmp")) / "posetune-bench"))
     args = ap.parse_args(argv)
     quick = not args.full
     ctx = settings(quick)
+    if args.cases:
+        try:
+            ctx["train_cases"] = [(b, s, int(px)) for b, s, px in (c.split(":") for c in args.cases.split(","))]
+        except ValueError:
+            ap.error(f"--cases takes BACKBONE:STRATEGY:SIZE entries, e.g. efficientnet_lite0:full:224, not {args.cases}")
+        ctx.update(keep_other_cases=True, results=RESULTS)
     ctx["work"] = Path(args.work)
     ctx["work"].mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()

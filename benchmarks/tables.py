@@ -75,6 +75,7 @@ def summary_table() -> list[str]:
         "train_efficiency": "; ".join(f"{c['backbone']} {c['strategy']} {c['size']}px: epochs {_fmt(c['epoch_images_per_s'][1:])} / "
                                       f"bare blocks {_fmt(c['bare_block_images_per_s'])} img/s, per epoch "
                                       f"{_fmt(c['efficiency_epochs'])}, pooled {c['efficiency']} (across processes {c['efficiency_across_processes']})"
+                                      + (f", measured {c['measured']}" if c.get("measured") else "")
                                       for c in te.get("cases", [])),
         "vs_plain_loop": (f"{sum(pl['plain_epoch_seconds']):.1f} s / {sum(pl['posetune_epoch_seconds']) + (pl.get('posetune_decode_once_seconds') or 0):.1f} s "
                           f"for {pl['epochs']} epochs at {pl['size']}px (steady epoch {pl['vs_plain_loop_steady_epoch']}x); "

@@ -90,14 +90,22 @@ def train_efficiency_case(ctx: dict, backbone: str, strategy: str, size: int) ->
 
 
 def bench_train_efficiency(ctx: dict) -> dict:
+    """Every case of ``train_cases``; with ``keep_other_cases`` (suite.py --cases) the previous results' rows of
+    the cases not run again are kept, each row saying when it was measured, and the minimum is over all of them."""
     rows = []
     for backbone, strategy, size in ctx["train_cases"]:
         log(f"train_efficiency: {backbone} {strategy} {size}px, {ctx['train_epochs_in_process']} epochs with bare blocks")
-        rows.append(train_efficiency_case(ctx, backbone, strategy, size))
+        rows.append({**train_efficiency_case(ctx, backbone, strategy, size), "measured": time.strftime("%Y-%m-%d %H:%M")})
         r = rows[-1]
         log(f"  bare blocks {r['bare_block_images_per_s']} img/s, epochs {r['epoch_images_per_s']} img/s -> per epoch "
             f"{r['efficiency_epochs']} (median {r['efficiency_epochs_median']}), pooled {r['efficiency']} "
             f"(across processes: {r['efficiency_across_processes']})")
+    if ctx.get("keep_other_cases"):
+        previous = ctx["results"] / "bench_train_efficiency.json"
+        redone = {(r["backbone"], r["strategy"], r["size"]) for r in rows}
+        kept = [r for r in (json.loads(previous.read_text())["cases"] if previous.is_file() else [])
+                if (r["backbone"], r["strategy"], r["size"]) not in redone]
+        rows = kept + rows
     return {"cases": rows, "train_efficiency": min(r["efficiency"] for r in rows),
             "train_efficiency_neighbour_median": min(r["efficiency_epochs_median"] for r in rows),
             "peak_rss_mb_train": max(r["peak_rss_mb"] for r in rows)}
