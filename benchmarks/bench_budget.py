@@ -50,30 +50,27 @@ def budget_row(data: Path, name: str, budget: str, work: Path, one_run: bool = F
     least = planner.REFIT_MIN_EPOCHS_SHARE
     planner.REFIT_MIN_EPOCHS_SHARE = 1000 if one_run else least  # no refit fits: one run
     t0 = time.perf_counter()
+
+    def row_of(**measured) -> dict:  # what every row says, a refusal's included
+        wall = time.perf_counter() - t0
+        row = {"set": name, "budget": budget, "budget_seconds": seconds_of(budget), "wall_seconds": round(wall, 1),
+               "wall_over_budget": round(wall / seconds_of(budget), 3), **measured,
+               "plans": "one run" if one_run else "refit allowed", "load_average_1min": round(os.getloadavg()[0], 2),
+               "measured": time.strftime("%Y-%m-%d %H:%M")}
+        print(json.dumps(row), flush=True)
+        return row
+
     try:
         result = posetune.train(str(data), time_budget=budget, out=str(out), seed=0)
     except UsageError as exc:  # a budget too small for this set on this machine: the refusal is the row
-        row = {"set": name, "budget": budget, "budget_seconds": seconds_of(budget),
-               "wall_seconds": round(time.perf_counter() - t0, 1), "refused": str(exc),
-               "measured": time.strftime("%Y-%m-%d %H:%M"),
-               "plans": "one run" if one_run else "refit allowed", "load_average_1min": round(os.getloadavg()[0], 2)}
-        print(json.dumps(row), flush=True)
-        return row
+        return row_of(refused=str(exc))
     finally:
         planner.REFIT_MIN_EPOCHS_SHARE = least
-    wall = time.perf_counter() - t0
     meta = json.loads((out / "model.json").read_text())
-    chosen = meta.get("budget") or {}
-    row = {"set": name, "budget": budget, "budget_seconds": seconds_of(budget), "wall_seconds": round(wall, 1),
-           "wall_over_budget": round(wall / seconds_of(budget), 3),
-           "test_accuracy": (result.metrics.get("test") or {}).get("accuracy"),
-           "backbone": meta.get("backbone"), "strategy": meta.get("strategy"),
-           "image_size": meta["preprocessing"]["input_size"][-1], "epochs_run": len(result.history),
-           "plans": "one run" if one_run else "refit allowed", "refit": meta.get("refit"),
-           "budget_record": chosen, "load_average_1min": round(os.getloadavg()[0], 2),
-           "measured": time.strftime("%Y-%m-%d %H:%M")}
-    print(json.dumps(row), flush=True)
-    return row
+    return row_of(test_accuracy=(result.metrics.get("test") or {}).get("accuracy"),
+                  backbone=meta.get("backbone"), strategy=meta.get("strategy"),
+                  image_size=meta["preprocessing"]["input_size"][-1], epochs_run=len(result.history),
+                  refit=meta.get("refit"), budget_record=meta.get("budget") or {})
 
 
 def _previous(path: str) -> dict:

@@ -246,7 +246,7 @@ def budget_table() -> list[str]:
         vs = f" ({r['vs']})" if r.get("vs") else ""
         if r.get("refused"):  # the budget was too small for the set on that machine: what posetune said
             lines.append(f"| {r['set']} | {r['budget']}{vs} | {r.get('plans', 'one run')} | {r['wall_seconds']:.0f} | "
-                         f"{r['wall_seconds'] / r['budget_seconds']:.2f} | refused: {r['refused']} | - | - |")
+                         f"{r['wall_over_budget']:.2f} | refused: {r['refused']} | - | - |")
             continue
         chose = f"{r['backbone']} {r['strategy']}{' + refit' if r.get('refit') else ''}, {r['image_size']} px"
         lines.append(f"| {r['set']} | {r['budget']}{vs} | {r.get('plans', 'one run')} | {r['wall_seconds']:.0f} | "

@@ -146,8 +146,8 @@ def test_a_timed_training_step_leaves_the_global_rng_alone_and_skips_landmark_ki
     assert train_images_per_s("test_efficientnet", 3, 64, 4, torch.device("cpu"), steps=1) > 0
     assert torch.equal(torch.rand(3), expected)
     opts = TrainOptions(batch_size=4)
-    assert _train_rate("pose", {"image_size": 224}, 3, opts, torch.device("cpu")) is None
-    assert _train_rate("test_efficientnet@random", {"image_size": 64}, 3, opts, torch.device("cpu")) > 0
+    assert _train_rate("pose", 224, 3, opts, torch.device("cpu")) is None
+    assert _train_rate("test_efficientnet@random", 64, 3, opts, torch.device("cpu")) > 0
 
 
 def test_a_tighter_budget_keeps_the_size_and_takes_a_faster_backbone_then_a_smaller_size():

@@ -359,7 +359,7 @@ def measure(opts, backbones: list[str], probe_budget_s: float, t0: float,
             probes.update(run_stage1(copts, specs, sample, device, Path(tmp), {}, quiet, seconds))
             decode_s = max(decode_s, seconds.get("decode", 0.0) / max(1, len(sample.samples)))
             if probes.get(spec, {}).get("status") == "ok" and time.perf_counter() - t0 <= probe_budget_s:
-                train_rates[spec] = _train_rate(spec, probes[spec], len(index.classes), opts, device)
+                train_rates[spec] = _train_rate(spec, probes[spec]["image_size"], len(index.classes), opts, device)
     ranked = top_backbones(probes, len(probes))
     if not ranked:
         errors = "; ".join(p.get("error", "") for p in probes.values())
@@ -374,13 +374,13 @@ def measure(opts, backbones: list[str], probe_budget_s: float, t0: float,
                   for b in ranked]
 
     def time_step(c: Candidate, size: int) -> float | None:
-        return _train_rate(_probe_spec(c.backbone, opts), {"image_size": size}, len(index.classes), opts, device)
+        return _train_rate(_probe_spec(c.backbone, opts), size, len(index.classes), opts, device)
 
     return candidates, counts, decode_s + landmark_s, time_step
 
 
-def _train_rate(spec: str, probe: dict, num_classes: int, opts, device) -> float | None:
-    """A partial training step's images/s of an image backbone at its probed size, at the run's batch size and
+def _train_rate(spec: str, size: int, num_classes: int, opts, device) -> float | None:
+    """A partial training step's images/s of an image backbone at ``size`` px, at the run's batch size and
     precision; None for the landmark kinds and where the step fails (e.g. out of GPU memory): the estimate is then
     ~3 forwards per image, and the run itself reports the failure."""
     from posetune.backbones import parse_spec
@@ -390,7 +390,7 @@ def _train_rate(spec: str, probe: dict, num_classes: int, opts, device) -> float
     if parsed.kind != "image":
         return None
     try:
-        rate = train_images_per_s(parsed.arch, num_classes, probe["image_size"], opts.batch_size, device,
+        rate = train_images_per_s(parsed.arch, num_classes, size, opts.batch_size, device,
                                   precision=opts.precision)
     except (RuntimeError, ValueError):  # torch's errors (OOM included) are RuntimeErrors
         return None
