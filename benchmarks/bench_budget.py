@@ -9,8 +9,11 @@ same benchmark run (bench_fmnist.py's peer: 10 epochs, 112 px, batch 64), and po
 measured training time as its budget: the issue's "same time, which is more accurate". ``--plans refit,one-run``
 runs each budget twice in a row, the second time with refit plans off (the planner as it was before it could plan
 a refit: one run), so the two plans compare in one benchmark run; ``--plans one-run`` only the latter.
+``--seeds 0,1,2`` runs every row once per seed (posetune's ``--seed``; with ``--plain-loop``, the loop runs again
+before each seed's row, with that seed, and its own time is that row's budget).
 
 Run: PYTHONPATH=src python benchmarks/bench_budget.py [--sets yoga,fmnist] [--budgets 2m,5m,10m] [--plain-loop]
+     [--seeds 0]
      (`--sets fmnist --budgets "" --plain-loop`: only the plain loop and the budget it sets)
 Writes benchmarks/results/budget.json (rows of sets and budgets not rerun are kept). Wall times depend on the
 machine's load (load_average is kept per row).
@@ -41,19 +44,20 @@ def seconds_of(budget: str) -> float:
     return float(Duration()(budget, "--budgets"))
 
 
-def budget_row(data: Path, name: str, budget: str, work: Path, one_run: bool = False) -> dict:
+def budget_row(data: Path, name: str, budget: str, work: Path, one_run: bool = False, seed: int = 0) -> dict:
     import posetune
     from posetune.comparison import budget as planner
     from posetune.errors import UsageError
 
-    out = work / f"{name}-{budget}{'-one-run' if one_run else ''}"
+    out = work / f"{name}-{budget}{'-one-run' if one_run else ''}-s{seed}"
     least = planner.REFIT_MIN_EPOCHS_SHARE
     planner.REFIT_MIN_EPOCHS_SHARE = 1000 if one_run else least  # no refit fits: one run
     t0 = time.perf_counter()
 
     def row_of(**measured) -> dict:  # what every row says, a refusal's included
         wall = time.perf_counter() - t0
-        row = {"set": name, "budget": budget, "budget_seconds": seconds_of(budget), "wall_seconds": round(wall, 1),
+        row = {"set": name, "budget": budget, "seed": seed, "budget_seconds": seconds_of(budget),
+               "wall_seconds": round(wall, 1),
                "wall_over_budget": round(wall / seconds_of(budget), 3), **measured,
                "plans": "one run" if one_run else "refit allowed", "load_average_1min": round(os.getloadavg()[0], 2),
                "measured": time.strftime("%Y-%m-%d %H:%M")}
@@ -61,7 +65,7 @@ def budget_row(data: Path, name: str, budget: str, work: Path, one_run: bool = F
         return row
 
     try:
-        result = posetune.train(str(data), time_budget=budget, out=str(out), seed=0)
+        result = posetune.train(str(data), time_budget=budget, out=str(out), seed=seed)
     except UsageError as exc:  # a budget too small for this set on this machine: the refusal is the row
         return row_of(refused=str(exc))
     finally:
@@ -77,15 +81,24 @@ def _previous(path: str) -> dict:
     return json.loads(Path(path).read_text()) if Path(path).is_file() else {}
 
 
-def kept_rows(path: str, rows: list[dict], new_peer: bool) -> list[dict]:
-    """The rows of ``path`` this run did not measure again (another set or budget): a run of one set or budget
-    does not erase the others. The plain-loop row goes when the peer ran again (its budget is the new time)."""
-    def key(r: dict) -> tuple:  # rows from before refit plans existed planned one run
-        return r["set"], r["budget"], r.get("plans", "one run")
+def kept_rows(path: str, rows: list[dict], peer_seeds: set[int]) -> list[dict]:
+    """The rows of ``path`` this run did not measure again (another set, budget or seed): a run of one set or
+    budget does not erase the others. A seed's plain-loop row goes when the peer ran again with that seed (its
+    budget is the new time)."""
+    def key(r: dict) -> tuple:  # rows from before refit plans existed planned one run; before --seeds, seed 0
+        return r["set"], r["budget"], r.get("plans", "one run"), r.get("seed", 0)
 
     redone = {key(r) for r in rows}
     return [r for r in _previous(path).get("rows", []) if key(r) not in redone
-            and not (new_peer and "vs" in r)]
+            and not ("vs" in r and r.get("seed", 0) in peer_seeds)]
+
+
+def kept_peers(path: str, peers: list[dict]) -> list[dict]:
+    """The plain-loop runs of ``path`` whose seed this run did not run again, then this run's."""
+    old = _previous(path).get("plain_loop_full") or []
+    old = [old] if isinstance(old, dict) else old  # one run, before --seeds
+    rerun = {p["seed"] for p in peers}
+    return [p for p in old if p.get("seed", 0) not in rerun] + peers
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -95,14 +108,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--plain-loop", action="store_true")
     ap.add_argument("--plans", default="refit", help="refit (refit plans allowed, the default), one-run (refit plans "
                     "off) or both, comma-separated: each budget runs once per entry, in this order")
+    ap.add_argument("--seeds", default="0", help="comma-separated seeds: every row runs once per seed")
     ap.add_argument("--work", default=str(Path(os.environ.get("TMPDIR", "/tmp")) / "posetune-budget"))
     ap.add_argument("--out", default=str(HERE / "results" / "budget.json"))
     args = ap.parse_args(argv)
     if set(args.plans.split(",")) - {"refit", "one-run"}:
         ap.error(f"--plans takes refit and/or one-run, not {args.plans}")
+    try:
+        seeds = [int(s) for s in args.seeds.split(",")]
+    except ValueError:
+        ap.error(f"--seeds takes comma-separated integers, not {args.seeds}")
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-    rows, peer = [], None
+    rows, peers = [], []
     sets = args.sets.split(",")
     with tempfile.TemporaryDirectory(dir=work) as tmp:
         tmp = Path(tmp)
@@ -115,17 +133,19 @@ def main(argv: list[str] | None = None) -> int:
         if "fmnist" in sets:
             data["fmnist"] = bench_fmnist.write_folders(bench_fmnist.ensure_dataset(), work / "fmnist1k")
         budgets = [b for b in args.budgets.split(",") if b]  # --budgets "" with --plain-loop: only that row
-        if args.plain_loop and "fmnist" in data:
-            peer = bench_fmnist.run_peer("plain-loop", data["fmnist"], "full", 0, tmp)
+        for seed in seeds if args.plain_loop and "fmnist" in data else []:  # the loop, then posetune in its time
+            peer = bench_fmnist.run_peer("plain-loop", data["fmnist"], "full", seed, tmp)
             print(json.dumps(peer), flush=True)
-            rows.append(dict(budget_row(data["fmnist"], "fmnist", f"{round(peer['train_seconds'])}s", tmp),
+            peers.append(peer)
+            rows.append(dict(budget_row(data["fmnist"], "fmnist", f"{round(peer['train_seconds'])}s", tmp, seed=seed),
                              vs="the plain loop's full-strategy training time, measured above"))
         for name, root in data.items():
             for budget in budgets:
                 for plans in args.plans.split(","):
-                    rows.append(budget_row(root, name, budget, tmp, one_run=plans.strip() == "one-run"))
-    result = {"rows": kept_rows(args.out, rows, peer is not None) + rows, "cpus": os.cpu_count(),
-              "plain_loop_full": peer or _previous(args.out).get("plain_loop_full")}
+                    for seed in seeds:
+                        rows.append(budget_row(root, name, budget, tmp, one_run=plans.strip() == "one-run", seed=seed))
+    result = {"rows": kept_rows(args.out, rows, {p["seed"] for p in peers}) + rows, "cpus": os.cpu_count(),
+              "plain_loop_full": kept_peers(args.out, peers)}
     save_and_print(args.out, result)
     from tables import write_readme
 

@@ -239,23 +239,37 @@ def budget_table() -> list[str]:
     lines = ["", "## `train --time-budget` (`bench_budget.py`; wall time includes the measuring and the final test "
              "evaluation; plans: 'one run' rows come from the planner before it could plan a refit, or from "
              "`--plans one-run`, which turns refit plans off; a refit's epochs run are each run's. Every row: "
-             "2026-12-07 on a 2-core AVX2 EPYC, seed 0, one run each; results/budget.json has the times)", "",
-             "| set | budget | plans | wall s | wall / budget | chose | epochs run | test accuracy |",
-             "|---|---|---|---|---|---|---|---|"]
-    for r in sorted(b["rows"], key=lambda r: (r["set"] != "yoga", r["budget_seconds"], r.get("plans", "one run"))):
+             "2026-12-07 on a 2-core AVX2 EPYC, one run per seed; results/budget.json has the times)", "",
+             "| set | budget | plans | seed | wall s | wall / budget | chose | epochs run | test accuracy |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in sorted(b["rows"], key=lambda r: (r["set"] != "yoga", r["budget_seconds"], r.get("plans", "one run"),
+                                              r.get("seed", 0))):
         vs = f" ({r['vs']})" if r.get("vs") else ""
+        head = f"| {r['set']} | {r['budget']}{vs} | {r.get('plans', 'one run')} | {r.get('seed', 0)} | {r['wall_seconds']:.0f} | "
         if r.get("refused"):  # the budget was too small for the set on that machine: what posetune said
-            lines.append(f"| {r['set']} | {r['budget']}{vs} | {r.get('plans', 'one run')} | {r['wall_seconds']:.0f} | "
-                         f"{r['wall_over_budget']:.2f} | refused: {r['refused']} | - | - |")
+            lines.append(f"{head}{r['wall_over_budget']:.2f} | refused: {r['refused']} | - | - |")
             continue
         chose = f"{r['backbone']} {r['strategy']}{' + refit' if r.get('refit') else ''}, {r['image_size']} px"
-        lines.append(f"| {r['set']} | {r['budget']}{vs} | {r.get('plans', 'one run')} | {r['wall_seconds']:.0f} | "
-                     f"{r['wall_over_budget']:.2f} | {chose} | {r['epochs_run']} | {_fmt(r['test_accuracy'])} |")
-    peer = b.get("plain_loop_full")
-    if peer:
-        lines += ["", f"The plain loop's `full` run that set the budget: test accuracy {_fmt(peer['test_accuracy'])} "
-                  f"in {peer['train_seconds']:.0f} s of training."]
+        lines.append(f"{head}{r['wall_over_budget']:.2f} | {chose} | {r['epochs_run']} | {_fmt(r['test_accuracy'])} |")
+    peers = b.get("plain_loop_full") or []
+    peers = [peers] if isinstance(peers, dict) else peers  # one run before --seeds
+    if peers:
+        ours = [r["test_accuracy"] for r in b["rows"] if r.get("vs") and r.get("test_accuracy") is not None]
+        seeds = ", ".join(str(p.get("seed", 0)) for p in peers)
+        times = ", ".join(f"{p['train_seconds']:.0f}" for p in peers)
+        lines += ["", f"The plain loop's `full` runs that set the budgets (seeds {seeds}): test accuracy "
+                  f"{_mean_std([p['test_accuracy'] for p in peers])} in {times} s of training; posetune in each "
+                  f"one's time: {_mean_std(ours)}."]
     return lines
+
+
+def _mean_std(values: list[float]) -> str:
+    """mean ± sample std to 3 places (the value alone for one)."""
+    if len(values) < 2:
+        return _fmt(values[0]) if values else "-"
+    mean = sum(values) / len(values)
+    std = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5
+    return f"{mean:.3f} ± {std:.3f} ({len(values)} seeds)"
 
 
 def write_readme() -> Path:
