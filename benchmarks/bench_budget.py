@@ -15,8 +15,8 @@ before each seed's row, with that seed, and its own time is that row's budget).
 Run: PYTHONPATH=src python benchmarks/bench_budget.py [--sets yoga,fmnist] [--budgets 2m,5m,10m] [--plain-loop]
      [--seeds 0]
      (`--sets fmnist --budgets "" --plain-loop`: only the plain loop and the budget it sets)
-Writes benchmarks/results/budget.json (rows of sets and budgets not rerun are kept). Wall times depend on the
-machine's load (load_average is kept per row).
+Writes benchmarks/results/budget.json (rows of sets, budgets, plans and seeds not rerun are kept, and the plain
+loop's runs of seeds not rerun). Wall times depend on the machine's load (load_average is kept per row).
 """
 
 from __future__ import annotations
@@ -86,7 +86,7 @@ def kept_rows(path: str, rows: list[dict], peer_seeds: set[int]) -> list[dict]:
     budget does not erase the others. A seed's plain-loop row goes when the peer ran again with that seed (its
     budget is the new time)."""
     def key(r: dict) -> tuple:  # rows from before refit plans existed planned one run; before --seeds, seed 0
-        return r["set"], r["budget"], r.get("plans", "one run"), r.get("seed", 0)
+        return r["set"], r["budget"], r.get("plans", "one run"), r.get("seed", 0), bool(r.get("vs"))
 
     redone = {key(r) for r in rows}
     return [r for r in _previous(path).get("rows", []) if key(r) not in redone
@@ -98,7 +98,7 @@ def kept_peers(path: str, peers: list[dict]) -> list[dict]:
     old = _previous(path).get("plain_loop_full") or []
     old = [old] if isinstance(old, dict) else old  # one run, before --seeds
     rerun = {p["seed"] for p in peers}
-    return [p for p in old if p.get("seed", 0) not in rerun] + peers
+    return sorted([p for p in old if p.get("seed", 0) not in rerun] + peers, key=lambda p: p.get("seed", 0))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     if set(args.plans.split(",")) - {"refit", "one-run"}:
         ap.error(f"--plans takes refit and/or one-run, not {args.plans}")
     try:
-        seeds = [int(s) for s in args.seeds.split(",")]
+        seeds = list(dict.fromkeys(int(s) for s in args.seeds.split(",")))  # each once
     except ValueError:
         ap.error(f"--seeds takes comma-separated integers, not {args.seeds}")
     work = Path(args.work)
@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(peer), flush=True)
             peers.append(peer)
             rows.append(dict(budget_row(data["fmnist"], "fmnist", f"{round(peer['train_seconds'])}s", tmp, seed=seed),
-                             vs="the plain loop's full-strategy training time, measured above"))
+                             vs=f"the plain loop's full-strategy training time, seed {seed}, measured just before"))
         for name, root in data.items():
             for budget in budgets:
                 for plans in args.plans.split(","):

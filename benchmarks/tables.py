@@ -236,14 +236,17 @@ def budget_table() -> list[str]:
     b = _load("budget")
     if not b:
         return []
+    dated = sorted(r["measured"] for r in b["rows"] if r.get("measured"))
+    when = f"{dated[0]} to {dated[-1]} UTC" if dated else "dates in results/budget.json"
     lines = ["", "## `train --time-budget` (`bench_budget.py`; wall time includes the measuring and the final test "
              "evaluation; plans: 'one run' rows come from the planner before it could plan a refit, or from "
-             "`--plans one-run`, which turns refit plans off; a refit's epochs run are each run's. Every row: "
-             "2026-12-07 on a 2-core AVX2 EPYC, one run per seed; results/budget.json has the times)", "",
-             "| set | budget | plans | seed | wall s | wall / budget | chose | epochs run | test accuracy |",
+             "`--plans one-run`, which turns refit plans off; a refit's epochs run are each run's. Rows measured "
+             f"{when} (those without a date earlier), one run per seed; results/budget.json has each row's time)",
+             "", "| set | budget | plans | seed | wall s | wall / budget | chose | epochs run | test accuracy |",
              "|---|---|---|---|---|---|---|---|---|"]
-    for r in sorted(b["rows"], key=lambda r: (r["set"] != "yoga", r["budget_seconds"], r.get("plans", "one run"),
-                                              r.get("seed", 0))):
+    for r in sorted(b["rows"], key=lambda r: (r["set"] != "yoga", bool(r.get("vs")),
+                                              0 if r.get("vs") else r["budget_seconds"], r.get("plans", "one run"),
+                                              r.get("seed", 0))):  # the plain loop's rows together, by seed
         vs = f" ({r['vs']})" if r.get("vs") else ""
         head = f"| {r['set']} | {r['budget']}{vs} | {r.get('plans', 'one run')} | {r.get('seed', 0)} | {r['wall_seconds']:.0f} | "
         if r.get("refused"):  # the budget was too small for the set on that machine: what posetune said
@@ -254,22 +257,24 @@ def budget_table() -> list[str]:
     peers = b.get("plain_loop_full") or []
     peers = [peers] if isinstance(peers, dict) else peers  # one run before --seeds
     if peers:
-        ours = [r["test_accuracy"] for r in b["rows"] if r.get("vs") and r.get("test_accuracy") is not None]
+        ours = {r.get("seed", 0): r.get("test_accuracy") for r in b["rows"] if r.get("vs")}
+        paired = [p for p in peers if ours.get(p.get("seed", 0)) is not None]  # a refused row has no accuracy
         seeds = ", ".join(str(p.get("seed", 0)) for p in peers)
         times = ", ".join(f"{p['train_seconds']:.0f}" for p in peers)
+        unpaired = "" if len(paired) == len(peers) else f" ({len(peers) - len(paired)} without a posetune accuracy)"
         lines += ["", f"The plain loop's `full` runs that set the budgets (seeds {seeds}): test accuracy "
                   f"{_mean_std([p['test_accuracy'] for p in peers])} in {times} s of training; posetune in each "
-                  f"one's time: {_mean_std(ours)}."]
+                  f"one's time: {_mean_std([ours[p.get('seed', 0)] for p in paired])}{unpaired}."]
     return lines
 
 
 def _mean_std(values: list[float]) -> str:
-    """mean ± sample std to 3 places (the value alone for one)."""
+    """mean ± sample std to 4 places (a spread under 0.001 still shows; the value alone for one)."""
     if len(values) < 2:
         return _fmt(values[0]) if values else "-"
     mean = sum(values) / len(values)
     std = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5
-    return f"{mean:.3f} ± {std:.3f} ({len(values)} seeds)"
+    return f"{mean:.4f} ± {std:.4f} ({len(values)} seeds)"
 
 
 def write_readme() -> Path:
