@@ -52,13 +52,13 @@ def budget_row(data: Path, name: str, budget: str, work: Path, one_run: bool = F
     out = work / f"{name}-{budget}{'-one-run' if one_run else ''}-s{seed}"
     least = planner.REFIT_MIN_EPOCHS_SHARE
     planner.REFIT_MIN_EPOCHS_SHARE = 1000 if one_run else least  # no refit fits: one run
+    budget_s = seconds_of(budget)
     t0 = time.perf_counter()
 
     def row_of(**measured) -> dict:  # what every row says, a refusal's included
         wall = time.perf_counter() - t0
-        row = {"set": name, "budget": budget, "seed": seed, "budget_seconds": seconds_of(budget),
-               "wall_seconds": round(wall, 1),
-               "wall_over_budget": round(wall / seconds_of(budget), 3), **measured,
+        row = {"set": name, "budget": budget, "seed": seed, "budget_seconds": budget_s, "wall_seconds": round(wall, 1),
+               "wall_over_budget": round(wall / budget_s, 3), **measured,
                "plans": "one run" if one_run else "refit allowed", "load_average_1min": round(os.getloadavg()[0], 2),
                "measured": time.strftime("%Y-%m-%d %H:%M")}
         print(json.dumps(row), flush=True)
