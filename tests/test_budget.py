@@ -493,3 +493,30 @@ def test_the_epoch_bar_says_where_the_schedule_stretched_and_why(moved_to, says)
     progress.epoch({"epoch": 1, "seconds": 42.0, "stretched_to": moved_to})
     assert reporter.lines == [f"time budget: epoch 1 took 42 s, so the schedule now ends at epoch {moved_to} ({says})"]
     assert progress.epochs == moved_to and reporter.bars == ["epoch 1", "epoch 2"]
+
+
+def test_one_timed_step_prices_the_other_backbones_and_the_chosen_one_is_timed_where_it_trains():
+    # Fashion-MNIST-1k on a 2-core CPU: lite0's step timed at 224 px (23.96 img/s, forward 68.22); lite1's and
+    # lite2's steps untimed, their ratios were within 0.30-0.36 of lite0's 0.35
+    lite0 = Candidate("efficientnet_lite0", 0.80, 68.22, 224)
+    lite1 = Candidate("efficientnet_lite1", 0.82, 45.52, 240)
+    pose = Candidate("pose", 0.5, 900.0, 256)
+    budget_module.estimated_train_rates([lite1, lite0, pose], {"efficientnet_lite0": 23.96, "efficientnet_lite1": None})
+    assert (lite0.train_images_per_s, lite0.train_rate_estimated) == (23.96, False)
+    assert lite1.train_rate_estimated and lite1.train_images_per_s == pytest.approx(45.52 * 23.96 / 68.22, abs=0.01)
+    assert pose.train_images_per_s is None and not pose.train_rate_estimated  # landmark kinds are never timed
+    # chosen at its pretrained size with an estimated step: timed there before training, and planned again
+    timed = []
+
+    def time_step(c: Candidate, size: int) -> float:
+        timed.append((c.backbone, size))
+        return 12.0
+
+    counts = {"n_train": 100, "n_val": 20, "n_test": 20}
+    choice = plan_with_timed_steps([lite1], counts, lambda: 2000, 10, 0.0, time_step)
+    assert timed == [("efficientnet_lite1", 240)] and lite1.train_rates == {240: 12.0}
+    assert at_size(lite1, 240, train=True) == 12.0 and choice.image_size == 240
+    # nothing timed (the probes' quarter of the budget ran out first): the three-forwards guess, as before
+    untimed = Candidate("efficientnet_lite2", 0.8, 34.0, 260)
+    budget_module.estimated_train_rates([untimed], {})
+    assert untimed.train_images_per_s is None and not untimed.train_rate_estimated
