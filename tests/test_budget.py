@@ -501,10 +501,15 @@ def test_one_timed_step_prices_the_other_backbones_and_the_chosen_one_is_timed_w
     lite0 = Candidate("efficientnet_lite0", 0.80, 68.22, 224)
     lite1 = Candidate("efficientnet_lite1", 0.82, 45.52, 240)
     pose = Candidate("pose", 0.5, 900.0, 256)
-    budget_module.estimated_train_rates([lite1, lite0, pose], {"efficientnet_lite0": 23.96, "efficientnet_lite1": None})
+    failed = Candidate("resnet50", 0.7, 20.0, 224)
+    budget_module.estimated_train_rates([lite1, lite0, pose, failed], {"efficientnet_lite0": 23.96, "resnet50": None},
+                                        {"efficientnet_lite1"})
     assert (lite0.train_images_per_s, lite0.train_rate_estimated) == (23.96, False)
     assert lite1.train_rate_estimated and lite1.train_images_per_s == pytest.approx(45.52 * 23.96 / 68.22, abs=0.01)
-    assert pose.train_images_per_s is None and not pose.train_rate_estimated  # landmark kinds are never timed
+    # measure() leaves the landmark kinds out of both (never timed); a step that failed stays unpriced, so the
+    # plan neither times it again nor trusts another backbone's ratio for it
+    assert pose.train_images_per_s is None and not pose.train_rate_estimated
+    assert failed.train_images_per_s is None and not failed.train_rate_estimated
     # chosen at its pretrained size with an estimated step: timed there before training, and planned again
     timed = []
 
@@ -518,5 +523,25 @@ def test_one_timed_step_prices_the_other_backbones_and_the_chosen_one_is_timed_w
     assert at_size(lite1, 240, train=True) == 12.0 and choice.image_size == 240
     # nothing timed (the probes' quarter of the budget ran out first): the three-forwards guess, as before
     untimed = Candidate("efficientnet_lite2", 0.8, 34.0, 260)
-    budget_module.estimated_train_rates([untimed], {})
+    budget_module.estimated_train_rates([untimed], {}, {"efficientnet_lite2"})
     assert untimed.train_images_per_s is None and not untimed.train_rate_estimated
+
+
+def test_a_plan_that_moves_to_an_estimated_backbone_times_it_too():
+    # every timed step runs at half its estimate: the plan moves from backbone to backbone and size to size; each
+    # estimated backbone earns one more round, so the one it settles on is timed where it trains
+    cands = [Candidate("efficientnet_lite2", 0.9, 34.0, 260, 11.0, train_rate_estimated=True),
+             Candidate("efficientnet_lite1", 0.85, 45.0, 240, 15.0, train_rate_estimated=True),
+             Candidate("efficientnet_lite0", 0.8, 68.0, 224, 24.0)]
+    timed = []
+
+    def time_step(c: Candidate, size: int) -> float:
+        timed.append((c.backbone, size))
+        return 0.5 * at_size(c, size, train=True)
+
+    choice = plan_with_timed_steps(cands, {"n_train": 500, "n_val": 100, "n_test": 100}, lambda: 225, 10, 0.0,
+                                   time_step)
+    chosen = next(c for c in cands if c.backbone == choice.backbone)
+    assert len(timed) == len(set(timed)) <= budget_module.TIMING_ROUNDS + 2
+    assert choice.image_size in chosen.train_rates or (not chosen.train_rate_estimated
+                                                        and choice.image_size == chosen.image_size), timed

@@ -10,8 +10,9 @@ up to :data:`MORE_EPOCHS` x the strategy's default); when no fine-tuning fits, t
 features (``linear``). When two runs of the strategy's default epochs fit at that size, the plan is a refit
 (`train --refit`: a selection run whose val fits the temperature, then train + val again for as many epochs),
 which beat both more epochs and a larger backbone on Fashion-MNIST-1k (:data:`REFIT_MIN_EPOCHS_SHARE`). Training
-costs a timed training step per image (:func:`.costs.train_images_per_s`), timed for the first backbone probed at
-its pretrained size (the others' from their forward rate at its step/forward ratio, :func:`estimated_train_rates`)
+costs a timed training step per image (:func:`.costs.train_images_per_s`), timed for the first image backbone whose
+step could be timed, at its pretrained size (the others' from their forward rate at its step/forward ratio,
+:func:`estimated_train_rates`)
 and again at the size a plan chooses (:func:`plan_with_timed_steps`). The choice is printed as a table before
 training, and recorded in model.json (``budget``); the epoch loop's guard ends training at an epoch boundary if
 the estimate was off, so the run ends within the budget + 10%.
@@ -76,7 +77,9 @@ class Candidate:
     probe_val_accuracy: float
     images_per_s: float  # forward images/s at ``image_size`` (inference copy, batch 32)
     image_size: int  # the backbone's pretrained input size
-    train_images_per_s: float | None = None  # a timed partial training step at ``image_size`` (None: not timed)
+    # a partial training step at ``image_size``: timed, or estimated (``train_rate_estimated``); None: neither (the
+    # landmark kinds, a step that failed, no time left to time one)
+    train_images_per_s: float | None = None
     train_rates: dict[int, float] = field(default_factory=dict)  # the step timed again at sizes a plan chose
     train_rate_estimated: bool = False  # train_images_per_s from another backbone's step/forward ratio, not timed
 
@@ -150,10 +153,12 @@ def plan_with_timed_steps(candidates: list[Candidate], counts: dict, seconds_lef
                           time_step: Callable[[Candidate, int], float | None]) -> BudgetChoice | None:
     """:func:`plan_budget`; then, while the chosen fine-tuning plan is at a size its backbone's training step was
     not timed at, ``time_step(candidate, size)`` times it there (into ``train_rates``) and the plan is made again
-    with the seconds left then (at most :data:`TIMING_ROUNDS` times). On Fashion-MNIST-1k `--time-budget 5m`
+    with the seconds left then (at most :data:`TIMING_ROUNDS` times, one more for each backbone whose step was only
+    estimated: the plan may move to it after another was timed; past that the plan stands, and the epoch loop's
+    guard ends it in time). On Fashion-MNIST-1k `--time-budget 5m`
     planned 17 epochs of lite0 at 112 px from the 224 px rate and the guard stopped it after 10."""
     choice = plan_budget(candidates, counts, seconds_left(), default_epochs, decode_s_per_image)
-    for _ in range(TIMING_ROUNDS):
+    for _ in range(TIMING_ROUNDS + sum(c.train_rate_estimated for c in candidates)):
         if choice is None or choice.strategy == "linear":
             break
         chosen = next(c for c in candidates if c.backbone == choice.backbone)
@@ -169,16 +174,17 @@ def plan_with_timed_steps(candidates: list[Candidate], counts: dict, seconds_lef
     return choice
 
 
-def estimated_train_rates(candidates: list[Candidate], timed: dict[str, float | None]) -> None:
-    """Each candidate's training step at its pretrained size: ``timed[backbone]`` where it was timed, else its
-    forward rate at the step/forward ratio of the first timed one (``train_rate_estimated``; the plan times the
-    chosen backbone's step where it trains, :func:`plan_with_timed_steps`). Timing lite1's and lite2's steps took
+def estimated_train_rates(candidates: list[Candidate], timed: dict[str, float | None], untimed: set[str]) -> None:
+    """Each candidate's training step at its pretrained size: ``timed[backbone]`` where it was timed (None: the
+    step failed, and stays None), else, for the image backbones in ``untimed``, its forward rate at the
+    step/forward ratio of the first one timed (``train_rate_estimated``; the plan times the chosen backbone's step
+    where it trains, :func:`plan_with_timed_steps`). Timing lite1's and lite2's steps took
     13 of 58 s of measuring on Fashion-MNIST-1k (2-core CPU), and their ratios matched lite0's within 0.30-0.36."""
     reference = next((c for c in candidates if timed.get(c.backbone)), None)
     for c in candidates:
         if timed.get(c.backbone):
             c.train_images_per_s = timed[c.backbone]
-        elif reference is not None and c.backbone in timed:  # an image backbone not timed (pose kinds are absent)
+        elif reference is not None and c.backbone in untimed:
             c.train_images_per_s = round(c.images_per_s * timed[reference.backbone] / reference.images_per_s, 2)
             c.train_rate_estimated = True
 
@@ -226,8 +232,18 @@ def at_size(c: Candidate, size: int, train: bool = False) -> float | None:
     if c.train_images_per_s is None:
         return None
     timed = {c.image_size: c.train_images_per_s, **c.train_rates}
-    nearest = min(timed, key=lambda s: abs(math.log(s / size)))
+    nearest = _nearest(timed, size)
     return timed[nearest] * (nearest / size) ** 2
+
+
+def at_estimate(c: Candidate, size: int) -> bool:
+    """Whether :func:`at_size`'s training rate of ``c`` at ``size`` scales the estimated pretrained-size rate."""
+    timed = {c.image_size, *c.train_rates}
+    return c.train_rate_estimated and c.image_size not in c.train_rates and _nearest(timed, size) == c.image_size
+
+
+def _nearest(sizes, size: int) -> int:
+    return min(sizes, key=lambda s: abs(math.log(s / size)))
 
 
 def scaled_size(size: int, step: float) -> int:
@@ -269,7 +285,7 @@ def train_within_budget(data, time_budget: str, reporter: Reporter | None = None
 
     def timed_step(c: Candidate, size: int) -> float | None:
         guess, rate = at_size(c, size, train=True), time_step(c, size)
-        source = ("estimated from the first backbone's step" if c.train_rate_estimated and not c.train_rates
+        source = ("estimated from another backbone's step/forward ratio" if at_estimate(c, size)
                   else "scaled from the sizes timed before")
         if rate and guess:
             reporter.info(f"time budget: {c.backbone}'s training step at {size} px: {rate:.1f} images/s "
@@ -361,7 +377,8 @@ def measure(opts, backbones: list[str], probe_budget_s: float, t0: float,
     sample = dataclasses.replace(index, samples=_sample(index), skipped=[], warnings=[])
     device = resolve_device(opts.device)
     probes: dict[str, dict] = {}
-    train_rates: dict[str, float | None] = {}
+    train_rates: dict[str, float | None] = {}  # None: the step failed
+    untimed: set[str] = set()  # image backbones whose step another one's timing prices
     decode_s = 0.0
     quiet = CellReporter(reporter, "measuring")
     with tempfile.TemporaryDirectory(prefix="posetune-budget-") as tmp:  # the probe cells: not the user's run
@@ -380,7 +397,7 @@ def measure(opts, backbones: list[str], probe_budget_s: float, t0: float,
             if probes.get(spec, {}).get("status") != "ok" or probes[spec].get("kind", "image") != "image":
                 continue
             if any(train_rates.values()):  # one timed step prices the others (estimated_train_rates)
-                train_rates[spec] = None
+                untimed.add(spec)
             elif time.perf_counter() - t0 <= probe_budget_s:
                 train_rates[spec] = _train_rate(spec, probes[spec]["image_size"], len(index.classes), opts, device)
     ranked = top_backbones(probes, len(probes))
@@ -395,7 +412,8 @@ def measure(opts, backbones: list[str], probe_budget_s: float, t0: float,
                             probes[b].get("forward_images_per_s") or probes[b]["images_per_s"],
                             probes[b]["image_size"])
                   for b in ranked]
-    estimated_train_rates(candidates, {named[b]: r for b, r in train_rates.items() if b in named})
+    estimated_train_rates(candidates, {named[b]: r for b, r in train_rates.items() if b in named},
+                          {named[b] for b in untimed if b in named})
 
     def time_step(c: Candidate, size: int) -> float | None:
         return _train_rate(_probe_spec(c.backbone, opts), size, len(index.classes), opts, device)
@@ -406,7 +424,7 @@ def measure(opts, backbones: list[str], probe_budget_s: float, t0: float,
 def _train_rate(spec: str, size: int, num_classes: int, opts, device) -> float | None:
     """A partial training step's images/s of an image backbone at ``size`` px, at the run's batch size and
     precision; None for the landmark kinds and where the step fails (e.g. out of GPU memory): the estimate is then
-    ~3 forwards per image, and the run itself reports the failure."""
+    ~3 forwards per image (not another backbone's ratio), and the run itself reports the failure."""
     from posetune.backbones import parse_spec
     from posetune.comparison.costs import train_images_per_s
 
