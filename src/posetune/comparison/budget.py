@@ -12,10 +12,9 @@ features (``linear``). When two runs of the strategy's default epochs fit at tha
 which beat both more epochs and a larger backbone on Fashion-MNIST-1k (:data:`REFIT_MIN_EPOCHS_SHARE`). Training
 costs a timed training step per image (:func:`.costs.train_images_per_s`), timed for the first image backbone whose
 step could be timed, at its pretrained size (the others' from their forward rate at its step/forward ratio,
-:func:`estimated_train_rates`)
-and again at the size a plan chooses (:func:`plan_with_timed_steps`). The choice is printed as a table before
-training, and recorded in model.json (``budget``); the epoch loop's guard ends training at an epoch boundary if
-the estimate was off, so the run ends within the budget + 10%.
+:func:`estimated_train_rates`), and again at the size a plan chooses (:func:`plan_with_timed_steps`). The choice
+is printed as a table before training, and recorded in model.json (``budget``); the epoch loop's guard ends
+training at an epoch boundary if the estimate was off, so the run ends within the budget + 10%.
 
 >>> probes = [Candidate("efficientnet_lite0", 0.8, 200.0, 224)]
 >>> choice = plan_budget(probes, {"n_train": 500, "n_val": 100, "n_test": 100}, 120.0, default_epochs=10)
@@ -155,8 +154,8 @@ def plan_with_timed_steps(candidates: list[Candidate], counts: dict, seconds_lef
     not timed at, ``time_step(candidate, size)`` times it there (into ``train_rates``) and the plan is made again
     with the seconds left then (at most :data:`TIMING_ROUNDS` times, one more for each backbone whose step was only
     estimated: the plan may move to it after another was timed; past that the plan stands, and the epoch loop's
-    guard ends it in time). On Fashion-MNIST-1k `--time-budget 5m`
-    planned 17 epochs of lite0 at 112 px from the 224 px rate and the guard stopped it after 10."""
+    guard ends it in time). On Fashion-MNIST-1k `--time-budget 5m` planned 17 epochs of lite0 at 112 px from the
+    224 px rate and the guard stopped it after 10."""
     choice = plan_budget(candidates, counts, seconds_left(), default_epochs, decode_s_per_image)
     for _ in range(TIMING_ROUNDS + sum(c.train_rate_estimated for c in candidates)):
         if choice is None or choice.strategy == "linear":
@@ -178,8 +177,8 @@ def estimated_train_rates(candidates: list[Candidate], timed: dict[str, float | 
     """Each candidate's training step at its pretrained size: ``timed[backbone]`` where it was timed (None: the
     step failed, and stays None), else, for the image backbones in ``untimed``, its forward rate at the
     step/forward ratio of the first one timed (``train_rate_estimated``; the plan times the chosen backbone's step
-    where it trains, :func:`plan_with_timed_steps`). Timing lite1's and lite2's steps took
-    13 of 58 s of measuring on Fashion-MNIST-1k (2-core CPU), and their ratios matched lite0's within 0.30-0.36."""
+    where it trains, :func:`plan_with_timed_steps`). Timing lite1's and lite2's steps took 13 of 58 s of measuring
+    on Fashion-MNIST-1k (2-core CPU), and their ratios matched lite0's within 0.30-0.36."""
     reference = next((c for c in candidates if timed.get(c.backbone)), None)
     for c in candidates:
         if timed.get(c.backbone):
